@@ -1,0 +1,375 @@
+//! The TrafficSplit document (`apiVersion: trafficshift.dev/v1alpha1`).
+//!
+//! Doc comments on these types become the JSON Schema (`trafficshift schema`) and the reference docs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+mod duration;
+pub mod load;
+pub mod validate;
+
+pub use duration::HumanDuration;
+pub use load::{load_paths, Loaded, SplitDoc};
+
+pub const API_VERSION: &str = "trafficshift.dev/v1alpha1";
+pub const KIND: &str = "TrafficSplit";
+
+/// Weights by backend name, in percent (0-100, summing to 100).
+pub type Weights = BTreeMap<String, u32>;
+
+/// A TrafficSplit: one Route53 weighted record set, shared between backends, moved toward `weights`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "TrafficSplit")]
+pub struct TrafficSplit {
+    /// Must be `trafficshift.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `TrafficSplit`.
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: SplitSpec,
+}
+
+/// Identity of the split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// Name of the split: `[a-z0-9-]{1,63}`, unique per controller. Used in metrics, status and the
+    /// ownership TXT record.
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,63}$"))]
+    pub name: String,
+    /// Free-form labels, kept for tooling; trafficshift does not interpret them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The desired state of the split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SplitSpec {
+    pub record: RecordSpec,
+    /// The backends sharing the record. Each becomes one weighted record (its name is the SetIdentifier).
+    pub backends: Vec<Backend>,
+    /// Desired split in percent by backend name: every backend listed, each 0-100, summing to 100,
+    /// not all zero.
+    pub weights: Weights,
+    /// How to move from the current split to `weights`. Without it, trafficshift goes straight to
+    /// `weights` (still scaling ECS capacity before raising its weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// Health gates checked while a rollout is in progress; a step advances only while all pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
+}
+
+/// The Route53 record that trafficshift owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordSpec {
+    /// Hosted zone: its name (trailing dot optional) or its id (`Z...`).
+    pub hosted_zone: String,
+    /// Fully qualified record name inside the zone (trailing dot optional).
+    pub name: String,
+    /// Record type: `A` or `AAAA` (alias records) or `CNAME` (then `ttl` applies).
+    #[serde(rename = "type")]
+    pub record_type: RecordType,
+    /// TTL in seconds for CNAME records (alias records have none). Also sets the default drain delay
+    /// (2 x TTL, at least 60 s). Default 60.
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub ttl: i64,
+    /// Convert an existing non-weighted record of this name and type into the weighted set, in one
+    /// atomic change. Its target keeps 100% at first. Without this flag such a record is an error.
+    #[serde(default)]
+    pub adopt_existing: bool,
+}
+
+fn default_ttl() -> i64 {
+    60
+}
+
+/// Route53 record type of the weighted set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RecordType {
+    A,
+    AAAA,
+    CNAME,
+}
+
+impl RecordType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::A => "A",
+            RecordType::AAAA => "AAAA",
+            RecordType::CNAME => "CNAME",
+        }
+    }
+    pub fn is_alias(self) -> bool {
+        !matches!(self, RecordType::CNAME)
+    }
+}
+
+/// One backend. Exactly one of `apiGateway`, `ecs` or `target` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// Backend name, `[A-Za-z0-9_-]{1,128}`; becomes the Route53 SetIdentifier.
+    pub name: String,
+    /// An API Gateway custom domain (REST first, then HTTP APIs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_gateway: Option<ApiGatewayBackend>,
+    /// An ECS service behind an ALB/NLB target group; its desired count follows its share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecs: Option<EcsBackend>,
+    /// A fixed target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<FixedTarget>,
+}
+
+/// API Gateway backend: the alias target is the custom domain's regional domain name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiGatewayBackend {
+    /// The custom domain name configured in API Gateway (e.g. `api.example.com`).
+    pub domain_name: String,
+}
+
+/// ECS backend: the alias target is the load balancer of the service's first target group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EcsBackend {
+    /// Cluster name or ARN.
+    pub cluster: String,
+    /// Service name or ARN.
+    pub service: String,
+    /// Tasks needed to carry 100% of the traffic: desiredCount = clamp(ceil(tasksAtFullTraffic x
+    /// share/100), minTasks, maxTasks).
+    #[schemars(range(min = 1))]
+    pub tasks_at_full_traffic: u32,
+    /// Lower bound of the desired count, also at 0% (keeps the service warm). Default 1.
+    #[serde(default = "default_min_tasks")]
+    pub min_tasks: u32,
+    /// Upper bound of the desired count. Default: max(tasksAtFullTraffic, minTasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tasks: Option<u32>,
+}
+
+fn default_min_tasks() -> u32 {
+    1
+}
+
+impl EcsBackend {
+    pub fn max_tasks(&self) -> u32 {
+        self.max_tasks.unwrap_or(self.tasks_at_full_traffic.max(self.min_tasks))
+    }
+}
+
+/// A fixed target: exactly one of `alias` or `cname`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FixedTarget {
+    /// Alias target (for `A`/`AAAA` records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<AliasSpec>,
+    /// Canonical name (for `CNAME` records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cname: Option<String>,
+}
+
+/// A Route53 alias target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AliasSpec {
+    /// DNS name of the target (e.g. an ALB's DNS name).
+    pub dns_name: String,
+    /// Hosted zone id of the target (e.g. the ALB's canonical hosted zone id).
+    pub hosted_zone_id: String,
+    /// Let Route53 skip this record while its target is unhealthy. Default true.
+    #[serde(default = "default_true")]
+    pub evaluate_target_health: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Progressive rollout settings. Exactly one of `steps` or `stepPercent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// Increasing percentages (1-100) of the way from the split at rollout start to `weights`; the
+    /// last is 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<u32>>,
+    /// Alternative to `steps`: equal steps of this size (1-100), the last one 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_percent: Option<u32>,
+    /// Minimum hold at each step, with every gate passing, before the next step (e.g. `5m`, `30s`).
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Wait after a backend's weight drops before scaling its ECS service down. Default 2 x TTL, at
+    /// least 60 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_delay: Option<HumanDuration>,
+    /// Consecutive failing checks of one gate before `onGateFailure` acts. Default 3.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1))]
+    pub failure_threshold: u32,
+    /// What a gate failure does: `rollback` (to the split at rollout start) or `hold` (stay, report
+    /// Degraded). Default rollback.
+    #[serde(default)]
+    pub on_gate_failure: OnGateFailure,
+    /// Hold at the current step. Drift is still corrected.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+/// What a gate failure does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnGateFailure {
+    /// Return to the split at rollout start at once; stay RolledBack until the document changes.
+    #[default]
+    Rollback,
+    /// Stay at the current step and report Degraded; resume when the gates pass again.
+    Hold,
+}
+
+/// A health gate. Exactly one check kind is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gate {
+    /// Gate name, `[a-z0-9-]{1,63}`, unique within the split.
+    pub name: String,
+    /// Every named CloudWatch alarm must be in state OK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudwatch_alarm: Option<CloudwatchAlarmGate>,
+    /// The ECS backend's service must be stable (the SDKs' ServicesStable definition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecs_stable: Option<BackendRef>,
+    /// The ECS backend's target group must have at least this share of healthy targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_health: Option<TargetHealthGate>,
+    /// A Prometheus instant query must return one value within [min, max].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusGate>,
+    /// An HTTP GET must answer with the expected status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpGate>,
+}
+
+/// CloudWatch alarm gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudwatchAlarmGate {
+    /// Alarm names; each must exist and be OK (INSUFFICIENT_DATA fails).
+    pub alarm_names: Vec<String>,
+}
+
+/// Reference to an ECS backend of this split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRef {
+    /// Name of an `ecs` backend of this split.
+    pub backend: String,
+}
+
+/// Target group health gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetHealthGate {
+    /// Name of an `ecs` backend of this split.
+    pub backend: String,
+    /// Minimum percentage (0-100) of registered targets that must be healthy. Default 100.
+    #[serde(default = "default_hundred")]
+    pub min_healthy_percent: u32,
+}
+
+fn default_hundred() -> u32 {
+    100
+}
+
+/// Prometheus query gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusGate {
+    /// Base URL of the Prometheus server (e.g. `http://prometheus:9090`).
+    pub address: String,
+    /// PromQL instant query returning exactly one sample.
+    pub query: String,
+    /// The value must be at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The value must be at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// What an empty result (or NaN) means: `fail` (default) or `pass`.
+    #[serde(default)]
+    pub on_no_data: OnNoData,
+    /// Request timeout. Default 5s.
+    #[serde(default = "default_gate_timeout")]
+    pub timeout: HumanDuration,
+}
+
+/// What an empty Prometheus result means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnNoData {
+    /// No data fails the gate: silence is not success.
+    #[default]
+    Fail,
+    /// No data passes the gate.
+    Pass,
+}
+
+/// HTTP check gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGate {
+    /// URL to GET (http or https).
+    pub url: String,
+    /// Expected status code. Default 200.
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    /// Request timeout. Default 5s.
+    #[serde(default = "default_gate_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_status() -> u16 {
+    200
+}
+fn default_gate_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl TrafficSplit {
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.spec.backends.iter().find(|b| b.name == name)
+    }
+}
+
+/// Lower-cased, fully qualified (trailing dot) DNS name.
+pub fn fqdn(name: &str) -> String {
+    let n = name.trim().to_ascii_lowercase();
+    if n.ends_with('.') {
+        n
+    } else {
+        format!("{n}.")
+    }
+}
