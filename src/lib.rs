@@ -4,8 +4,15 @@
 
 pub mod aws;
 pub mod error;
+pub mod gates;
 pub mod metrics;
+pub mod plan;
+pub mod server;
+pub mod rollout;
 pub mod spec;
+pub mod state;
 pub mod status;
+pub mod status_cli;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@ use crate::Result;
 
 pub mod apigateway;
 pub mod cloudwatch;
+pub mod connect;
 pub mod ecs;
 pub mod elbv2;
 pub mod limiter;

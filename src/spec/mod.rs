@@ -9,7 +9,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod duration;
+#[cfg(test)]
+mod fixture;
 pub mod load;
+pub mod schema;
 pub mod validate;
 
 pub use duration::HumanDuration;
@@ -371,5 +374,34 @@ pub fn fqdn(name: &str) -> String {
         n
     } else {
         format!("{n}.")
+    }
+}
+
+impl SplitSpec {
+    /// Rollout step percentages; `[100]` without a rollout block (straight to `weights`).
+    pub fn steps(&self) -> Vec<u32> {
+        match &self.rollout {
+            Some(Rollout { steps: Some(s), .. }) if !s.is_empty() => s.clone(),
+            Some(Rollout { step_percent: Some(p), .. }) if *p > 0 => {
+                let mut v: Vec<u32> = (1..).map(|i| i * p).take_while(|&x| x < 100).collect();
+                v.push(100);
+                v
+            }
+            _ => vec![100],
+        }
+    }
+
+    /// Minimum hold at each step (0 without a rollout block).
+    pub fn interval(&self) -> Duration {
+        self.rollout.as_ref().map(|r| r.interval.get()).unwrap_or_default()
+    }
+
+    /// Wait after a backend's weight drops before scaling it down: `rollout.drainDelay`, else
+    /// 2 x TTL, at least 60 s.
+    pub fn drain_delay(&self) -> Duration {
+        self.rollout
+            .as_ref()
+            .and_then(|r| r.drain_delay.map(|d| d.get()))
+            .unwrap_or_else(|| Duration::from_secs((2 * self.record.ttl.max(0) as u64).max(60)))
     }
 }

@@ -1,0 +1,197 @@
+# IRSA for trafficshift: an IAM role the controller's ServiceAccount assumes through the EKS
+# cluster's OIDC provider, with the least-privilege policy of manifests/iam-policy.json expressed
+# over variables. Drop it into your infrastructure module and pass the outputs to the chart:
+#
+#   helm install trafficshift charts/trafficshift \
+#     --set serviceAccount.roleArn=$(terraform output -raw trafficshift_role_arn) ...
+#
+# With EKS Pod Identity instead of IRSA, use the aws_eks_pod_identity_association at the bottom
+# (and the pods.eks.amazonaws.com trust policy), and leave serviceAccount.roleArn empty.
+
+terraform {
+  required_version = ">= 1.5"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0"
+    }
+  }
+}
+
+variable "cluster_oidc_provider_arn" {
+  description = "ARN of the EKS cluster's IAM OIDC provider (aws_iam_openid_connect_provider.arn)."
+  type        = string
+}
+
+variable "cluster_oidc_issuer_url" {
+  description = "The cluster's OIDC issuer URL (https://oidc.eks.<region>.amazonaws.com/id/...)."
+  type        = string
+}
+
+variable "namespace" {
+  description = "Namespace of the trafficshift ServiceAccount."
+  type        = string
+  default     = "trafficshift"
+}
+
+variable "service_account" {
+  description = "Name of the trafficshift ServiceAccount."
+  type        = string
+  default     = "trafficshift"
+}
+
+variable "hosted_zones" {
+  description = "Hosted zone id => the weighted record names trafficshift manages in it."
+  type        = map(list(string))
+  # e.g. { "Z0123456789ABCDEFGHIJ" = ["api.example.com"] }
+}
+
+variable "ecs_service_arns" {
+  description = "ARNs of the ECS services trafficshift scales (arn:aws:ecs:<region>:<account>:service/<cluster>/<service>)."
+  type        = list(string)
+}
+
+variable "apigateway_domain_names" {
+  description = "API Gateway custom domain names used as backends."
+  type        = list(string)
+  default     = []
+}
+
+variable "region" {
+  description = "Region of the API Gateway custom domains."
+  type        = string
+}
+
+locals {
+  oidc_host = replace(var.cluster_oidc_issuer_url, "https://", "")
+  # Route53 compares normalized names: lower case, no trailing dot. Each weighted record comes
+  # with its ownership TXT record `_trafficshift.<name>`.
+  managed_names = {
+    for zone, names in var.hosted_zones : zone => flatten([
+      for n in names : [lower(trimsuffix(n, ".")), "_trafficshift.${lower(trimsuffix(n, "."))}"]
+    ])
+  }
+}
+
+data "aws_iam_policy_document" "trust" {
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = [var.cluster_oidc_provider_arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${local.oidc_host}:sub"
+      values   = ["system:serviceaccount:${var.namespace}:${var.service_account}"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${local.oidc_host}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "trafficshift" {
+  # One statement per zone: each zone may only change its own records.
+  dynamic "statement" {
+    for_each = local.managed_names
+    content {
+      sid       = "Route53WriteManagedRecords${replace(statement.key, "/[^A-Za-z0-9]/", "")}"
+      actions   = ["route53:ChangeResourceRecordSets"]
+      resources = ["arn:aws:route53:::hostedzone/${statement.key}"]
+      condition {
+        test     = "ForAllValues:StringEquals"
+        variable = "route53:ChangeResourceRecordSetsNormalizedRecordNames"
+        values   = statement.value
+      }
+      condition {
+        test     = "ForAllValues:StringEquals"
+        variable = "route53:ChangeResourceRecordSetsRecordTypes"
+        values   = ["A", "AAAA", "CNAME", "TXT"]
+      }
+      condition {
+        test     = "ForAllValues:StringEquals"
+        variable = "route53:ChangeResourceRecordSetsActions"
+        values   = ["CREATE", "UPSERT", "DELETE"]
+      }
+    }
+  }
+
+  statement {
+    sid       = "Route53ReadTheZones"
+    actions   = ["route53:GetHostedZone", "route53:ListResourceRecordSets"]
+    resources = [for zone in keys(var.hosted_zones) : "arn:aws:route53:::hostedzone/${zone}"]
+  }
+
+  statement {
+    sid       = "Route53WaitForChanges"
+    actions   = ["route53:GetChange"]
+    resources = ["arn:aws:route53:::change/*"]
+  }
+
+  statement {
+    sid       = "Route53FindZonesByName"
+    actions   = ["route53:ListHostedZonesByName"]
+    resources = ["*"] # no resource-level permissions for this read-only call
+  }
+
+  statement {
+    sid       = "EcsScaleTheManagedServices"
+    actions   = ["ecs:UpdateService", "ecs:DescribeServices"]
+    resources = var.ecs_service_arns
+  }
+
+  statement {
+    sid = "ElbReadTargetGroupsAndHealth"
+    actions = [
+      "elasticloadbalancing:DescribeTargetGroups",
+      "elasticloadbalancing:DescribeLoadBalancers",
+      "elasticloadbalancing:DescribeTargetHealth",
+    ]
+    resources = ["*"] # Describe* calls have no resource-level permissions
+  }
+
+  dynamic "statement" {
+    for_each = length(var.apigateway_domain_names) > 0 ? [1] : []
+    content {
+      sid       = "ApiGatewayReadCustomDomains"
+      actions   = ["apigateway:GET"]
+      resources = [for d in var.apigateway_domain_names : "arn:aws:apigateway:${var.region}::/domainnames/${d}"]
+    }
+  }
+
+  statement {
+    sid       = "CloudWatchReadGateAlarms"
+    actions   = ["cloudwatch:DescribeAlarms"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role" "trafficshift" {
+  name               = "trafficshift"
+  description        = "trafficshift controller (IRSA ${var.namespace}/${var.service_account})"
+  assume_role_policy = data.aws_iam_policy_document.trust.json
+}
+
+resource "aws_iam_role_policy" "trafficshift" {
+  name   = "trafficshift"
+  role   = aws_iam_role.trafficshift.id
+  policy = data.aws_iam_policy_document.trafficshift.json
+}
+
+output "trafficshift_role_arn" {
+  description = "Set as the chart's serviceAccount.roleArn."
+  value       = aws_iam_role.trafficshift.arn
+}
+
+# EKS Pod Identity alternative (the role's trust policy must then allow pods.eks.amazonaws.com to
+# sts:AssumeRole and sts:TagSession):
+#
+# resource "aws_eks_pod_identity_association" "trafficshift" {
+#   cluster_name    = "prod"
+#   namespace       = var.namespace
+#   service_account = var.service_account
+#   role_arn        = aws_iam_role.trafficshift.arn
+# }

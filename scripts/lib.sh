@@ -1,0 +1,67 @@
+# Shared helpers for scripts/bootstrap, scripts/test and scripts/demo. Source it; do not run it.
+# shellcheck shell=bash
+
+TS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TS_VENV="$TS_ROOT/.venv"
+
+ts_log() { printf '[%s] %s\n' "${TS_SCRIPT:-trafficshift}" "$*"; }
+ts_warn() { printf '[%s] WARNING: %s\n' "${TS_SCRIPT:-trafficshift}" "$*" >&2; }
+ts_die() {
+    printf '[%s] ERROR: %s\n' "${TS_SCRIPT:-trafficshift}" "$*" >&2
+    exit 1
+}
+
+ts_banner() {
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+# The venv's tools when bootstrap has run, else whatever is on PATH.
+ts_python() {
+    if [[ -x "$TS_VENV/bin/python" ]]; then echo "$TS_VENV/bin/python"; else command -v python3; fi
+}
+ts_tool() {
+    if [[ -x "$TS_VENV/bin/$1" ]]; then echo "$TS_VENV/bin/$1"; else command -v "$1" || return 1; fi
+}
+
+# Print a TCP port that was free a moment ago.
+ts_free_port() {
+    "$(ts_python)" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ts_wait_http URL SECONDS WHAT: poll until URL answers any HTTP status, or fail saying WHAT.
+ts_wait_http() {
+    local url="$1" seconds="$2" what="$3" deadline
+    deadline=$((SECONDS + seconds))
+    until "$(ts_python)" - "$url" <<'EOF' 2>/dev/null; do
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError:
+    pass
+EOF
+        if ((SECONDS >= deadline)); then
+            ts_warn "timed out after ${seconds}s waiting for $what ($url)"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# ts_start_moto LOGFILE: start moto_server on a free port on 127.0.0.1; sets MOTO_PID and MOTO_PORT.
+# Retries with another port if the chosen one was taken in the meantime.
+ts_start_moto() {
+    local log="$1" moto attempt
+    moto="$(ts_tool moto_server)" || ts_die "moto_server not found: run scripts/bootstrap"
+    for attempt in 1 2 3; do
+        MOTO_PORT="$(ts_free_port)"
+        "$moto" -H 127.0.0.1 -p "$MOTO_PORT" >"$log" 2>&1 &
+        MOTO_PID=$!
+        if ts_wait_http "http://127.0.0.1:$MOTO_PORT/moto-api/" 30 "moto_server to answer"; then
+            return 0
+        fi
+        kill "$MOTO_PID" 2>/dev/null || true
+        wait "$MOTO_PID" 2>/dev/null || true
+        ts_warn "moto_server did not start on port $MOTO_PORT (attempt $attempt); log: $(tail -n 5 "$log")"
+    done
+    ts_die "could not start moto_server; see $log"
+}

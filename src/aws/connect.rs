@@ -1,0 +1,88 @@
+//! Building the SDK clients: one shared configuration, SDK retries off (we retry, and count every
+//! attempt), per-attempt and per-operation timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+
+use super::cloudwatch::CloudWatchAlarms;
+use super::ecs::EcsClient;
+use super::elbv2::AwsTargets;
+use super::limiter::RateLimiter;
+use super::route53::Route53Dns;
+use super::Aws;
+
+/// Tuning of the AWS edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsOptions {
+    /// Route53 requests per second for the whole process (AWS allows 5 per account).
+    pub route53_rps: f64,
+    /// Limit of one HTTP attempt.
+    pub attempt_timeout: Duration,
+    /// Limit of one SDK operation (a single attempt here, since SDK retries are off).
+    pub operation_timeout: Duration,
+}
+
+impl Default for AwsOptions {
+    fn default() -> Self {
+        AwsOptions {
+            route53_rps: 5.0,
+            attempt_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Region used when none is configured; Route53 is global and signs in us-east-1 anyway.
+const FALLBACK_REGION: &str = "us-east-1";
+
+/// Clients from the standard environment: credential chain, `AWS_REGION`, `AWS_ENDPOINT_URL`...
+pub async fn connect(opts: &AwsOptions) -> Aws {
+    connect_with(opts, aws_config::defaults(BehaviorVersion::latest())).await
+}
+
+/// Clients from a caller-prepared loader (tests point it at moto with fixed credentials).
+pub async fn connect_with(opts: &AwsOptions, loader: ConfigLoader) -> Aws {
+    let config = loader
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(opts.attempt_timeout)
+                .operation_timeout(opts.operation_timeout)
+                .build(),
+        )
+        .load()
+        .await;
+    from_config(opts, &config)
+}
+
+/// Clients from a loaded configuration, used as is (its retry and timeout settings included).
+pub fn from_config(opts: &AwsOptions, config: &SdkConfig) -> Aws {
+    let config = if config.region().is_some() {
+        config.clone()
+    } else {
+        config
+            .to_builder()
+            .region(Region::new(FALLBACK_REGION))
+            .build()
+    };
+    let limiter = Arc::new(RateLimiter::new(opts.route53_rps));
+    Aws {
+        dns: Arc::new(Route53Dns::new(
+            aws_sdk_route53::Client::new(&config),
+            limiter,
+        )),
+        ecs: Arc::new(EcsClient::new(aws_sdk_ecs::Client::new(&config))),
+        targets: Arc::new(AwsTargets::new(
+            aws_sdk_apigateway::Client::new(&config),
+            aws_sdk_apigatewayv2::Client::new(&config),
+            aws_sdk_elasticloadbalancingv2::Client::new(&config),
+        )),
+        alarms: Arc::new(CloudWatchAlarms::new(aws_sdk_cloudwatch::Client::new(
+            &config,
+        ))),
+    }
+}

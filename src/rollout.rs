@@ -1,0 +1,626 @@
+//! The step machine: from the document, the persisted state, live observations and gate results,
+//! decide which split Route53 must show now and which ECS counts are needed. Pure: no IO, no clock.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::spec::{OnGateFailure, TrafficSplit, Weights};
+use crate::state::{Drain, Phase, RolloutState};
+use crate::weights::{interpolate, tasks_for};
+
+/// A live ECS service, as the step machine needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcsObs {
+    pub desired: i32,
+    pub running: i32,
+    pub stable: bool,
+}
+
+/// Gate results, summarised by the controller's gate tracker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GateSummary {
+    /// Every gate has been checked and passed its most recent check (true when there are none).
+    pub all_passing: bool,
+    /// Gates whose latest check failed or that were never checked, with why.
+    pub failing: Vec<String>,
+    /// A gate that failed `failureThreshold` times in a row: (name, message).
+    pub tripped: Option<(String, String)>,
+}
+
+impl GateSummary {
+    pub fn none() -> Self {
+        GateSummary { all_passing: true, failing: vec![], tripped: None }
+    }
+}
+
+/// What the split is doing, as far as the step machine knows. Conflict and Invalid are decided
+/// before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitState {
+    Progressing,
+    Complete,
+    Paused,
+    Degraded,
+    RolledBack,
+}
+
+impl SplitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitState::Progressing => "Progressing",
+            SplitState::Complete => "Complete",
+            SplitState::Paused => "Paused",
+            SplitState::Degraded => "Degraded",
+            SplitState::RolledBack => "RolledBack",
+        }
+    }
+}
+
+/// Something worth an event in the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub struct Inputs<'a> {
+    pub split: &'a TrafficSplit,
+    pub owner: &'a str,
+    pub stored: Option<&'a RolloutState>,
+    /// Weights now in Route53 (percent); None when the weighted set does not exist yet.
+    pub observed: Option<&'a Weights>,
+    /// Live ECS services by backend name; a missing entry means the service was not found.
+    pub ecs: &'a BTreeMap<String, EcsObs>,
+    pub gates: &'a GateSummary,
+    pub now: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The state to persist next to the records.
+    pub state: RolloutState,
+    /// The split Route53 must show after this cycle; None to leave Route53 alone this cycle
+    /// (capacity is not yet in place for a weight that must rise).
+    pub write: Option<Weights>,
+    /// ECS desired counts by backend name.
+    pub ecs_desired: BTreeMap<String, u32>,
+    pub status: SplitState,
+    pub waiting_for: Option<String>,
+    pub next_step_at: Option<u64>,
+    pub steps: usize,
+    pub progress: f64,
+    pub rolled_back: bool,
+    pub notes: Vec<Note>,
+}
+
+/// Hash of what defines a rollout: target weights, steps and backend names. Editing gates, the
+/// interval or `paused` does not restart a rollout.
+pub fn generation(split: &TrafficSplit) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in &split.spec.weights {
+        h.update(format!("w:{k}={v};"));
+    }
+    for s in split.spec.steps() {
+        h.update(format!("s:{s};"));
+    }
+    for b in &split.spec.backends {
+        h.update(format!("b:{};", b.name));
+    }
+    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn zeroes(split: &TrafficSplit) -> Weights {
+    split.spec.backends.iter().map(|b| (b.name.clone(), 0)).collect()
+}
+
+/// Restrict to the split's backends; None unless it is a usable split (sums to 100).
+fn usable(split: &TrafficSplit, w: &Weights) -> Option<Weights> {
+    let mut out = zeroes(split);
+    for (k, v) in w {
+        if let Some(slot) = out.get_mut(k) {
+            *slot = *v;
+        }
+    }
+    (out.values().sum::<u32>() == 100).then_some(out)
+}
+
+/// Why capacity for `want` is not in place yet, for backends whose weight rises above `baseline`.
+fn capacity_gap(
+    split: &TrafficSplit,
+    want: &Weights,
+    baseline: &Weights,
+    ecs: &BTreeMap<String, EcsObs>,
+) -> Option<String> {
+    for b in &split.spec.backends {
+        let Some(cfg) = &b.ecs else { continue };
+        let w = want.get(&b.name).copied().unwrap_or(0);
+        if w <= baseline.get(&b.name).copied().unwrap_or(0) {
+            continue;
+        }
+        let need = tasks_for(cfg, w) as i32;
+        let what = format!("ECS service {}/{}", cfg.cluster, cfg.service);
+        match ecs.get(&b.name) {
+            None => return Some(format!("{what} to exist")),
+            Some(o) if o.desired < need || o.running < need || !o.stable => {
+                return Some(format!(
+                    "{what} stable at {need} tasks before raising {} to {w}% (desired {}, running {}{})",
+                    b.name,
+                    o.desired,
+                    o.running,
+                    if o.stable { "" } else { ", not stable" }
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+pub fn decide(i: &Inputs) -> Decision {
+    let split = i.split;
+    let target = usable(split, &split.spec.weights).unwrap_or_else(|| split.spec.weights.clone());
+    let steps = split.spec.steps();
+    let n = steps.len();
+    let gen = generation(split);
+    let observed_or_zero = i.observed.and_then(|o| usable(split, o)).unwrap_or_else(|| zeroes(split));
+    let mut notes = Vec::new();
+
+    let mut st = match i.stored {
+        Some(s) if s.generation == gen && s.owner == i.owner && s.step <= n => s.clone(),
+        other => {
+            // A new rollout starts from what trafficshift applied last (the TXT wins over hand
+            // edits), else from what Route53 shows, else (nothing exists) from the target.
+            let start = other
+                .and_then(|s| usable(split, &s.current))
+                .or_else(|| i.observed.and_then(|o| usable(split, o)))
+                .unwrap_or_else(|| target.clone());
+            let done = start == target;
+            notes.push(Note {
+                warning: false,
+                reason: "RolloutStarted",
+                message: format!(
+                    "new rollout {gen} from {} to {} in {n} step(s)",
+                    crate::weights::show(&start),
+                    crate::weights::show(&target)
+                ),
+            });
+            RolloutState {
+                owner: i.owner.to_string(),
+                split: split.name().to_string(),
+                generation: gen.clone(),
+                phase: if done { Phase::Complete } else { Phase::Progressing },
+                step: if done { n } else { 0 },
+                since: i.now,
+                current: start.clone(),
+                start,
+                drains: i.stored.map(|s| s.drains.clone()).unwrap_or_default(),
+            }
+        }
+    };
+
+    let rollout = split.spec.rollout.as_ref();
+    let interval = split.spec.interval().as_secs();
+    let mut waiting_for = None;
+    let mut next_step_at = None;
+    let mut prescale: Option<Weights> = None;
+    let mut rolled_back = false;
+    let status = match st.phase {
+        Phase::Complete => SplitState::Complete,
+        Phase::RolledBack => SplitState::RolledBack,
+        Phase::Progressing => {
+            if let Some((gate, msg)) = &i.gates.tripped {
+                match rollout.map(|r| r.on_gate_failure).unwrap_or_default() {
+                    OnGateFailure::Rollback => {
+                        rolled_back = true;
+                        notes.push(Note {
+                            warning: true,
+                            reason: "RolledBack",
+                            message: format!(
+                                "gate {gate} failed ({msg}); rolling back from {} to {}",
+                                crate::weights::show(&st.current),
+                                crate::weights::show(&st.start)
+                            ),
+                        });
+                        st.current = st.start.clone();
+                        st.phase = Phase::RolledBack;
+                        st.since = i.now;
+                        SplitState::RolledBack
+                    }
+                    OnGateFailure::Hold => {
+                        waiting_for = Some(format!("gate {gate} to pass ({msg})"));
+                        SplitState::Degraded
+                    }
+                }
+            } else if rollout.is_some_and(|r| r.paused) {
+                waiting_for = Some("rollout.paused to be false".to_string());
+                SplitState::Paused
+            } else {
+                let next = interpolate(&st.start, &target, steps[st.step.min(n - 1)]);
+                // The first step leaves the start split at once; later ones hold for the interval.
+                let due = if st.step == 0 { st.since } else { st.since + interval };
+                if i.now < due {
+                    waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
+                    next_step_at = Some(due);
+                    SplitState::Progressing
+                } else if !i.gates.all_passing {
+                    waiting_for = Some(format!("gates to pass: {}", i.gates.failing.join("; ")));
+                    SplitState::Progressing
+                } else {
+                    let baseline: Weights = st
+                        .current
+                        .iter()
+                        .map(|(k, v)| (k.clone(), (*v).max(observed_or_zero.get(k).copied().unwrap_or(0))))
+                        .collect();
+                    match capacity_gap(split, &next, &baseline, i.ecs) {
+                        Some(gap) => {
+                            waiting_for = Some(gap);
+                            prescale = Some(next);
+                            SplitState::Progressing
+                        }
+                        None => {
+                            st.step += 1;
+                            notes.push(Note {
+                                warning: false,
+                                reason: "StepAdvanced",
+                                message: format!(
+                                    "step {}/{n} ({}%): {} -> {}",
+                                    st.step,
+                                    steps[st.step - 1],
+                                    crate::weights::show(&st.current),
+                                    crate::weights::show(&next)
+                                ),
+                            });
+                            st.current = next;
+                            st.since = i.now;
+                            if st.step >= n {
+                                st.phase = Phase::Complete;
+                                SplitState::Complete
+                            } else {
+                                next_step_at = Some(i.now + interval);
+                                SplitState::Progressing
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    // Capacity before traffic also guards drift corrections and rollbacks: never raise a weight
+    // above what Route53 shows until the ECS service can carry it.
+    let want = st.current.clone();
+    let write = match capacity_gap(split, &want, &observed_or_zero, i.ecs) {
+        None => Some(want.clone()),
+        Some(gap) => {
+            waiting_for.get_or_insert(gap);
+            None
+        }
+    };
+
+    // Remember the share a lowered ECS backend carried until DNS caches have drained.
+    let drain_secs = split.spec.drain_delay().as_secs();
+    if write.is_some() {
+        for b in split.spec.backends.iter().filter(|b| b.ecs.is_some()) {
+            let before = observed_or_zero.get(&b.name).copied().unwrap_or(0);
+            let after = want.get(&b.name).copied().unwrap_or(0);
+            if after < before {
+                let share = match st.drains.get(&b.name) {
+                    Some(d) if d.until > i.now => d.share.max(before),
+                    _ => before,
+                };
+                st.drains.insert(b.name.clone(), Drain { share, until: i.now + drain_secs });
+            }
+        }
+        // Forget finished drains only when the state is written anyway, so an expiry alone
+        // never costs a Route53 write.
+        let unchanged = i.stored.is_some_and(|s| {
+            let mut a = s.clone();
+            let mut b = st.clone();
+            a.drains.clear();
+            b.drains.clear();
+            a == b && st.drains == s.drains
+        });
+        if !unchanged {
+            st.drains.retain(|_, d| d.until > i.now);
+        }
+    }
+
+    let mut ecs_desired = BTreeMap::new();
+    for b in &split.spec.backends {
+        let Some(cfg) = &b.ecs else { continue };
+        let mut share = want.get(&b.name).copied().unwrap_or(0);
+        share = share.max(observed_or_zero.get(&b.name).copied().unwrap_or(0));
+        if let Some(d) = st.drains.get(&b.name).filter(|d| d.until > i.now) {
+            share = share.max(d.share);
+            if d.share > want.get(&b.name).copied().unwrap_or(0) && waiting_for.is_none() && status == SplitState::Complete {
+                waiting_for = Some(format!("{} to drain before scaling down", b.name));
+            }
+        }
+        if let Some(p) = &prescale {
+            share = share.max(p.get(&b.name).copied().unwrap_or(0));
+        }
+        ecs_desired.insert(b.name.clone(), tasks_for(cfg, share));
+    }
+
+    let progress = match st.phase {
+        Phase::Complete => 1.0,
+        Phase::RolledBack => 0.0,
+        Phase::Progressing if st.step == 0 => 0.0,
+        Phase::Progressing => f64::from(steps[st.step - 1]) / 100.0,
+    };
+
+    Decision {
+        state: st,
+        write,
+        ecs_desired,
+        status,
+        waiting_for,
+        next_step_at,
+        steps: n,
+        progress,
+        rolled_back,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Gate;
+    use proptest::prelude::*;
+
+    fn w(pairs: &[(&str, u32)]) -> Weights {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    fn ecs(desired: i32, running: i32, stable: bool) -> BTreeMap<String, EcsObs> {
+        [("fargate".to_string(), EcsObs { desired, running, stable })].into()
+    }
+
+    struct World {
+        split: TrafficSplit,
+        stored: Option<RolloutState>,
+        observed: Option<Weights>,
+        ecs: BTreeMap<String, EcsObs>,
+        gates: GateSummary,
+        now: u64,
+    }
+
+    impl World {
+        fn new(split: TrafficSplit) -> Self {
+            World {
+                split,
+                stored: None,
+                observed: Some(w(&[("lambda", 100), ("fargate", 0)])),
+                ecs: ecs(2, 2, true),
+                gates: GateSummary::none(),
+                now: 1_000,
+            }
+        }
+        fn decide(&self) -> Decision {
+            decide(&Inputs {
+                split: &self.split,
+                owner: "test",
+                stored: self.stored.as_ref(),
+                observed: self.observed.as_ref(),
+                ecs: &self.ecs,
+                gates: &self.gates,
+                now: self.now,
+            })
+        }
+        /// Decide and apply the decision the way the reconciler does (ECS scales and settles).
+        fn cycle(&mut self) -> Decision {
+            let d = self.decide();
+            if let Some(wr) = &d.write {
+                self.observed = Some(wr.clone());
+                self.stored = Some(d.state.clone());
+            }
+            if let Some(&n) = d.ecs_desired.get("fargate") {
+                self.ecs = ecs(n as i32, n as i32, true);
+            }
+            d
+        }
+    }
+
+    #[test]
+    fn capacity_comes_before_traffic_without_a_rollout() {
+        let mut world = World::new(TrafficSplit::test());
+        let d = world.decide();
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])), "adopts as is");
+        assert_eq!(d.ecs_desired["fargate"], 20, "scales up first");
+        assert!(d.waiting_for.as_deref().unwrap().contains("stable at 20 tasks"), "{:?}", d.waiting_for);
+        assert_eq!(d.status, SplitState::Progressing);
+        world.cycle();
+        // Scaled but not yet running: still waits.
+        world.ecs = ecs(20, 12, false);
+        assert_eq!(world.decide().write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        world.ecs = ecs(20, 20, true);
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 0), ("fargate", 100)])));
+        assert_eq!(d.status, SplitState::Complete);
+        assert_eq!(d.progress, 1.0);
+        // Steady state: the same decision, nothing new to write.
+        let again = world.decide();
+        assert_eq!(again.state, world.stored.clone().unwrap());
+        assert_eq!(again.write, world.observed.clone());
+        assert!(again.notes.is_empty());
+    }
+
+    #[test]
+    fn steps_hold_for_the_interval_and_never_jump_after_restart() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[5, 25, 50, 100], 300));
+        world.ecs = ecs(40, 40, true);
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 95), ("fargate", 5)])));
+        assert_eq!(d.next_step_at, Some(1_300));
+        world.now += 299;
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 95), ("fargate", 5)])));
+        assert!(d.waiting_for.unwrap().contains("hold interval"));
+        // A restart keeps only what Route53 holds: the stored state. Still no jump.
+        let stored = world.stored.clone();
+        let mut restarted = World::new(world.split.clone());
+        restarted.stored = stored;
+        restarted.observed = world.observed.clone();
+        restarted.ecs = world.ecs.clone();
+        restarted.now = world.now;
+        assert_eq!(restarted.decide().state.step, 1);
+        world.now += 1;
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 95), ("fargate", 5)])), "capacity for 25% first");
+        assert_eq!(d.ecs_desired["fargate"], 5);
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 75), ("fargate", 25)])));
+        assert_eq!(d.state.step, 2);
+    }
+
+    #[test]
+    fn failing_gates_block_and_a_tripped_gate_rolls_back() {
+        let split = TrafficSplit::test()
+            .with_steps(&[50, 100], 10)
+            .with_gate(Gate::ecs_stable("stable", "fargate"));
+        let mut world = World::new(split);
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        world.now += 10;
+        world.gates = GateSummary { all_passing: false, failing: vec!["stable: not stable".into()], tripped: None };
+        let d = world.cycle();
+        assert_eq!(d.state.step, 1, "no advance while a gate fails");
+        assert!(d.waiting_for.unwrap().contains("gates to pass"));
+        world.gates.tripped = Some(("stable".into(), "not stable".into()));
+        let d = world.cycle();
+        assert!(d.rolled_back);
+        assert_eq!(d.status, SplitState::RolledBack);
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(d.ecs_desired["fargate"], 10, "keeps capacity for the drained 50% share");
+        // Stays rolled back even when gates recover, until the document changes.
+        world.gates = GateSummary::none();
+        world.now += 1_000;
+        let d = world.cycle();
+        assert_eq!(d.status, SplitState::RolledBack);
+        assert_eq!(d.ecs_desired["fargate"], 2, "scaled down after the drain delay");
+        world.split = world.split.clone().with_weights(&[("lambda", 50), ("fargate", 50)]);
+        let d = world.cycle();
+        assert_eq!(d.status, SplitState::Progressing);
+        assert_eq!(d.state.start, w(&[("lambda", 100), ("fargate", 0)]));
+    }
+
+    #[test]
+    fn hold_reports_degraded_and_resumes() {
+        let split = TrafficSplit::test()
+            .with_steps(&[50, 100], 0)
+            .with_rollout(|r| r.on_gate_failure = OnGateFailure::Hold);
+        let mut world = World::new(split);
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        world.gates = GateSummary { all_passing: false, failing: vec!["x".into()], tripped: Some(("x".into(), "bad".into())) };
+        let d = world.cycle();
+        assert_eq!(d.status, SplitState::Degraded);
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        world.gates = GateSummary::none();
+        assert!(world.cycle().waiting_for.unwrap().contains("stable at 20 tasks"));
+        assert_eq!(world.cycle().status, SplitState::Complete);
+    }
+
+    #[test]
+    fn paused_holds_but_corrects_drift() {
+        let split = TrafficSplit::test().with_steps(&[50, 100], 0);
+        let mut world = World::new(split);
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        world.split.spec.rollout.as_mut().unwrap().paused = true;
+        world.observed = Some(w(&[("lambda", 80), ("fargate", 20)]));
+        let d = world.cycle();
+        assert_eq!(d.status, SplitState::Paused);
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])), "the stored state wins over the hand edit");
+    }
+
+    #[test]
+    fn document_change_replans_from_the_applied_split() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 100));
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        world.split = world.split.clone().with_weights(&[("lambda", 20), ("fargate", 80)]);
+        let d = world.cycle();
+        assert_eq!(d.state.start, w(&[("lambda", 50), ("fargate", 50)]));
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 35), ("fargate", 65)])));
+        // Gate or interval edits do not restart the rollout.
+        let gen = d.state.generation.clone();
+        world.split.spec.rollout.as_mut().unwrap().interval = crate::spec::HumanDuration(std::time::Duration::from_secs(5));
+        assert_eq!(world.decide().state.generation, gen);
+    }
+
+    #[test]
+    fn creation_from_nothing_waits_for_capacity() {
+        let mut world = World::new(TrafficSplit::test());
+        world.observed = None;
+        let d = world.decide();
+        assert_eq!(d.write, None, "nothing is written before the service can take the traffic");
+        assert_eq!(d.ecs_desired["fargate"], 20);
+        world.ecs = ecs(20, 20, true);
+        assert_eq!(world.decide().write, Some(w(&[("lambda", 0), ("fargate", 100)])));
+    }
+
+    proptest! {
+        /// Whatever the steps and start, every written split sums to 100, no step moves more than
+        /// its configured size (plus rounding), the rollout ends at the target, and re-deciding at
+        /// the end changes nothing.
+        #[test]
+        fn rollouts_converge_within_their_steps(
+            raw_steps in prop::collection::btree_set(1u32..100, 0..6),
+            start_lambda in 0u32..=100,
+            target_lambda in 0u32..=100,
+            resume_at in 0usize..8,
+        ) {
+            let mut steps: Vec<u32> = raw_steps.into_iter().collect();
+            steps.push(100);
+            let split = TrafficSplit::test()
+                .with_steps(&steps, 5)
+                .with_weights(&[("lambda", target_lambda), ("fargate", 100 - target_lambda)]);
+            let mut world = World::new(split.clone());
+            world.observed = Some(w(&[("lambda", start_lambda), ("fargate", 100 - start_lambda)]));
+            let start = world.observed.clone().unwrap();
+            let target = split.spec.weights.clone();
+            let mut last = start.clone();
+            let mut prev_pct = 0u32;
+            for round in 0..(steps.len() * 3 + 4) {
+                if round == resume_at {
+                    // Re-plan mid-way: a new target starts from the applied split and converges.
+                    break;
+                }
+                let d = world.cycle();
+                if let Some(wr) = &d.write {
+                    prop_assert_eq!(wr.values().sum::<u32>(), 100);
+                    let pct = if d.state.step == 0 { 0 } else { steps[d.state.step - 1] };
+                    let size = pct - prev_pct;
+                    for (k, v) in wr {
+                        let moved = (i64::from(*v) - i64::from(last[k])).unsigned_abs();
+                        let span = (i64::from(target[k]) - i64::from(start[k])).unsigned_abs();
+                        prop_assert!(moved <= span * u64::from(size) / 100 + 1, "{k} moved {moved} in a {size}% step");
+                    }
+                    last = wr.clone();
+                    prev_pct = pct;
+                }
+                world.now += 5;
+            }
+            // Finish (possibly after a re-plan toward a changed target).
+            world.split = split.with_weights(&[("lambda", 100 - target_lambda), ("fargate", target_lambda)]);
+            for _ in 0..(steps.len() * 3 + 4) {
+                let d = world.cycle();
+                if let Some(wr) = &d.write {
+                    prop_assert_eq!(wr.values().sum::<u32>(), 100);
+                }
+                world.now += 5;
+            }
+            let final_target = world.split.spec.weights.clone();
+            prop_assert_eq!(world.observed.clone().unwrap(), final_target);
+            let d = world.decide();
+            prop_assert_eq!(d.status, SplitState::Complete);
+            prop_assert_eq!(Some(d.state), world.stored.clone());
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Rollout state kept in Route53 next to the records it governs: the TXT record
+//! `_trafficshift.<record name>`, written in the same atomic change batch as the weights, so a
+//! restart on any node resumes exactly where the last committed write left off.
+
+use std::collections::BTreeMap;
+
+use crate::spec::Weights;
+
+pub const HERITAGE: &str = "trafficshift";
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Progressing,
+    Complete,
+    RolledBack,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Complete => "complete",
+            Phase::RolledBack => "rolledback",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "progressing" => Phase::Progressing,
+            "complete" => Phase::Complete,
+            "rolledback" => Phase::RolledBack,
+            _ => return None,
+        })
+    }
+}
+
+/// A backend's recent high-water share, kept until `until` so ECS does not scale below what DNS
+/// caches may still send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub share: u32,
+    pub until: u64,
+}
+
+/// The persisted rollout state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutState {
+    pub owner: String,
+    pub split: String,
+    /// Hash of what defines the rollout (weights, steps, backend names): a new value starts a new
+    /// rollout from `current`.
+    pub generation: String,
+    pub phase: Phase,
+    /// Steps applied so far (0 = the start split).
+    pub step: usize,
+    /// Unix time the current step was applied.
+    pub since: u64,
+    /// The split when this rollout began.
+    pub start: Weights,
+    /// The split trafficshift applied last (what Route53 must show).
+    pub current: Weights,
+    /// ECS backends still draining after their weight dropped.
+    pub drains: BTreeMap<String, Drain>,
+}
+
+fn weights_str(w: &Weights) -> String {
+    w.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";")
+}
+
+fn parse_weights(s: &str) -> Option<Weights> {
+    if s.is_empty() {
+        return Some(Weights::new());
+    }
+    s.split(';')
+        .map(|kv| {
+            let (k, v) = kv.split_once(':')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+impl RolloutState {
+    /// The TXT payload, `key=value` pairs joined by commas.
+    pub fn encode(&self) -> String {
+        let drains = self
+            .drains
+            .iter()
+            .map(|(k, d)| format!("{k}:{}@{}", d.share, d.until))
+            .collect::<Vec<_>>()
+            .join(";");
+        format!(
+            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={}",
+            self.owner,
+            self.split,
+            self.generation,
+            self.phase.as_str(),
+            self.step,
+            self.since,
+            weights_str(&self.start),
+            weights_str(&self.current),
+            drains
+        )
+    }
+
+    /// Parse a TXT payload; None if it is not ours or is malformed.
+    pub fn decode(payload: &str) -> Option<RolloutState> {
+        let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
+        for part in payload.split(',') {
+            let (k, v) = part.split_once('=')?;
+            kv.insert(k.trim(), v.trim());
+        }
+        if kv.get("heritage") != Some(&HERITAGE) {
+            return None;
+        }
+        let drains = match kv.get("drain").copied().unwrap_or("") {
+            "" => BTreeMap::new(),
+            s => s
+                .split(';')
+                .map(|e| {
+                    let (k, rest) = e.split_once(':')?;
+                    let (share, until) = rest.split_once('@')?;
+                    Some((k.to_string(), Drain { share: share.parse().ok()?, until: until.parse().ok()? }))
+                })
+                .collect::<Option<_>>()?,
+        };
+        Some(RolloutState {
+            owner: kv.get("owner")?.to_string(),
+            split: kv.get("split")?.to_string(),
+            generation: kv.get("gen")?.to_string(),
+            phase: Phase::parse(kv.get("phase")?)?,
+            step: kv.get("step")?.parse().ok()?,
+            since: kv.get("since")?.parse().ok()?,
+            start: parse_weights(kv.get("start")?)?,
+            current: parse_weights(kv.get("cur")?)?,
+            drains,
+        })
+    }
+
+    /// Owner id only, for records written by another controller or a newer format.
+    pub fn owner_of(payload: &str) -> Option<String> {
+        let mut heritage = false;
+        let mut owner = None;
+        for part in payload.split(',') {
+            match part.split_once('=') {
+                Some(("heritage", v)) if v == HERITAGE => heritage = true,
+                Some(("owner", v)) => owner = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        if heritage {
+            owner
+        } else {
+            None
+        }
+    }
+}
+
+/// TXT record values are quoted strings of at most 255 characters each.
+pub fn to_txt_values(payload: &str) -> Vec<String> {
+    let chunks: Vec<String> = payload
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    vec![chunks.join(" ")]
+}
+
+/// Join the quoted strings of TXT values back into the payload.
+pub fn from_txt_values(values: &[String]) -> String {
+    let mut out = String::new();
+    for v in values {
+        let mut in_quote = false;
+        let mut escaped = false;
+        for ch in v.chars() {
+            match (in_quote, escaped, ch) {
+                (true, true, c) => {
+                    out.push(c);
+                    escaped = false;
+                }
+                (true, false, '\\') => escaped = true,
+                (_, false, '"') => in_quote = !in_quote,
+                (true, false, c) => out.push(c),
+                (false, _, _) => {}
+            }
+        }
+    }
+    out
+}
+
+/// Name of the ownership/state TXT record for a record name (both fully qualified).
+pub fn txt_name(record_name: &str) -> String {
+    format!("_trafficshift.{record_name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RolloutState {
+        RolloutState {
+            owner: "prod-eu".into(),
+            split: "api".into(),
+            generation: "abc123def456".into(),
+            phase: Phase::Progressing,
+            step: 2,
+            since: 1_764_000_000,
+            start: [("fargate".to_string(), 0), ("lambda".to_string(), 100)].into(),
+            current: [("fargate".to_string(), 25), ("lambda".to_string(), 75)].into(),
+            drains: [("fargate".to_string(), Drain { share: 50, until: 1_764_000_120 })].into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_txt() {
+        let s = sample();
+        let values = to_txt_values(&s.encode());
+        assert!(values[0].starts_with("\"heritage=trafficshift,"));
+        let back = RolloutState::decode(&from_txt_values(&values)).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn long_payloads_are_split_into_255_char_strings() {
+        let mut s = sample();
+        for i in 0..40 {
+            s.current.insert(format!("backend-number-{i}"), 0);
+        }
+        let values = to_txt_values(&s.encode());
+        assert!(values[0].split("\" \"").all(|p| p.trim_matches('"').len() <= 255));
+        assert_eq!(RolloutState::decode(&from_txt_values(&values)).unwrap(), s);
+    }
+
+    #[test]
+    fn foreign_txt_is_not_ours() {
+        assert_eq!(RolloutState::decode("v=spf1 -all"), None);
+        assert_eq!(RolloutState::owner_of("heritage=external-dns,owner=x"), None);
+        assert_eq!(RolloutState::owner_of("heritage=trafficshift,owner=other,split=x"), Some("other".into()));
+    }
+}
