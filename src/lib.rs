@@ -7,6 +7,7 @@ pub mod error;
 pub mod gates;
 pub mod metrics;
 pub mod plan;
+pub mod reconcile;
 pub mod server;
 pub mod rollout;
 pub mod spec;

@@ -629,3 +629,369 @@ pub fn human_duration(secs: u64) -> String {
         format!("{years}y")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{
+        rfc3339, BackendStatus, Condition, ConfigStatus, EcsStatus, Event, GateStatus,
+    };
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn at(secs_ago: u64) -> String {
+        rfc3339(NOW - secs_ago)
+    }
+
+    fn backend(name: &str, target: u32, step: u32, observed: Option<u32>) -> BackendStatus {
+        BackendStatus {
+            name: name.into(),
+            target_weight: target,
+            step_weight: step,
+            observed_weight: observed,
+            ecs: None,
+        }
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str, message: &str, ago: u64) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: at(ago),
+            observed_generation: "3f2a9c1b7d4e".into(),
+        }
+    }
+
+    fn event(type_: &str, reason: &str, message: &str, ago: u64) -> Event {
+        Event {
+            time: at(ago),
+            type_: type_.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    fn progressing() -> SplitStatus {
+        let mut fargate = backend("fargate", 100, 25, Some(25));
+        fargate.ecs = Some(EcsStatus {
+            desired: 5,
+            running: 5,
+            stable: true,
+        });
+        SplitStatus {
+            name: "api".into(),
+            record: "api.example.com. A".into(),
+            hosted_zone: "example.com.".into(),
+            state: "Progressing".into(),
+            conditions: vec![
+                condition("Ready", "True", "InSync", "Route53 matches step 2", 300),
+                condition("Progressing", "True", "StepAdvanced", "step 2 of 4", 130),
+            ],
+            step: 2,
+            steps: 4,
+            progress: 0.25,
+            drift: 0.0,
+            backends: vec![backend("lambda", 0, 75, Some(75)), fargate],
+            gates: vec![
+                GateStatus {
+                    name: "alarms".into(),
+                    passing: Some(true),
+                    consecutive_failures: 0,
+                    value: None,
+                    message: "api-fargate-5xx is OK".into(),
+                    last_check: Some(at(15)),
+                },
+                GateStatus {
+                    name: "error-ratio".into(),
+                    passing: Some(false),
+                    consecutive_failures: 1,
+                    value: Some(0.0123456),
+                    message: "value 0.0123456 is above max 0.01".into(),
+                    last_check: Some(at(15)),
+                },
+            ],
+            next_step_at: Some(rfc3339(NOW + 130)),
+            waiting_for: Some("interval".into()),
+            last_reconcile: Some(at(15)),
+            last_success: Some(at(15)),
+            last_error: None,
+            observed_generation: "3f2a9c1b7d4e".into(),
+            first_seen: at(3 * 3600 + 5 * 60),
+            events: vec![
+                event(
+                    "Normal",
+                    "StepAdvanced",
+                    "step 1 of 4: lambda=88 fargate=12",
+                    700,
+                ),
+                event(
+                    "Normal",
+                    "StepAdvanced",
+                    "step 2 of 4: lambda=75 fargate=25",
+                    130,
+                ),
+            ],
+        }
+    }
+
+    fn rolled_back() -> SplitStatus {
+        SplitStatus {
+            name: "checkout".into(),
+            record: "checkout.example.com. CNAME".into(),
+            hosted_zone: "example.com.".into(),
+            state: "RolledBack".into(),
+            conditions: vec![condition(
+                "Degraded",
+                "True",
+                "GateFailed",
+                "gate http failed 3 times:\nGET https://checkout/healthz: 503",
+                60,
+            )],
+            step: 0,
+            steps: 5,
+            progress: 0.0,
+            drift: 0.1,
+            backends: vec![
+                backend("old", 0, 100, Some(90)),
+                backend("new", 100, 0, None),
+            ],
+            gates: vec![],
+            next_step_at: None,
+            waiting_for: Some("a new document (rolled back after gate http failed)".into()),
+            last_reconcile: Some(at(5)),
+            last_success: Some(at(5)),
+            last_error: Some("route53 ChangeResourceRecordSets: Throttling".into()),
+            observed_generation: "9e8d".into(),
+            first_seen: at(2 * 86400 + 3600),
+            events: vec![event(
+                "Warning",
+                "RolledBack",
+                "gate http failed 3 times",
+                60,
+            )],
+        }
+    }
+
+    fn fixture() -> ControllerStatus {
+        ControllerStatus {
+            version: "0.1.0".into(),
+            generated_at: at(0),
+            owner_id: "prod".into(),
+            dry_run: false,
+            config: ConfigStatus {
+                paths: vec!["/etc/trafficshift".into()],
+                valid: true,
+                errors: vec![],
+                last_load: Some(at(600)),
+            },
+            splits: vec![progressing(), rolled_back()],
+        }
+    }
+
+    #[test]
+    fn table_lists_every_split() {
+        let want = "\
+SPLIT      RECORD                        STATE         STEP   WEIGHTS                TARGET                 GATES   DRIFT   NEXT                               AGE
+api        api.example.com. A            Progressing   2/4    lambda=75 fargate=25   lambda=0 fargate=100   1/2     0%      in 2m10s                           3h5m
+checkout   checkout.example.com. CNAME   RolledBack    0/5    old=90 new=-           old=0 new=100          -       10%     a new document (rolled back aft…   2d1h
+";
+        assert_eq!(render_table(&fixture(), NOW), want);
+    }
+
+    #[test]
+    fn table_shows_config_errors_under_it() {
+        let mut s = fixture();
+        s.config.valid = false;
+        s.config.errors = vec!["splits/api.yaml:4:3: unknown field `wieghts`".into()];
+        let out = render_table(&s, NOW);
+        assert!(
+            out.ends_with("\nconfig: 1 error: splits/api.yaml:4:3: unknown field `wieghts`\n"),
+            "{out}"
+        );
+        s.config
+            .errors
+            .push("splits/b.yaml:1:1: missing field `spec`".into());
+        let out = render_table(&s, NOW);
+        assert!(
+            out.ends_with(
+                "config: 2 errors:\n  splits/api.yaml:4:3: unknown field `wieghts`\n  splits/b.yaml:1:1: missing field `spec`\n"
+            ),
+            "{out}"
+        );
+        s.splits.clear();
+        assert!(render_table(&s, NOW).starts_with("No splits configured.\n"));
+    }
+
+    #[test]
+    fn wide_table_adds_columns() {
+        let out = render_wide(&fixture(), NOW);
+        let header = out.lines().next().unwrap_or_default();
+        assert!(
+            header.ends_with("AGE    ZONE           GENERATION     LAST-RECONCILE   ERROR"),
+            "{header}"
+        );
+        assert!(
+            out.contains("a new document (rolled back after gate http failed)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("route53 ChangeResourceRecordSets: Throttling"),
+            "{out}"
+        );
+        assert!(out.contains("3f2a9c1b7d4e"), "{out}");
+    }
+
+    #[test]
+    fn describe_shows_everything_about_a_split() {
+        let out = render_describe(&progressing(), NOW);
+        let want = "\
+Name:            api
+Record:          api.example.com. A
+Zone:            example.com.
+State:           Progressing
+Generation:      3f2a9c1b7d4e
+Step:            2/4
+Progress:        25%
+Drift:           0%
+Backends:
+  NAME      TARGET   STEP   OBSERVED   ECS-DESIRED   ECS-RUNNING
+  lambda    0        75     75         -             -
+  fargate   100      25     25         5             5
+Gates:
+  NAME          PASSING   FAILURES   VALUE    LAST-CHECK   MESSAGE
+  alarms        True      0          -        15s          api-fargate-5xx is OK
+  error-ratio   False     1          0.0123   15s          value 0.0123456 is above max 0.01
+Conditions:
+  TYPE          STATUS   REASON         LAST-TRANSITION   MESSAGE
+  Ready         True     InSync         5m                Route53 matches step 2
+  Progressing   True     StepAdvanced   2m10s             step 2 of 4
+Next step:       in 2m10s (2023-11-14T22:15:30Z)
+Waiting for:     interval
+Last reconcile:  15s ago (2023-11-14T22:13:05Z)
+Last success:    15s ago (2023-11-14T22:13:05Z)
+Last error:      <none>
+Events:
+  TYPE     REASON         AGE     MESSAGE
+  Normal   StepAdvanced   11m     step 1 of 4: lambda=88 fargate=12
+  Normal   StepAdvanced   2m10s   step 2 of 4: lambda=75 fargate=25
+";
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn describe_of_rolled_back_split() {
+        let out = render_describe(&rolled_back(), NOW);
+        assert!(out.contains("State:           RolledBack\n"), "{out}");
+        assert!(out.contains("Gates:           <none>\n"), "{out}");
+        assert!(out.contains("Next step:       <none>\n"), "{out}");
+        assert!(
+            out.contains("Last error:      route53 ChangeResourceRecordSets: Throttling\n"),
+            "{out}"
+        );
+        // The newline inside the condition message must not break the table.
+        assert!(
+            out.contains("gate http failed 3 times: GET https://checkout/healthz: 503\n"),
+            "{out}"
+        );
+        assert!(out.contains("  new    100      0      -"), "{out}");
+    }
+
+    #[test]
+    fn exit_code_flags_failing_splits_and_invalid_config() {
+        let s = fixture();
+        assert_eq!(exit_code(&s, None), 1, "checkout is RolledBack");
+        assert_eq!(exit_code(&s, Some("api")), 0);
+        assert_eq!(exit_code(&s, Some("checkout")), 1);
+        for state in ["Degraded", "Conflict", "Invalid"] {
+            let mut s = fixture();
+            s.splits[0].state = state.into();
+            assert_eq!(exit_code(&s, Some("api")), 1, "{state}");
+        }
+        for state in ["Progressing", "Complete", "Paused"] {
+            let mut s = fixture();
+            s.splits[1].state = state.into();
+            assert_eq!(exit_code(&s, None), 0, "{state}");
+        }
+        let mut s = fixture();
+        s.config.valid = false;
+        assert_eq!(exit_code(&s, Some("api")), 1, "invalid config");
+    }
+
+    fn opts(name: Option<&str>, output: Output) -> StatusOptions {
+        StatusOptions {
+            endpoint: "http://127.0.0.1:8080".into(),
+            name: name.map(String::from),
+            output,
+            watch: false,
+            exit_code: true,
+        }
+    }
+
+    #[test]
+    fn render_picks_view_and_format() {
+        let s = fixture();
+        let json = render(&s, &opts(None, Output::Json), NOW).expect("json");
+        let back: ControllerStatus = serde_json::from_str(&json).expect("parses back");
+        assert_eq!(back, s);
+        let json = render(&s, &opts(Some("api"), Output::Json), NOW).expect("json");
+        let back: SplitStatus = serde_json::from_str(&json).expect("parses back");
+        assert_eq!(back, progressing());
+        let yaml = render(&s, &opts(Some("checkout"), Output::Yaml), NOW).expect("yaml");
+        let back: SplitStatus = serde_saphyr::from_str(&yaml).expect("parses back");
+        assert_eq!(back, rolled_back());
+        let out = render(&s, &opts(Some("api"), Output::Table), NOW).expect("describe");
+        assert!(out.starts_with("Name:            api\n"), "{out}");
+        let err = render(&s, &opts(Some("nope"), Output::Table), NOW).expect_err("unknown split");
+        assert_eq!(
+            err.to_string(),
+            "split \"nope\" not found at http://127.0.0.1:8080; configured splits: api, checkout"
+        );
+    }
+
+    #[test]
+    fn status_url_accepts_bare_host_and_prefix() {
+        let url = |e: &str| {
+            status_url(e)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        assert_eq!(url("http://127.0.0.1:8080"), "http://127.0.0.1:8080/status");
+        assert_eq!(url("localhost:8080/"), "http://localhost:8080/status");
+        assert_eq!(
+            url("http://proxy/api/v1/x/proxy/"),
+            "http://proxy/api/v1/x/proxy/status"
+        );
+    }
+
+    #[test]
+    fn control_characters_do_not_reach_the_terminal() {
+        let mut s = progressing();
+        s.gates[0].message = "bad\x1b[2Jthing".into();
+        let out = render_describe(&s, NOW);
+        assert!(!out.contains('\x1b'), "{out:?}");
+    }
+
+    #[test]
+    fn kubernetes_style_durations() {
+        let cases = [
+            (0, "0s"),
+            (119, "119s"),
+            (130, "2m10s"),
+            (300, "5m"),
+            (3600, "60m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 300, "3h5m"),
+            (30 * 3600, "30h"),
+            (2 * 86400, "2d"),
+            (2 * 86400 + 3600, "2d1h"),
+            (30 * 86400, "30d"),
+            (3 * 365 * 86400 + 86400, "3y1d"),
+            (9 * 365 * 86400, "9y"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(human_duration(secs), want, "{secs}s");
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! One reconcile cycle over the splits that are due. Level-triggered: every cycle reads the live
+//! state (one Route53 listing per zone, batched ECS describes), decides, plans, then applies in
+//! the order that never makes traffic worse: ECS scale-ups, the Route53 batch (weights and state
+//! together, atomically), ECS scale-downs. `plan` and `--dry-run` run the same code minus apply.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tracing::{info, warn};
+
+use crate::aws::{AliasTarget, Aws, Change, EcsService, RecordSet, Zone};
+use crate::gates::GateChecker;
+use crate::plan::{self, Observed, PlannedChange, Target};
+use crate::rollout::{self, Decision, EcsObs, GateSummary, Note, SplitState};
+use crate::spec::{fqdn, SplitDoc, TrafficSplit, Weights};
+use crate::state::Phase;
+use crate::weights::{drift, show};
+use crate::{Error, Result};
+
+/// How long zone ids and resolved alias targets are reused before being read again.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Shared by every cycle.
+pub struct Context {
+    pub aws: Aws,
+    pub gates: GateChecker,
+    pub owner: String,
+    pub dry_run: bool,
+    /// How long to wait for a Route53 change to be INSYNC.
+    pub insync_timeout: Duration,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    zones: HashMap<String, (Zone, Instant)>,
+    targets: HashMap<String, (AliasTarget, Instant)>,
+}
+
+impl Context {
+    pub fn new(aws: Aws, owner: impl Into<String>, dry_run: bool) -> Self {
+        Context {
+            gates: GateChecker::new(aws.clone()),
+            aws,
+            owner: owner.into(),
+            dry_run,
+            insync_timeout: Duration::from_secs(120),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    async fn zone(&self, name_or_id: &str) -> Result<Zone> {
+        let key = name_or_id.trim_end_matches('.').to_ascii_lowercase();
+        if let Some((z, at)) = self.cache.lock().expect("cache lock").zones.get(&key) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(z.clone());
+            }
+        }
+        let z = self.aws.dns.find_zone(name_or_id).await?;
+        self.cache.lock().expect("cache lock").zones.insert(key, (z.clone(), Instant::now()));
+        Ok(z)
+    }
+
+    async fn cached_target<F, Fut>(&self, key: String, f: F) -> Result<AliasTarget>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<AliasTarget>>,
+    {
+        if let Some((t, at)) = self.cache.lock().expect("cache lock").targets.get(&key) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(t.clone());
+            }
+        }
+        let t = f().await?;
+        self.cache.lock().expect("cache lock").targets.insert(key, (t.clone(), Instant::now()));
+        Ok(t)
+    }
+}
+
+/// What a controller remembers of one gate between cycles (in memory only: after a restart every
+/// gate must pass a fresh check before the next step).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GateRecord {
+    pub passing: Option<bool>,
+    pub consecutive_failures: u32,
+    pub value: Option<f64>,
+    pub message: String,
+    pub last_check: Option<u64>,
+}
+
+/// A split to reconcile with its gate memory.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub doc: SplitDoc,
+    pub gates: BTreeMap<String, GateRecord>,
+}
+
+/// An ECS count change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsChange {
+    pub backend: String,
+    pub cluster: String,
+    pub service: String,
+    pub from: i32,
+    pub to: i32,
+}
+
+/// What one reconcile of one split found and did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub state: SplitState,
+    pub step: usize,
+    pub steps: usize,
+    pub progress: f64,
+    pub waiting_for: Option<String>,
+    pub next_step_at: Option<u64>,
+    pub target: Weights,
+    pub step_weights: Weights,
+    pub observed: Option<Weights>,
+    pub drift: f64,
+    pub ecs: BTreeMap<String, EcsService>,
+    pub route53: Vec<PlannedChange>,
+    pub ecs_changes: Vec<EcsChange>,
+    pub notes: Vec<Note>,
+    pub drift_corrected: bool,
+    pub rolled_back: bool,
+    /// Whether the writes were made (false in dry-run and plan).
+    pub applied: bool,
+    /// Drains still pending: unix time the last one ends.
+    pub drain_until: Option<u64>,
+}
+
+impl Report {
+    pub fn has_changes(&self) -> bool {
+        !self.route53.is_empty() || !self.ecs_changes.is_empty()
+    }
+}
+
+/// The outcome of one split in a cycle.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub result: Result<Report>,
+    pub gates: BTreeMap<String, GateRecord>,
+}
+
+struct Pending {
+    work: Work,
+    zone: Zone,
+    records: Vec<RecordSet>,
+    report: Option<Report>,
+    error: Option<Error>,
+}
+
+/// Run one cycle. `apply` false computes the plan only.
+pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec<Outcome> {
+    // 1. Zones and listings: one pass per zone, or targeted lists when cheaper.
+    let mut by_zone: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+    for w in work {
+        by_zone.entry(w.doc.split.spec.record.hosted_zone.clone()).or_default().push(w);
+    }
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for (zone_ref, group) in by_zone {
+        let zone = match ctx.zone(&zone_ref).await {
+            Ok(z) => z,
+            Err(e) => {
+                for w in group {
+                    outcomes.push(Outcome { name: w.doc.split.name().to_string(), result: Err(clone_err(&e)), gates: w.gates });
+                }
+                continue;
+            }
+        };
+        let mut names: Vec<String> = group.iter().map(|w| fqdn(&w.doc.split.spec.record.name)).collect();
+        names.sort();
+        names.dedup();
+        let full_pass_cost = (zone.record_count.max(1) as usize).div_ceil(300);
+        let listing: Result<HashMap<String, Vec<RecordSet>>> = if names.len() < full_pass_cost {
+            let mut m = HashMap::new();
+            let mut err = None;
+            for n in &names {
+                match ctx.aws.dns.list_from(&zone.id, n).await {
+                    Ok(r) => {
+                        m.insert(n.clone(), r);
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            match err {
+                Some(e) => Err(e),
+                None => Ok(m),
+            }
+        } else {
+            ctx.aws.dns.list_all(&zone.id).await.map(|all| {
+                let mut m: HashMap<String, Vec<RecordSet>> = HashMap::new();
+                for n in &names {
+                    let txt = crate::state::txt_name(n);
+                    m.insert(n.clone(), all.iter().filter(|r| &r.name == n || r.name == txt).cloned().collect());
+                }
+                m
+            })
+        };
+        match listing {
+            Ok(mut m) => {
+                for w in group {
+                    let n = fqdn(&w.doc.split.spec.record.name);
+                    let records = m.get(&n).cloned().unwrap_or_default();
+                    let _ = m.get_mut(&n);
+                    pending.push(Pending { work: w, zone: zone.clone(), records, report: None, error: None });
+                }
+            }
+            Err(e) => {
+                for w in group {
+                    outcomes.push(Outcome { name: w.doc.split.name().to_string(), result: Err(clone_err(&e)), gates: w.gates });
+                }
+            }
+        }
+    }
+
+    // 2. ECS: one batched describe per cluster.
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in &pending {
+        for b in &p.work.doc.split.spec.backends {
+            if let Some(e) = &b.ecs {
+                wanted.entry(e.cluster.clone()).or_default().push(e.service.clone());
+            }
+        }
+    }
+    let mut services: HashMap<(String, String), EcsService> = HashMap::new();
+    let mut cluster_errors: HashMap<String, Error> = HashMap::new();
+    for (cluster, mut svcs) in wanted {
+        svcs.sort();
+        svcs.dedup();
+        match ctx.aws.ecs.describe(&cluster, &svcs).await {
+            Ok(found) => {
+                for s in found {
+                    services.insert((cluster.clone(), s.service.clone()), s.clone());
+                    // Also index by the name the document used (it may be an ARN).
+                    services.insert((cluster.clone(), s.arn.clone()), s);
+                }
+            }
+            Err(e) => {
+                cluster_errors.insert(cluster, e);
+            }
+        }
+    }
+
+    // 3. Per split: targets, classification, gates, decision, plan.
+    let splits = join_all(pending.iter_mut().map(|p| plan_split(ctx, p, &services, &cluster_errors, now))).await;
+    drop(splits);
+
+    // 4. Apply.
+    if apply && !ctx.dry_run {
+        apply_all(ctx, &mut pending).await;
+    }
+
+    for p in pending {
+        let name = p.work.doc.split.name().to_string();
+        let result = match (p.error, p.report) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => Ok(r),
+            (None, None) => Err(Error::Other("internal: no report".into())),
+        };
+        outcomes.push(Outcome { name, result, gates: p.work.gates });
+    }
+    outcomes
+}
+
+/// Errors are not Clone (they wrap sources); a shared failure is copied as its message.
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Aws { service, operation, failure, message } => Error::Aws {
+            service,
+            operation,
+            failure: *failure,
+            message: message.clone(),
+        },
+        Error::NotFound(m) => Error::NotFound(m.clone()),
+        Error::Conflict(m) => Error::Conflict(m.clone()),
+        other => Error::Other(other.to_string()),
+    }
+}
+
+async fn resolve_targets(
+    ctx: &Context,
+    split: &TrafficSplit,
+    services: &HashMap<(String, String), EcsService>,
+    cluster_errors: &HashMap<String, Error>,
+) -> Result<BTreeMap<String, Target>> {
+    let cname = !split.spec.record.record_type.is_alias();
+    let mut out = BTreeMap::new();
+    for b in &split.spec.backends {
+        let alias = if let Some(api) = &b.api_gateway {
+            let d = api.domain_name.clone();
+            ctx.cached_target(format!("apigw:{d}"), || ctx.aws.targets.api_gateway_domain(&d)).await?
+        } else if let Some(e) = &b.ecs {
+            if let Some(err) = cluster_errors.get(&e.cluster) {
+                return Err(clone_err(err));
+            }
+            let svc = services.get(&(e.cluster.clone(), e.service.clone())).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "ECS service {} not found (or INACTIVE) in cluster {}: check spec.backends[{}].ecs",
+                    e.service, e.cluster, b.name
+                ))
+            })?;
+            let tg = svc.target_groups.first().ok_or_else(|| {
+                Error::NotFound(format!(
+                    "ECS service {}/{} has no load balancer target group; trafficshift routes to its ALB",
+                    e.cluster, e.service
+                ))
+            })?;
+            let tg = tg.clone();
+            ctx.cached_target(format!("tg:{tg}"), || ctx.aws.targets.target_group_lb(&tg)).await?
+        } else if let Some(t) = &b.target {
+            if let Some(a) = &t.alias {
+                AliasTarget {
+                    dns_name: fqdn(&a.dns_name),
+                    hosted_zone_id: a.hosted_zone_id.clone(),
+                    evaluate_target_health: a.evaluate_target_health,
+                }
+            } else if let Some(c) = &t.cname {
+                out.insert(b.name.clone(), Target::Cname(fqdn(c)));
+                continue;
+            } else {
+                return Err(Error::Other(format!("backend {} has an empty target", b.name)));
+            }
+        } else {
+            return Err(Error::Other(format!("backend {} has no kind", b.name)));
+        };
+        let t = if cname {
+            Target::Cname(alias.dns_name.clone())
+        } else {
+            Target::Alias(alias)
+        };
+        out.insert(b.name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// Gates are checked while a rollout may move: not when Complete/RolledBack, not when paused.
+fn gates_matter(split: &TrafficSplit, obs: &Observed) -> bool {
+    if split.spec.gates.is_empty() || split.spec.rollout.as_ref().is_some_and(|r| r.paused) {
+        return false;
+    }
+    match &obs.state {
+        Some(s) if s.generation == rollout::generation(split) => s.phase == Phase::Progressing,
+        _ => true,
+    }
+}
+
+async fn check_gates(ctx: &Context, split: &TrafficSplit, records: &mut BTreeMap<String, GateRecord>, now: u64) -> Vec<Note> {
+    let results = join_all(split.spec.gates.iter().map(|g| ctx.gates.check(split, g))).await;
+    let mut notes = Vec::new();
+    for (g, r) in split.spec.gates.iter().zip(results) {
+        let rec = records.entry(g.name.clone()).or_default();
+        if r.passing {
+            rec.consecutive_failures = 0;
+        } else {
+            rec.consecutive_failures += 1;
+            notes.push(Note {
+                warning: true,
+                reason: "GateFailed",
+                message: format!("gate {} failed ({} in a row): {}", g.name, rec.consecutive_failures, r.message),
+            });
+        }
+        rec.passing = Some(r.passing);
+        rec.value = r.value;
+        rec.message = r.message;
+        rec.last_check = Some(now);
+    }
+    notes
+}
+
+fn summarize(split: &TrafficSplit, records: &BTreeMap<String, GateRecord>) -> GateSummary {
+    let threshold = split.spec.rollout.as_ref().map(|r| r.failure_threshold).unwrap_or(3).max(1);
+    let mut s = GateSummary { all_passing: true, failing: vec![], tripped: None };
+    for g in &split.spec.gates {
+        match records.get(&g.name) {
+            Some(r) if r.passing == Some(true) => {}
+            Some(r) => {
+                s.all_passing = false;
+                s.failing.push(format!("{}: {}", g.name, r.message));
+                if r.consecutive_failures >= threshold && s.tripped.is_none() {
+                    s.tripped = Some((g.name.clone(), r.message.clone()));
+                }
+            }
+            None => {
+                s.all_passing = false;
+                s.failing.push(format!("{}: not checked yet", g.name));
+            }
+        }
+    }
+    s
+}
+
+async fn plan_split(
+    ctx: &Context,
+    p: &mut Pending,
+    services: &HashMap<(String, String), EcsService>,
+    cluster_errors: &HashMap<String, Error>,
+    now: u64,
+) {
+    match plan_split_inner(ctx, p, services, cluster_errors, now).await {
+        Ok(r) => p.report = Some(r),
+        Err(e) => p.error = Some(e),
+    }
+}
+
+async fn plan_split_inner(
+    ctx: &Context,
+    p: &mut Pending,
+    services: &HashMap<(String, String), EcsService>,
+    cluster_errors: &HashMap<String, Error>,
+    now: u64,
+) -> Result<Report> {
+    let split = p.work.doc.split.clone();
+    let targets = resolve_targets(ctx, &split, services, cluster_errors).await?;
+    let refs: Vec<&RecordSet> = p.records.iter().collect();
+    let obs = plan::classify(&split, &ctx.owner, &refs, &targets)?;
+
+    // A new rollout forgets the gate history of the previous one.
+    if obs.state.as_ref().is_none_or(|s| s.generation != rollout::generation(&split)) {
+        p.work.gates.retain(|_, r| r.consecutive_failures == 0);
+    }
+    let mut notes = Vec::new();
+    if gates_matter(&split, &obs) {
+        notes.extend(check_gates(ctx, &split, &mut p.work.gates, now).await);
+    }
+    let summary = summarize(&split, &p.work.gates);
+
+    let mut ecs_obs = BTreeMap::new();
+    let mut ecs_live = BTreeMap::new();
+    for b in &split.spec.backends {
+        if let Some(e) = &b.ecs {
+            if let Some(s) = services.get(&(e.cluster.clone(), e.service.clone())) {
+                ecs_obs.insert(b.name.clone(), EcsObs { desired: s.desired, running: s.running, stable: s.is_stable() });
+                ecs_live.insert(b.name.clone(), s.clone());
+            }
+        }
+    }
+
+    let d: Decision = rollout::decide(&rollout::Inputs {
+        split: &split,
+        owner: &ctx.owner,
+        stored: obs.state.as_ref(),
+        observed: obs.weights.as_ref(),
+        ecs: &ecs_obs,
+        gates: &summary,
+        now,
+    });
+    notes.extend(d.notes.iter().cloned());
+
+    let intended = obs.state.as_ref().map(|s| s.current.clone()).unwrap_or_default();
+    let route53 = match &d.write {
+        Some(w) => plan::route53_changes(&split, &obs, w, &d.state, &targets, &intended)?,
+        None => vec![],
+    };
+    let drift_corrected = route53.iter().any(|c| c.drift);
+    if drift_corrected {
+        notes.push(Note {
+            warning: true,
+            reason: "DriftCorrected",
+            message: format!(
+                "Route53 showed {} where trafficshift applied {}; putting it back",
+                obs.weights.as_ref().map(show).unwrap_or_default(),
+                show(&intended)
+            ),
+        });
+    }
+
+    let mut ecs_changes = Vec::new();
+    for b in &split.spec.backends {
+        let Some(e) = &b.ecs else { continue };
+        let Some(&want) = d.ecs_desired.get(&b.name) else { continue };
+        if let Some(live) = ecs_live.get(&b.name) {
+            if live.desired != want as i32 {
+                ecs_changes.push(EcsChange {
+                    backend: b.name.clone(),
+                    cluster: e.cluster.clone(),
+                    service: e.service.clone(),
+                    from: live.desired,
+                    to: want as i32,
+                });
+            }
+        }
+    }
+
+    let step_weights = d.state.current.clone();
+    let drift_ratio = drift(obs.weights.as_ref().unwrap_or(&Weights::new()), &step_weights);
+    let drain_until = d.state.drains.values().filter(|x| x.until > now).map(|x| x.until).max();
+    Ok(Report {
+        state: d.status,
+        step: d.state.step,
+        steps: d.steps,
+        progress: d.progress,
+        waiting_for: d.waiting_for.clone(),
+        next_step_at: d.next_step_at,
+        target: split.spec.weights.clone(),
+        step_weights,
+        observed: obs.weights.clone(),
+        drift: if obs.weights.is_none() { 1.0 } else { drift_ratio },
+        ecs: ecs_live,
+        route53,
+        ecs_changes,
+        notes,
+        drift_corrected,
+        rolled_back: d.rolled_back,
+        applied: false,
+        drain_until,
+    })
+}
+
+async fn set_desired(ctx: &Context, split: &str, c: &EcsChange, why: &str) -> Result<()> {
+    info!(split, cluster = %c.cluster, service = %c.service, from = c.from, to = c.to, reason = why, "ECS desiredCount");
+    ctx.aws.ecs.set_desired(&c.cluster, &c.service, c.to).await
+}
+
+async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
+    // ECS scale-ups first: capacity before traffic.
+    for p in pending.iter_mut() {
+        let Some(r) = &p.report else { continue };
+        let name = p.work.doc.split.name().to_string();
+        let ups: Vec<EcsChange> = r.ecs_changes.iter().filter(|c| c.to > c.from).cloned().collect();
+        for c in ups {
+            if let Err(e) = set_desired(ctx, &name, &c, "capacity before traffic").await {
+                p.error = Some(e);
+                break;
+            }
+        }
+    }
+
+    // Route53: one batch per zone where it fits, each split's changes kept together.
+    let mut by_zone: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pending.iter().enumerate() {
+        if p.error.is_none() && p.report.as_ref().is_some_and(|r| !r.route53.is_empty()) {
+            by_zone.entry(p.zone.id.clone()).or_default().push(i);
+        }
+    }
+    for (zone_id, idxs) in by_zone {
+        for chunk in batches(pending, &idxs) {
+            let changes: Vec<Change> = chunk
+                .iter()
+                .flat_map(|&i| pending[i].report.as_ref().expect("has report").route53.iter().map(|c| c.change.clone()))
+                .collect();
+            for &i in &chunk {
+                log_changes(&pending[i]);
+            }
+            let comment = comment_for(pending, &chunk);
+            let res = submit(ctx, &zone_id, &comment, &changes).await;
+            match res {
+                Ok(()) => mark_applied(pending, &chunk),
+                Err(e) if chunk.len() > 1 && !e.is_retryable() => {
+                    // One bad split must not block the zone (external-dns #421): retry alone.
+                    warn!(zone = %zone_id, error = %e, "batch rejected; retrying split by split");
+                    for &i in &chunk {
+                        let changes: Vec<Change> =
+                            pending[i].report.as_ref().expect("has report").route53.iter().map(|c| c.change.clone()).collect();
+                        let comment = comment_for(pending, &[i]);
+                        match submit(ctx, &zone_id, &comment, &changes).await {
+                            Ok(()) => mark_applied(pending, &[i]),
+                            Err(e) => pending[i].error = Some(e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for &i in &chunk {
+                        pending[i].error = Some(clone_err(&e));
+                    }
+                }
+            }
+        }
+    }
+
+    // ECS scale-downs last, only for splits whose writes went through.
+    for p in pending.iter_mut() {
+        if p.error.is_some() {
+            continue;
+        }
+        let Some(r) = &p.report else { continue };
+        let name = p.work.doc.split.name().to_string();
+        let downs: Vec<EcsChange> = r.ecs_changes.iter().filter(|c| c.to < c.from).cloned().collect();
+        for c in downs {
+            if let Err(e) = set_desired(ctx, &name, &c, "weight lowered and drained").await {
+                p.error = Some(e);
+                break;
+            }
+        }
+        if p.error.is_none() {
+            if let Some(r) = p.report.as_mut() {
+                r.applied = true;
+            }
+        }
+    }
+}
+
+fn mark_applied(pending: &mut [Pending], idxs: &[usize]) {
+    for &i in idxs {
+        if let Some(r) = pending[i].report.as_mut() {
+            r.applied = true;
+        }
+    }
+}
+
+fn comment_for(pending: &[Pending], idxs: &[usize]) -> String {
+    let names: Vec<&str> = idxs.iter().map(|&i| pending[i].work.doc.split.name()).collect();
+    let mut c = format!("trafficshift: {}", names.join(","));
+    c.truncate(256);
+    c
+}
+
+fn log_changes(p: &Pending) {
+    let Some(r) = &p.report else { return };
+    for c in &r.route53 {
+        info!(
+            split = p.work.doc.split.name(),
+            record = %c.change.record.name,
+            rtype = %c.change.record.rtype,
+            set_id = c.change.record.set_identifier.as_deref().unwrap_or("-"),
+            action = ?c.change.action,
+            from = %r.observed.as_ref().map(show).unwrap_or_else(|| "none".into()),
+            to = %show(&r.step_weights),
+            reason = %c.why,
+            "Route53 change"
+        );
+        crate::metrics::METRICS
+            .route53_changes
+            .with_label_values(&[p.work.doc.split.name(), &format!("{:?}", c.change.action).to_ascii_lowercase()])
+            .inc();
+    }
+}
+
+/// Group splits' changes into batches within Route53's limits, never splitting one split.
+fn batches(pending: &[Pending], idxs: &[usize]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let (mut n, mut chars) = (0usize, 0usize);
+    for &i in idxs {
+        let r = pending[i].report.as_ref().expect("has report");
+        let cn = r.route53.len();
+        let cc: usize = r.route53.iter().map(|c| plan::change_chars(&c.change)).sum();
+        if out.is_empty() || n + cn > plan::MAX_CHANGES_PER_BATCH || chars + cc > plan::MAX_VALUE_CHARS_PER_BATCH {
+            out.push(Vec::new());
+            n = 0;
+            chars = 0;
+        }
+        out.last_mut().expect("pushed").push(i);
+        n += cn;
+        chars += cc;
+    }
+    out
+}
+
+async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change]) -> Result<()> {
+    plan::check_batch(changes)?;
+    let id = ctx.aws.dns.change(zone_id, comment, changes).await?;
+    ctx.aws.dns.wait_insync(&id, ctx.insync_timeout).await
+}

@@ -1,0 +1,263 @@
+//! Shared harness of the integration tests: a private moto server per test, a real boto3 client to
+//! set up and read back AWS state, unique names, and polling with a deadline.
+//!
+//! Use it from a test file with `mod support;`.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `<repo>/.venv/bin/<tool>` when the venv exists, else `fallback` from PATH.
+pub fn venv_tool(tool: &str, fallback: &str) -> PathBuf {
+    let p = repo().join(".venv/bin").join(tool);
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from(fallback)
+    }
+}
+
+/// The Python that has boto3 (and moto).
+pub fn python() -> PathBuf {
+    venv_tool("python", "python3")
+}
+
+/// A moto server on a free local port, killed when dropped.
+pub struct Moto {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Moto {
+    /// Start moto with default settings.
+    pub fn start() -> Moto {
+        Moto::start_with_env(&[])
+    }
+
+    /// Start moto with extra environment for the server process, e.g.
+    /// `[("MOTO_ECS_SERVICE_RUNNING", "0")]`. moto reads such settings when a resource is created.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
+        let mut last = String::new();
+        // The port is picked by binding :0 and released before moto binds it; another process can
+        // take it in between, so a failed start is retried with a new port.
+        for _ in 0..3 {
+            match Moto::try_start(env) {
+                Ok(m) => return m,
+                Err(e) => last = e,
+            }
+        }
+        panic!("moto_server did not start: {last}");
+    }
+
+    fn try_start(env: &[(&str, &str)]) -> Result<Moto, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let log = std::env::temp_dir().join(format!("moto-{}-{port}.log", std::process::id()));
+        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let bin = venv_tool("moto_server", "moto_server");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let mut moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), child, log };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http_ok(addr, "/moto-api/") {
+                return Ok(moto);
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                return Err(format!("moto_server exited with {status}: {}", moto.log_tail()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "moto_server not answering GET /moto-api/ on port {port} after 30 s: {}",
+                    moto.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines moto wrote, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Environment for a process (the trafficshift binary, the aws CLI) that should talk to this
+    /// moto: pass it to `Command::envs`. The test process's own environment is never changed.
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// A config loader pointing at this moto with fixed test credentials.
+    pub fn loader(&self) -> aws_config::ConfigLoader {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_route53::config::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ))
+    }
+
+    /// The real AWS edge of trafficshift, pointed at this moto.
+    pub async fn connect(&self) -> trafficshift::aws::Aws {
+        let opts = trafficshift::aws::connect::AwsOptions {
+            route53_rps: 50.0,
+            ..Default::default()
+        };
+        self.connect_with(&opts).await
+    }
+
+    /// `connect` with explicit options.
+    pub async fn connect_with(
+        &self,
+        opts: &trafficshift::aws::connect::AwsOptions,
+    ) -> trafficshift::aws::Aws {
+        trafficshift::aws::connect::connect_with(opts, self.loader()).await
+    }
+
+    /// Call one boto3 client method and return its response as JSON (datetimes as strings,
+    /// ResponseMetadata removed). Panics with the Python error on failure.
+    ///
+    /// `moto.boto3_json("route53", "list_resource_record_sets", json!({"HostedZoneId": id}))`
+    pub fn boto3_json(&self, service: &str, method: &str, kwargs: Value) -> Value {
+        self.try_boto3_json(service, method, kwargs)
+            .unwrap_or_else(|e| panic!("boto3 {service}.{method} failed: {e}"))
+    }
+
+    /// `boto3_json` that returns the error text (e.g. to check a resource is gone).
+    pub fn try_boto3_json(&self, service: &str, method: &str, kwargs: Value) -> Result<Value, String> {
+        const SCRIPT: &str = r#"
+r = getattr(client(input["service"]), input["method"])(**input["kwargs"])
+r.pop("ResponseMetadata", None)
+out = r
+"#;
+        self.try_py(
+            SCRIPT,
+            serde_json::json!({"service": service, "method": method, "kwargs": kwargs}),
+        )
+    }
+
+    /// Run a Python snippet against this moto. In scope: `input` (the JSON given), `client(name)`
+    /// (a boto3 client pointed at moto), `endpoint`; the snippet assigns its answer to `out`,
+    /// which comes back as JSON. Panics with the Python error on failure.
+    pub fn py(&self, script: &str, input: Value) -> Value {
+        self.try_py(script, input).unwrap_or_else(|e| panic!("python snippet failed: {e}"))
+    }
+
+    /// `py` that returns the error text instead of panicking.
+    pub fn try_py(&self, script: &str, input: Value) -> Result<Value, String> {
+        const PRELUDE: &str = r#"
+import json, sys, boto3
+endpoint = sys.argv[1]
+input = json.load(sys.stdin)
+def client(name):
+    return boto3.client(name, endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+out = None
+"#;
+        const EPILOGUE: &str = "\nprint(json.dumps(out, default=str))\n";
+        let program = format!("{PRELUDE}{script}{EPILOGUE}");
+        let mut child = Command::new(python())
+            .args(["-c", &program, &self.endpoint])
+            .envs(self.aws_env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", python().display()))?;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(input.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        drop(stdin);
+        let output = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            let err = String::from_utf8_lossy(&output.stderr);
+            let last = err.lines().last().unwrap_or_default();
+            return Err(format!("{last}\n{err}"));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(stdout.trim()).map_err(|e| format!("not JSON ({e}): {stdout}"))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// One HTTP/1.0 GET; true on a 200 answer.
+fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+/// A name no other test (or earlier run) uses: `prefix` plus process id, a counter and the time,
+/// lower-case letters, digits and dashes only.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    format!("{prefix}-{}-{n}-{}", std::process::id(), t % 1_000_000_000)
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic after `deadline` saying what was
+/// awaited.
+pub async fn eventually<F, Fut, T>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
