@@ -258,7 +258,7 @@ def cmd_scenario(args) -> dict:
                 {
                     "Name": record,
                     "Type": args.record_type,
-                    "AliasTarget": {**target, "EvaluateTargetHealth": False},
+                    "AliasTarget": {**target, "EvaluateTargetHealth": args.evaluate_target_health},
                 },
             )
         out["record_target"] = {"type": args.record_type, **target}
@@ -375,6 +375,11 @@ def parse_args(argv=None):
         default="apigw",
         choices=["apigw", "alb", "none"],
         help="what the plain (non-weighted) alias record at --record points at; none = no record",
+    )
+    s.add_argument(
+        "--evaluate-target-health",
+        action="store_true",
+        help="set EvaluateTargetHealth on the plain alias record (default false)",
     )
     s.add_argument("--cluster", default="prod")
     s.add_argument("--service", default="api")

@@ -91,9 +91,18 @@ impl Error {
         match self {
             Error::Io { .. } => "io",
             Error::Invalid(_) => "invalid",
-            Error::Aws { failure: AwsFailure::Throttled, .. } => "aws_throttled",
-            Error::Aws { failure: AwsFailure::Transient, .. } => "aws_transient",
-            Error::Aws { failure: AwsFailure::Permanent, .. } => "aws_permanent",
+            Error::Aws {
+                failure: AwsFailure::Throttled,
+                ..
+            } => "aws_throttled",
+            Error::Aws {
+                failure: AwsFailure::Transient,
+                ..
+            } => "aws_transient",
+            Error::Aws {
+                failure: AwsFailure::Permanent,
+                ..
+            } => "aws_permanent",
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::Unsafe(_) => "unsafe",
@@ -107,8 +116,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Aws { failure: AwsFailure::Throttled | AwsFailure::Transient, .. }
-                | Error::Http(_)
+            Error::Aws {
+                failure: AwsFailure::Throttled | AwsFailure::Transient,
+                ..
+            } | Error::Http(_)
                 | Error::Io { .. }
         )
     }

@@ -195,8 +195,9 @@ impl GateChecker {
 
     async fn prometheus(&self, g: &PrometheusGate) -> GateOutcome {
         let timeout = g.timeout.0;
-        let base = g.address.trim_end_matches('/');
-        let mut url = match reqwest::Url::parse(&format!("{base}/api/v1/query")) {
+        let address = g.address.trim_end_matches('/');
+        let base = redact(address);
+        let mut url = match reqwest::Url::parse(&format!("{address}/api/v1/query")) {
             Ok(u) => u,
             Err(e) => {
                 return GateOutcome::fail(format!("invalid prometheus address {base:?}: {e}"))
@@ -232,6 +233,7 @@ impl GateChecker {
 
     async fn http(&self, g: &HttpGate) -> GateOutcome {
         let timeout = g.timeout.0;
+        let shown = redact(&g.url);
         let exchange = async {
             let resp = self.http.get(&g.url).timeout(timeout).send().await?;
             let status = resp.status();
@@ -240,19 +242,19 @@ impl GateChecker {
             Ok::<_, reqwest::Error>(status)
         };
         let status = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => return GateOutcome::fail(format!("GET {}: {}", g.url, timed_out(timeout))),
+            Err(_) => return GateOutcome::fail(format!("GET {shown}: {}", timed_out(timeout))),
             Ok(Err(e)) => {
-                return GateOutcome::fail(format!("GET {}: {}", g.url, describe(&e, timeout)))
+                return GateOutcome::fail(format!("GET {shown}: {}", describe(&e, timeout)))
             }
             Ok(Ok(s)) => s,
         };
         let value = f64::from(status.as_u16());
         if status.as_u16() == g.expect_status {
-            GateOutcome::pass(format!("GET {}: {status}", g.url)).with_value(value)
+            GateOutcome::pass(format!("GET {shown}: {status}")).with_value(value)
         } else {
             GateOutcome::fail(format!(
-                "GET {}: {status}, expected {}",
-                g.url, g.expect_status
+                "GET {shown}: {status}, expected {}",
+                g.expect_status
             ))
             .with_value(value)
         }
@@ -278,6 +280,17 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> reqwest::Result
         body.extend_from_slice(&chunk);
     }
     Ok(Capped::Complete(body))
+}
+
+/// A URL for messages: without the password of `user:password@`, which /status must not show.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn timed_out(timeout: Duration) -> String {
@@ -1046,6 +1059,18 @@ spec:
             .check(&split(), &http_gate(&format!("{base}/code/204"), 204))
             .await;
         assert!(o.passing, "{o:?}");
+
+        // A password in the URL is sent but never shown.
+        let with_password = base.replace("http://", "http://probe:s3cret@");
+        let o = c
+            .check(
+                &split(),
+                &http_gate(&format!("{with_password}/code/200"), 200),
+            )
+            .await;
+        assert!(o.passing, "{o:?}");
+        assert!(!o.message.contains("s3cret"), "{}", o.message);
+        assert!(o.message.contains("probe:redacted@"), "{}", o.message);
 
         // A large body is not a problem: it is read up to the cap and dropped.
         let o = c

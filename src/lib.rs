@@ -3,17 +3,21 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
+pub mod cli;
+pub mod controller;
 pub mod error;
 pub mod gates;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
-pub mod server;
 pub mod rollout;
+pub mod server;
 pub mod spec;
 pub mod state;
 pub mod status;
 pub mod status_cli;
+pub mod telemetry;
+pub mod watch;
 pub mod weights;
 
 pub use error::{Error, Result};

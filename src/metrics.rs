@@ -66,8 +66,10 @@ impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("process collector");
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector");
         let sb = &["split", "backend"];
         let s = &["split"];
         let reconcile_duration = HistogramVec::new(
@@ -75,51 +77,163 @@ impl Metrics {
                 "trafficshift_reconcile_duration_seconds",
                 "Duration of one reconcile of a split, AWS calls included.",
             )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
             s,
         )
         .expect("valid metric");
-        r.register(Box::new(reconcile_duration.clone())).expect("unique metric");
+        r.register(Box::new(reconcile_duration.clone()))
+            .expect("unique metric");
         let config_valid = IntGauge::new(
             "trafficshift_config_valid",
             "1 when every configured document parsed and validated on the last load, else 0.",
         )
         .expect("valid metric");
-        r.register(Box::new(config_valid.clone())).expect("unique metric");
+        r.register(Box::new(config_valid.clone()))
+            .expect("unique metric");
         let config_last_reload = Gauge::new(
             "trafficshift_config_last_reload_timestamp_seconds",
             "Unix time of the last configuration load attempt.",
         )
         .expect("valid metric");
-        r.register(Box::new(config_last_reload.clone())).expect("unique metric");
+        r.register(Box::new(config_last_reload.clone()))
+            .expect("unique metric");
         let m = Metrics {
-            target_weight: gauge_vec(&r, "trafficshift_target_weight_ratio", "The document's final weight of each backend (0-1).", sb),
-            step_weight: gauge_vec(&r, "trafficshift_step_weight_ratio", "The weight the current rollout step wants in Route53 (0-1).", sb),
-            observed_weight: gauge_vec(&r, "trafficshift_observed_weight_ratio", "The weight read from Route53 on the last cycle (0-1).", sb),
-            drift: gauge_vec(&r, "trafficshift_drift_ratio", "Half the L1 distance between observed and step weights (0 = in sync).", s),
-            progress: gauge_vec(&r, "trafficshift_rollout_progress_ratio", "Fraction of the way from the rollout's start split to the target (0-1).", s),
-            step: int_gauge_vec(&r, "trafficshift_rollout_step", "Current rollout step (0 = start split).", s),
-            steps: int_gauge_vec(&r, "trafficshift_rollout_steps", "Number of steps of the rollout.", s),
-            split_state: int_gauge_vec(&r, "trafficshift_split_state", "1 for the split's current state, 0 for the others.", &["split", "state"]),
-            gate_passing: int_gauge_vec(&r, "trafficshift_gate_passing", "1 when the gate passed its most recent check.", &["split", "gate"]),
-            gate_failures: int_gauge_vec(&r, "trafficshift_gate_consecutive_failures", "Consecutive failing checks of the gate.", &["split", "gate"]),
-            reconciles: counter_vec(&r, "trafficshift_reconciles_total", "Reconciles by result (success, error, skipped).", &["split", "result"]),
-            reconcile_errors: counter_vec(&r, "trafficshift_reconcile_errors_total", "Failed reconciles by error kind.", &["split", "kind"]),
+            target_weight: gauge_vec(
+                &r,
+                "trafficshift_target_weight_ratio",
+                "The document's final weight of each backend (0-1).",
+                sb,
+            ),
+            step_weight: gauge_vec(
+                &r,
+                "trafficshift_step_weight_ratio",
+                "The weight the current rollout step wants in Route53 (0-1).",
+                sb,
+            ),
+            observed_weight: gauge_vec(
+                &r,
+                "trafficshift_observed_weight_ratio",
+                "The weight read from Route53 on the last cycle (0-1).",
+                sb,
+            ),
+            drift: gauge_vec(
+                &r,
+                "trafficshift_drift_ratio",
+                "Half the L1 distance between observed and step weights (0 = in sync).",
+                s,
+            ),
+            progress: gauge_vec(
+                &r,
+                "trafficshift_rollout_progress_ratio",
+                "Fraction of the way from the rollout's start split to the target (0-1).",
+                s,
+            ),
+            step: int_gauge_vec(
+                &r,
+                "trafficshift_rollout_step",
+                "Current rollout step (0 = start split).",
+                s,
+            ),
+            steps: int_gauge_vec(
+                &r,
+                "trafficshift_rollout_steps",
+                "Number of steps of the rollout.",
+                s,
+            ),
+            split_state: int_gauge_vec(
+                &r,
+                "trafficshift_split_state",
+                "1 for the split's current state, 0 for the others.",
+                &["split", "state"],
+            ),
+            gate_passing: int_gauge_vec(
+                &r,
+                "trafficshift_gate_passing",
+                "1 when the gate passed its most recent check.",
+                &["split", "gate"],
+            ),
+            gate_failures: int_gauge_vec(
+                &r,
+                "trafficshift_gate_consecutive_failures",
+                "Consecutive failing checks of the gate.",
+                &["split", "gate"],
+            ),
+            reconciles: counter_vec(
+                &r,
+                "trafficshift_reconciles_total",
+                "Reconciles by result (success, error, skipped).",
+                &["split", "result"],
+            ),
+            reconcile_errors: counter_vec(
+                &r,
+                "trafficshift_reconcile_errors_total",
+                "Failed reconciles by error kind.",
+                &["split", "kind"],
+            ),
             reconcile_duration,
-            last_success: gauge_vec(&r, "trafficshift_last_reconcile_success_timestamp_seconds", "Unix time of the last successful reconcile.", s),
-            drift_corrections: counter_vec(&r, "trafficshift_drift_corrections_total", "Route53 writes that put back a weight or target changed outside trafficshift.", s),
-            rollbacks: counter_vec(&r, "trafficshift_rollbacks_total", "Rollouts rolled back after a gate failure.", s),
-            ecs_desired: int_gauge_vec(&r, "trafficshift_ecs_desired_tasks", "ECS desiredCount of the backend's service, as last read or set.", sb),
-            ecs_running: int_gauge_vec(&r, "trafficshift_ecs_running_tasks", "ECS runningCount of the backend's service, as last read.", sb),
-            aws_requests: counter_vec(&r, "trafficshift_aws_requests_total", "AWS API requests by outcome (success, throttled, error).", &["service", "operation", "outcome"]),
-            route53_changes: counter_vec(&r, "trafficshift_route53_changes_total", "Route53 record changes submitted, by action.", &["split", "action"]),
+            last_success: gauge_vec(
+                &r,
+                "trafficshift_last_reconcile_success_timestamp_seconds",
+                "Unix time of the last successful reconcile.",
+                s,
+            ),
+            drift_corrections: counter_vec(
+                &r,
+                "trafficshift_drift_corrections_total",
+                "Route53 writes that put back a weight or target changed outside trafficshift.",
+                s,
+            ),
+            rollbacks: counter_vec(
+                &r,
+                "trafficshift_rollbacks_total",
+                "Rollouts rolled back after a gate failure.",
+                s,
+            ),
+            ecs_desired: int_gauge_vec(
+                &r,
+                "trafficshift_ecs_desired_tasks",
+                "ECS desiredCount of the backend's service, as last read or set.",
+                sb,
+            ),
+            ecs_running: int_gauge_vec(
+                &r,
+                "trafficshift_ecs_running_tasks",
+                "ECS runningCount of the backend's service, as last read.",
+                sb,
+            ),
+            aws_requests: counter_vec(
+                &r,
+                "trafficshift_aws_requests_total",
+                "AWS API requests by outcome (success, throttled, error).",
+                &["service", "operation", "outcome"],
+            ),
+            route53_changes: counter_vec(
+                &r,
+                "trafficshift_route53_changes_total",
+                "Route53 record changes submitted, by action.",
+                &["split", "action"],
+            ),
             config_valid,
-            config_reloads: counter_vec(&r, "trafficshift_config_reloads_total", "Configuration loads by result (success, error).", &["result"]),
+            config_reloads: counter_vec(
+                &r,
+                "trafficshift_config_reloads_total",
+                "Configuration loads by result (success, error).",
+                &["result"],
+            ),
             config_last_reload,
-            build_info: int_gauge_vec(&r, "trafficshift_build_info", "Always 1; the version label names the build.", &["version"]),
+            build_info: int_gauge_vec(
+                &r,
+                "trafficshift_build_info",
+                "Always 1; the version label names the build.",
+                &["version"],
+            ),
             registry: r,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         m
     }
 
@@ -134,7 +248,9 @@ impl Metrics {
 
     /// Count one AWS request. `outcome` is success, throttled or error.
     pub fn aws_request(&self, service: &str, operation: &str, outcome: &str) {
-        self.aws_requests.with_label_values(&[service, operation, outcome]).inc();
+        self.aws_requests
+            .with_label_values(&[service, operation, outcome])
+            .inc();
     }
 
     /// Drop the gauges of a split that is no longer configured, so dashboards do not show ghosts.
@@ -147,7 +263,11 @@ impl Metrics {
             let _ = v.remove_label_values(&[split]);
         }
         for b in backends {
-            for v in [&self.target_weight, &self.step_weight, &self.observed_weight] {
+            for v in [
+                &self.target_weight,
+                &self.step_weight,
+                &self.observed_weight,
+            ] {
                 let _ = v.remove_label_values(&[split, b]);
             }
             for v in [&self.ecs_desired, &self.ecs_running] {

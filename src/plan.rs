@@ -49,7 +49,10 @@ pub struct Observed {
 pub fn records_for<'a>(split: &TrafficSplit, zone_records: &'a [RecordSet]) -> Vec<&'a RecordSet> {
     let name = fqdn(&split.spec.record.name);
     let txt = txt_name(&name);
-    zone_records.iter().filter(|r| r.name == name || r.name == txt).collect()
+    zone_records
+        .iter()
+        .filter(|r| r.name == name || r.name == txt)
+        .collect()
 }
 
 /// Classify the records at the split's name. Errors are conflicts: nothing may be written.
@@ -85,7 +88,11 @@ pub fn classify(
         )));
     }
 
-    let ours: Vec<&RecordSet> = at_name.iter().copied().filter(|r| r.rtype == rtype).collect();
+    let ours: Vec<&RecordSet> = at_name
+        .iter()
+        .copied()
+        .filter(|r| r.rtype == rtype)
+        .collect();
     if let Some(r) = ours.iter().find(|r| r.other_routing) {
         return Err(Error::Conflict(format!(
             "{name} {rtype} uses a routing policy other than weighted (set id {:?}); trafficshift manages only weighted sets",
@@ -94,7 +101,10 @@ pub fn classify(
     }
 
     if txts.len() > 1 {
-        return Err(Error::Conflict(format!("{txt_fqdn} has {} TXT records; expected one", txts.len())));
+        return Err(Error::Conflict(format!(
+            "{txt_fqdn} has {} TXT records; expected one",
+            txts.len()
+        )));
     }
     let txt = txts.first().map(|r| (*r).clone());
     let mut state = None;
@@ -125,10 +135,23 @@ pub fn classify(
         }
     }
 
-    let plain: Vec<&RecordSet> = ours.iter().copied().filter(|r| r.set_identifier.is_none()).collect();
-    let weighted: Vec<&RecordSet> = ours.iter().copied().filter(|r| r.set_identifier.is_some()).collect();
+    let plain: Vec<&RecordSet> = ours
+        .iter()
+        .copied()
+        .filter(|r| r.set_identifier.is_none())
+        .collect();
+    let weighted: Vec<&RecordSet> = ours
+        .iter()
+        .copied()
+        .filter(|r| r.set_identifier.is_some())
+        .collect();
 
-    let known: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+    let known: Vec<&str> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
     let foreign: Vec<&str> = weighted
         .iter()
         .filter_map(|r| r.set_identifier.as_deref())
@@ -179,7 +202,7 @@ pub fn classify(
         let current = plain_target(p);
         let owner_backend = targets
             .iter()
-            .find(|(_, t)| Some(*t) == current.as_ref())
+            .find(|(_, t)| current.as_ref().is_some_and(|c| same_destination(c, t)))
             .map(|(b, _)| b.clone());
         let Some(b) = owner_backend else {
             return Err(Error::Conflict(format!(
@@ -199,7 +222,12 @@ pub fn classify(
     } else if weighted.is_empty() {
         None
     } else {
-        let mut all: Weights = split.spec.backends.iter().map(|b| (b.name.clone(), 0)).collect();
+        let mut all: Weights = split
+            .spec
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), 0))
+            .collect();
         all.extend(raw_weights.clone());
         crate::weights::normalize(&all)
     };
@@ -217,6 +245,25 @@ pub fn classify(
     })
 }
 
+/// Whether two targets send traffic to the same place (ignoring evaluateTargetHealth and the
+/// `dualstack.` prefix ELB alias names may carry).
+fn same_destination(a: &Target, b: &Target) -> bool {
+    fn norm(n: &str) -> String {
+        let n = fqdn(n);
+        n.strip_prefix("dualstack.")
+            .map(str::to_string)
+            .unwrap_or(n)
+    }
+    match (a, b) {
+        (Target::Alias(x), Target::Alias(y)) => {
+            norm(&x.dns_name) == norm(&y.dns_name)
+                && x.hosted_zone_id.eq_ignore_ascii_case(&y.hosted_zone_id)
+        }
+        (Target::Cname(x), Target::Cname(y)) => norm(x) == norm(y),
+        _ => false,
+    }
+}
+
 fn plain_target(r: &RecordSet) -> Option<Target> {
     if let Some(a) = &r.alias {
         return Some(Target::Alias(a.clone()));
@@ -228,7 +275,13 @@ fn plain_target(r: &RecordSet) -> Option<Target> {
 }
 
 /// The record a backend must have.
-fn desired_record(split: &TrafficSplit, backend: &str, weight: u32, target: &Target, existing: Option<&RecordSet>) -> RecordSet {
+fn desired_record(
+    split: &TrafficSplit,
+    backend: &str,
+    weight: u32,
+    target: &Target,
+    existing: Option<&RecordSet>,
+) -> RecordSet {
     let spec = &split.spec.record;
     let (alias, values, ttl) = match target {
         Target::Alias(a) => (Some(a.clone()), vec![], None),
@@ -268,15 +321,23 @@ pub fn route53_changes(
     intended: &Weights,
 ) -> Result<Vec<PlannedChange>> {
     if weights.values().all(|&w| w == 0) {
-        return Err(Error::Unsafe(format!("split {} would set every weight to 0", split.name())));
+        return Err(Error::Unsafe(format!(
+            "split {} would set every weight to 0",
+            split.name()
+        )));
     }
     if let Some((b, w)) = weights.iter().find(|(_, &w)| w > 255) {
-        return Err(Error::Unsafe(format!("weight {w} for {b} exceeds Route53's maximum of 255")));
+        return Err(Error::Unsafe(format!(
+            "weight {w} for {b} exceeds Route53's maximum of 255"
+        )));
     }
     let mut out = Vec::new();
     if let Some(p) = &obs.plain {
         out.push(PlannedChange {
-            change: Change { action: ChangeAction::Delete, record: p.clone() },
+            change: Change {
+                action: ChangeAction::Delete,
+                record: p.clone(),
+            },
             why: "adopt: replace the plain record by the weighted set".into(),
             drift: false,
         });
@@ -284,7 +345,10 @@ pub fn route53_changes(
     for b in &split.spec.backends {
         let w = weights.get(&b.name).copied().unwrap_or(0);
         let Some(target) = targets.get(&b.name) else {
-            return Err(Error::NotFound(format!("no target resolved for backend {}", b.name)));
+            return Err(Error::NotFound(format!(
+                "no target resolved for backend {}",
+                b.name
+            )));
         };
         let existing = obs.weighted.get(&b.name);
         let want = desired_record(split, &b.name, w, target, existing);
@@ -300,17 +364,26 @@ pub fn route53_changes(
                     why.push(format!("target -> {target}"));
                 }
                 // Drift: the record is not what trafficshift last applied.
-                let drift = intended.get(&b.name).map(|&iw| i64::from(iw) != old).unwrap_or(false)
+                let drift = intended
+                    .get(&b.name)
+                    .map(|&iw| i64::from(iw) != old)
+                    .unwrap_or(false)
                     || e.alias != want.alias
                     || e.values != want.values;
                 out.push(PlannedChange {
-                    change: Change { action: ChangeAction::Upsert, record: want },
+                    change: Change {
+                        action: ChangeAction::Upsert,
+                        record: want,
+                    },
                     why: why.join(", "),
                     drift,
                 });
             }
             None => out.push(PlannedChange {
-                change: Change { action: ChangeAction::Create, record: want },
+                change: Change {
+                    action: ChangeAction::Create,
+                    record: want,
+                },
                 why: format!("create weight {w} -> {target}"),
                 drift: obs.state.is_some(),
             }),
@@ -335,10 +408,16 @@ pub fn route53_changes(
     if !txt_same {
         out.push(PlannedChange {
             change: Change {
-                action: if obs.txt.is_some() { ChangeAction::Upsert } else { ChangeAction::Create },
+                action: if obs.txt.is_some() {
+                    ChangeAction::Upsert
+                } else {
+                    ChangeAction::Create
+                },
                 record: txt_record,
             },
-            why: format!("state: {} step {} ", phase_word(state), state.step).trim_end().to_string(),
+            why: format!("state: {} step {} ", phase_word(state), state.step)
+                .trim_end()
+                .to_string(),
             drift: false,
         });
     }
@@ -360,7 +439,11 @@ pub const MAX_VALUE_CHARS_PER_BATCH: usize = 32_000;
 /// Characters Route53 counts toward the batch limit (values, twice for UPSERT).
 pub fn change_chars(c: &Change) -> usize {
     let chars: usize = c.record.values.iter().map(|v| v.len()).sum::<usize>()
-        + c.record.alias.as_ref().map(|a| a.dns_name.len()).unwrap_or(0);
+        + c.record
+            .alias
+            .as_ref()
+            .map(|a| a.dns_name.len())
+            .unwrap_or(0);
     if c.action == ChangeAction::Upsert {
         2 * chars
     } else {
@@ -374,7 +457,10 @@ pub fn check_batch(changes: &[Change]) -> Result<()> {
     for c in changes {
         if let Some(w) = c.record.weight {
             if !(0..=255).contains(&w) {
-                return Err(Error::Unsafe(format!("{} weight {w} is outside 0-255", c.record.name)));
+                return Err(Error::Unsafe(format!(
+                    "{} weight {w} is outside 0-255",
+                    c.record.name
+                )));
             }
         }
     }

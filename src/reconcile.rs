@@ -59,7 +59,11 @@ impl Context {
             }
         }
         let z = self.aws.dns.find_zone(name_or_id).await?;
-        self.cache.lock().expect("cache lock").zones.insert(key, (z.clone(), Instant::now()));
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .zones
+            .insert(key, (z.clone(), Instant::now()));
         Ok(z)
     }
 
@@ -74,7 +78,11 @@ impl Context {
             }
         }
         let t = f().await?;
-        self.cache.lock().expect("cache lock").targets.insert(key, (t.clone(), Instant::now()));
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .targets
+            .insert(key, (t.clone(), Instant::now()));
         Ok(t)
     }
 }
@@ -159,7 +167,10 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
     // 1. Zones and listings: one pass per zone, or targeted lists when cheaper.
     let mut by_zone: BTreeMap<String, Vec<Work>> = BTreeMap::new();
     for w in work {
-        by_zone.entry(w.doc.split.spec.record.hosted_zone.clone()).or_default().push(w);
+        by_zone
+            .entry(w.doc.split.spec.record.hosted_zone.clone())
+            .or_default()
+            .push(w);
     }
     let mut pending: Vec<Pending> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -168,12 +179,19 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
             Ok(z) => z,
             Err(e) => {
                 for w in group {
-                    outcomes.push(Outcome { name: w.doc.split.name().to_string(), result: Err(clone_err(&e)), gates: w.gates });
+                    outcomes.push(Outcome {
+                        name: w.doc.split.name().to_string(),
+                        result: Err(clone_err(&e)),
+                        gates: w.gates,
+                    });
                 }
                 continue;
             }
         };
-        let mut names: Vec<String> = group.iter().map(|w| fqdn(&w.doc.split.spec.record.name)).collect();
+        let mut names: Vec<String> = group
+            .iter()
+            .map(|w| fqdn(&w.doc.split.spec.record.name))
+            .collect();
         names.sort();
         names.dedup();
         let full_pass_cost = (zone.record_count.max(1) as usize).div_ceil(300);
@@ -200,7 +218,13 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
                 let mut m: HashMap<String, Vec<RecordSet>> = HashMap::new();
                 for n in &names {
                     let txt = crate::state::txt_name(n);
-                    m.insert(n.clone(), all.iter().filter(|r| &r.name == n || r.name == txt).cloned().collect());
+                    m.insert(
+                        n.clone(),
+                        all.iter()
+                            .filter(|r| &r.name == n || r.name == txt)
+                            .cloned()
+                            .collect(),
+                    );
                 }
                 m
             })
@@ -211,12 +235,22 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
                     let n = fqdn(&w.doc.split.spec.record.name);
                     let records = m.get(&n).cloned().unwrap_or_default();
                     let _ = m.get_mut(&n);
-                    pending.push(Pending { work: w, zone: zone.clone(), records, report: None, error: None });
+                    pending.push(Pending {
+                        work: w,
+                        zone: zone.clone(),
+                        records,
+                        report: None,
+                        error: None,
+                    });
                 }
             }
             Err(e) => {
                 for w in group {
-                    outcomes.push(Outcome { name: w.doc.split.name().to_string(), result: Err(clone_err(&e)), gates: w.gates });
+                    outcomes.push(Outcome {
+                        name: w.doc.split.name().to_string(),
+                        result: Err(clone_err(&e)),
+                        gates: w.gates,
+                    });
                 }
             }
         }
@@ -227,7 +261,10 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
     for p in &pending {
         for b in &p.work.doc.split.spec.backends {
             if let Some(e) = &b.ecs {
-                wanted.entry(e.cluster.clone()).or_default().push(e.service.clone());
+                wanted
+                    .entry(e.cluster.clone())
+                    .or_default()
+                    .push(e.service.clone());
             }
         }
     }
@@ -251,7 +288,12 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
     }
 
     // 3. Per split: targets, classification, gates, decision, plan.
-    let splits = join_all(pending.iter_mut().map(|p| plan_split(ctx, p, &services, &cluster_errors, now))).await;
+    let splits = join_all(
+        pending
+            .iter_mut()
+            .map(|p| plan_split(ctx, p, &services, &cluster_errors, now)),
+    )
+    .await;
     drop(splits);
 
     // 4. Apply.
@@ -266,7 +308,11 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
             (None, Some(r)) => Ok(r),
             (None, None) => Err(Error::Other("internal: no report".into())),
         };
-        outcomes.push(Outcome { name, result, gates: p.work.gates });
+        outcomes.push(Outcome {
+            name,
+            result,
+            gates: p.work.gates,
+        });
     }
     outcomes
 }
@@ -274,7 +320,12 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
 /// Errors are not Clone (they wrap sources); a shared failure is copied as its message.
 fn clone_err(e: &Error) -> Error {
     match e {
-        Error::Aws { service, operation, failure, message } => Error::Aws {
+        Error::Aws {
+            service,
+            operation,
+            failure,
+            message,
+        } => Error::Aws {
             service,
             operation,
             failure: *failure,
@@ -297,7 +348,10 @@ async fn resolve_targets(
     for b in &split.spec.backends {
         let alias = if let Some(api) = &b.api_gateway {
             let d = api.domain_name.clone();
-            ctx.cached_target(format!("apigw:{d}"), || ctx.aws.targets.api_gateway_domain(&d)).await?
+            ctx.cached_target(format!("apigw:{d}"), || {
+                ctx.aws.targets.api_gateway_domain(&d)
+            })
+            .await?
         } else if let Some(e) = &b.ecs {
             if let Some(err) = cluster_errors.get(&e.cluster) {
                 return Err(clone_err(err));
@@ -315,7 +369,8 @@ async fn resolve_targets(
                 ))
             })?;
             let tg = tg.clone();
-            ctx.cached_target(format!("tg:{tg}"), || ctx.aws.targets.target_group_lb(&tg)).await?
+            ctx.cached_target(format!("tg:{tg}"), || ctx.aws.targets.target_group_lb(&tg))
+                .await?
         } else if let Some(t) = &b.target {
             if let Some(a) = &t.alias {
                 AliasTarget {
@@ -327,7 +382,10 @@ async fn resolve_targets(
                 out.insert(b.name.clone(), Target::Cname(fqdn(c)));
                 continue;
             } else {
-                return Err(Error::Other(format!("backend {} has an empty target", b.name)));
+                return Err(Error::Other(format!(
+                    "backend {} has an empty target",
+                    b.name
+                )));
             }
         } else {
             return Err(Error::Other(format!("backend {} has no kind", b.name)));
@@ -353,7 +411,12 @@ fn gates_matter(split: &TrafficSplit, obs: &Observed) -> bool {
     }
 }
 
-async fn check_gates(ctx: &Context, split: &TrafficSplit, records: &mut BTreeMap<String, GateRecord>, now: u64) -> Vec<Note> {
+async fn check_gates(
+    ctx: &Context,
+    split: &TrafficSplit,
+    records: &mut BTreeMap<String, GateRecord>,
+    now: u64,
+) -> Vec<Note> {
     let results = join_all(split.spec.gates.iter().map(|g| ctx.gates.check(split, g))).await;
     let mut notes = Vec::new();
     for (g, r) in split.spec.gates.iter().zip(results) {
@@ -365,7 +428,10 @@ async fn check_gates(ctx: &Context, split: &TrafficSplit, records: &mut BTreeMap
             notes.push(Note {
                 warning: true,
                 reason: "GateFailed",
-                message: format!("gate {} failed ({} in a row): {}", g.name, rec.consecutive_failures, r.message),
+                message: format!(
+                    "gate {} failed ({} in a row): {}",
+                    g.name, rec.consecutive_failures, r.message
+                ),
             });
         }
         rec.passing = Some(r.passing);
@@ -377,8 +443,18 @@ async fn check_gates(ctx: &Context, split: &TrafficSplit, records: &mut BTreeMap
 }
 
 fn summarize(split: &TrafficSplit, records: &BTreeMap<String, GateRecord>) -> GateSummary {
-    let threshold = split.spec.rollout.as_ref().map(|r| r.failure_threshold).unwrap_or(3).max(1);
-    let mut s = GateSummary { all_passing: true, failing: vec![], tripped: None };
+    let threshold = split
+        .spec
+        .rollout
+        .as_ref()
+        .map(|r| r.failure_threshold)
+        .unwrap_or(3)
+        .max(1);
+    let mut s = GateSummary {
+        all_passing: true,
+        failing: vec![],
+        tripped: None,
+    };
     for g in &split.spec.gates {
         match records.get(&g.name) {
             Some(r) if r.passing == Some(true) => {}
@@ -424,7 +500,11 @@ async fn plan_split_inner(
     let obs = plan::classify(&split, &ctx.owner, &refs, &targets)?;
 
     // A new rollout forgets the gate history of the previous one.
-    if obs.state.as_ref().is_none_or(|s| s.generation != rollout::generation(&split)) {
+    if obs
+        .state
+        .as_ref()
+        .is_none_or(|s| s.generation != rollout::generation(&split))
+    {
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
     let mut notes = Vec::new();
@@ -438,7 +518,14 @@ async fn plan_split_inner(
     for b in &split.spec.backends {
         if let Some(e) = &b.ecs {
             if let Some(s) = services.get(&(e.cluster.clone(), e.service.clone())) {
-                ecs_obs.insert(b.name.clone(), EcsObs { desired: s.desired, running: s.running, stable: s.is_stable() });
+                ecs_obs.insert(
+                    b.name.clone(),
+                    EcsObs {
+                        desired: s.desired,
+                        running: s.running,
+                        stable: s.is_stable(),
+                    },
+                );
                 ecs_live.insert(b.name.clone(), s.clone());
             }
         }
@@ -455,7 +542,11 @@ async fn plan_split_inner(
     });
     notes.extend(d.notes.iter().cloned());
 
-    let intended = obs.state.as_ref().map(|s| s.current.clone()).unwrap_or_default();
+    let intended = obs
+        .state
+        .as_ref()
+        .map(|s| s.current.clone())
+        .unwrap_or_default();
     let route53 = match &d.write {
         Some(w) => plan::route53_changes(&split, &obs, w, &d.state, &targets, &intended)?,
         None => vec![],
@@ -476,7 +567,9 @@ async fn plan_split_inner(
     let mut ecs_changes = Vec::new();
     for b in &split.spec.backends {
         let Some(e) = &b.ecs else { continue };
-        let Some(&want) = d.ecs_desired.get(&b.name) else { continue };
+        let Some(&want) = d.ecs_desired.get(&b.name) else {
+            continue;
+        };
         if let Some(live) = ecs_live.get(&b.name) {
             if live.desired != want as i32 {
                 ecs_changes.push(EcsChange {
@@ -491,8 +584,17 @@ async fn plan_split_inner(
     }
 
     let step_weights = d.state.current.clone();
-    let drift_ratio = drift(obs.weights.as_ref().unwrap_or(&Weights::new()), &step_weights);
-    let drain_until = d.state.drains.values().filter(|x| x.until > now).map(|x| x.until).max();
+    let drift_ratio = drift(
+        obs.weights.as_ref().unwrap_or(&Weights::new()),
+        &step_weights,
+    );
+    let drain_until = d
+        .state
+        .drains
+        .values()
+        .filter(|x| x.until > now)
+        .map(|x| x.until)
+        .max();
     Ok(Report {
         state: d.status,
         step: d.state.step,
@@ -503,7 +605,11 @@ async fn plan_split_inner(
         target: split.spec.weights.clone(),
         step_weights,
         observed: obs.weights.clone(),
-        drift: if obs.weights.is_none() { 1.0 } else { drift_ratio },
+        drift: if obs.weights.is_none() {
+            1.0
+        } else {
+            drift_ratio
+        },
         ecs: ecs_live,
         route53,
         ecs_changes,
@@ -525,7 +631,12 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
     for p in pending.iter_mut() {
         let Some(r) = &p.report else { continue };
         let name = p.work.doc.split.name().to_string();
-        let ups: Vec<EcsChange> = r.ecs_changes.iter().filter(|c| c.to > c.from).cloned().collect();
+        let ups: Vec<EcsChange> = r
+            .ecs_changes
+            .iter()
+            .filter(|c| c.to > c.from)
+            .cloned()
+            .collect();
         for c in ups {
             if let Err(e) = set_desired(ctx, &name, &c, "capacity before traffic").await {
                 p.error = Some(e);
@@ -545,7 +656,15 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
         for chunk in batches(pending, &idxs) {
             let changes: Vec<Change> = chunk
                 .iter()
-                .flat_map(|&i| pending[i].report.as_ref().expect("has report").route53.iter().map(|c| c.change.clone()))
+                .flat_map(|&i| {
+                    pending[i]
+                        .report
+                        .as_ref()
+                        .expect("has report")
+                        .route53
+                        .iter()
+                        .map(|c| c.change.clone())
+                })
                 .collect();
             for &i in &chunk {
                 log_changes(&pending[i]);
@@ -558,8 +677,14 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
                     // One bad split must not block the zone (external-dns #421): retry alone.
                     warn!(zone = %zone_id, error = %e, "batch rejected; retrying split by split");
                     for &i in &chunk {
-                        let changes: Vec<Change> =
-                            pending[i].report.as_ref().expect("has report").route53.iter().map(|c| c.change.clone()).collect();
+                        let changes: Vec<Change> = pending[i]
+                            .report
+                            .as_ref()
+                            .expect("has report")
+                            .route53
+                            .iter()
+                            .map(|c| c.change.clone())
+                            .collect();
                         let comment = comment_for(pending, &[i]);
                         match submit(ctx, &zone_id, &comment, &changes).await {
                             Ok(()) => mark_applied(pending, &[i]),
@@ -583,7 +708,12 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
         }
         let Some(r) = &p.report else { continue };
         let name = p.work.doc.split.name().to_string();
-        let downs: Vec<EcsChange> = r.ecs_changes.iter().filter(|c| c.to < c.from).cloned().collect();
+        let downs: Vec<EcsChange> = r
+            .ecs_changes
+            .iter()
+            .filter(|c| c.to < c.from)
+            .cloned()
+            .collect();
         for c in downs {
             if let Err(e) = set_desired(ctx, &name, &c, "weight lowered and drained").await {
                 p.error = Some(e);
@@ -607,7 +737,10 @@ fn mark_applied(pending: &mut [Pending], idxs: &[usize]) {
 }
 
 fn comment_for(pending: &[Pending], idxs: &[usize]) -> String {
-    let names: Vec<&str> = idxs.iter().map(|&i| pending[i].work.doc.split.name()).collect();
+    let names: Vec<&str> = idxs
+        .iter()
+        .map(|&i| pending[i].work.doc.split.name())
+        .collect();
     let mut c = format!("trafficshift: {}", names.join(","));
     c.truncate(256);
     c
@@ -629,7 +762,10 @@ fn log_changes(p: &Pending) {
         );
         crate::metrics::METRICS
             .route53_changes
-            .with_label_values(&[p.work.doc.split.name(), &format!("{:?}", c.change.action).to_ascii_lowercase()])
+            .with_label_values(&[
+                p.work.doc.split.name(),
+                &format!("{:?}", c.change.action).to_ascii_lowercase(),
+            ])
             .inc();
     }
 }
@@ -641,8 +777,15 @@ fn batches(pending: &[Pending], idxs: &[usize]) -> Vec<Vec<usize>> {
     for &i in idxs {
         let r = pending[i].report.as_ref().expect("has report");
         let cn = r.route53.len();
-        let cc: usize = r.route53.iter().map(|c| plan::change_chars(&c.change)).sum();
-        if out.is_empty() || n + cn > plan::MAX_CHANGES_PER_BATCH || chars + cc > plan::MAX_VALUE_CHARS_PER_BATCH {
+        let cc: usize = r
+            .route53
+            .iter()
+            .map(|c| plan::change_chars(&c.change))
+            .sum();
+        if out.is_empty()
+            || n + cn > plan::MAX_CHANGES_PER_BATCH
+            || chars + cc > plan::MAX_VALUE_CHARS_PER_BATCH
+        {
             out.push(Vec::new());
             n = 0;
             chars = 0;

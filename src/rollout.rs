@@ -30,7 +30,11 @@ pub struct GateSummary {
 
 impl GateSummary {
     pub fn none() -> Self {
-        GateSummary { all_passing: true, failing: vec![], tripped: None }
+        GateSummary {
+            all_passing: true,
+            failing: vec![],
+            tripped: None,
+        }
     }
 }
 
@@ -108,11 +112,20 @@ pub fn generation(split: &TrafficSplit) -> String {
     for b in &split.spec.backends {
         h.update(format!("b:{};", b.name));
     }
-    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn zeroes(split: &TrafficSplit) -> Weights {
-    split.spec.backends.iter().map(|b| (b.name.clone(), 0)).collect()
+    split
+        .spec
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), 0))
+        .collect()
 }
 
 /// Restrict to the split's backends; None unless it is a usable split (sums to 100).
@@ -164,7 +177,10 @@ pub fn decide(i: &Inputs) -> Decision {
     let steps = split.spec.steps();
     let n = steps.len();
     let gen = generation(split);
-    let observed_or_zero = i.observed.and_then(|o| usable(split, o)).unwrap_or_else(|| zeroes(split));
+    let observed_or_zero = i
+        .observed
+        .and_then(|o| usable(split, o))
+        .unwrap_or_else(|| zeroes(split));
     let mut notes = Vec::new();
 
     let mut st = match i.stored {
@@ -190,7 +206,11 @@ pub fn decide(i: &Inputs) -> Decision {
                 owner: i.owner.to_string(),
                 split: split.name().to_string(),
                 generation: gen.clone(),
-                phase: if done { Phase::Complete } else { Phase::Progressing },
+                phase: if done {
+                    Phase::Complete
+                } else {
+                    Phase::Progressing
+                },
                 step: if done { n } else { 0 },
                 since: i.now,
                 current: start.clone(),
@@ -239,7 +259,11 @@ pub fn decide(i: &Inputs) -> Decision {
             } else {
                 let next = interpolate(&st.start, &target, steps[st.step.min(n - 1)]);
                 // The first step leaves the start split at once; later ones hold for the interval.
-                let due = if st.step == 0 { st.since } else { st.since + interval };
+                let due = if st.step == 0 {
+                    st.since
+                } else {
+                    st.since + interval
+                };
                 if i.now < due {
                     waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
                     next_step_at = Some(due);
@@ -251,7 +275,12 @@ pub fn decide(i: &Inputs) -> Decision {
                     let baseline: Weights = st
                         .current
                         .iter()
-                        .map(|(k, v)| (k.clone(), (*v).max(observed_or_zero.get(k).copied().unwrap_or(0))))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                (*v).max(observed_or_zero.get(k).copied().unwrap_or(0)),
+                            )
+                        })
                         .collect();
                     match capacity_gap(split, &next, &baseline, i.ecs) {
                         Some(gap) => {
@@ -310,7 +339,13 @@ pub fn decide(i: &Inputs) -> Decision {
                     Some(d) if d.until > i.now => d.share.max(before),
                     _ => before,
                 };
-                st.drains.insert(b.name.clone(), Drain { share, until: i.now + drain_secs });
+                st.drains.insert(
+                    b.name.clone(),
+                    Drain {
+                        share,
+                        until: i.now + drain_secs,
+                    },
+                );
             }
         }
         // Forget finished drains only when the state is written anyway, so an expiry alone
@@ -334,7 +369,10 @@ pub fn decide(i: &Inputs) -> Decision {
         share = share.max(observed_or_zero.get(&b.name).copied().unwrap_or(0));
         if let Some(d) = st.drains.get(&b.name).filter(|d| d.until > i.now) {
             share = share.max(d.share);
-            if d.share > want.get(&b.name).copied().unwrap_or(0) && waiting_for.is_none() && status == SplitState::Complete {
+            if d.share > want.get(&b.name).copied().unwrap_or(0)
+                && waiting_for.is_none()
+                && status == SplitState::Complete
+            {
                 waiting_for = Some(format!("{} to drain before scaling down", b.name));
             }
         }
@@ -376,7 +414,15 @@ mod tests {
     }
 
     fn ecs(desired: i32, running: i32, stable: bool) -> BTreeMap<String, EcsObs> {
-        [("fargate".to_string(), EcsObs { desired, running, stable })].into()
+        [(
+            "fargate".to_string(),
+            EcsObs {
+                desired,
+                running,
+                stable,
+            },
+        )]
+        .into()
     }
 
     struct World {
@@ -428,14 +474,28 @@ mod tests {
     fn capacity_comes_before_traffic_without_a_rollout() {
         let mut world = World::new(TrafficSplit::test());
         let d = world.decide();
-        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])), "adopts as is");
+        assert_eq!(
+            d.write,
+            Some(w(&[("lambda", 100), ("fargate", 0)])),
+            "adopts as is"
+        );
         assert_eq!(d.ecs_desired["fargate"], 20, "scales up first");
-        assert!(d.waiting_for.as_deref().unwrap().contains("stable at 20 tasks"), "{:?}", d.waiting_for);
+        assert!(
+            d.waiting_for
+                .as_deref()
+                .unwrap()
+                .contains("stable at 20 tasks"),
+            "{:?}",
+            d.waiting_for
+        );
         assert_eq!(d.status, SplitState::Progressing);
         world.cycle();
         // Scaled but not yet running: still waits.
         world.ecs = ecs(20, 12, false);
-        assert_eq!(world.decide().write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(
+            world.decide().write,
+            Some(w(&[("lambda", 100), ("fargate", 0)]))
+        );
         world.ecs = ecs(20, 20, true);
         let d = world.cycle();
         assert_eq!(d.write, Some(w(&[("lambda", 0), ("fargate", 100)])));
@@ -469,7 +529,11 @@ mod tests {
         assert_eq!(restarted.decide().state.step, 1);
         world.now += 1;
         let d = world.cycle();
-        assert_eq!(d.write, Some(w(&[("lambda", 95), ("fargate", 5)])), "capacity for 25% first");
+        assert_eq!(
+            d.write,
+            Some(w(&[("lambda", 95), ("fargate", 5)])),
+            "capacity for 25% first"
+        );
         assert_eq!(d.ecs_desired["fargate"], 5);
         let d = world.cycle();
         assert_eq!(d.write, Some(w(&[("lambda", 75), ("fargate", 25)])));
@@ -485,7 +549,11 @@ mod tests {
         world.ecs = ecs(20, 20, true);
         world.cycle();
         world.now += 10;
-        world.gates = GateSummary { all_passing: false, failing: vec!["stable: not stable".into()], tripped: None };
+        world.gates = GateSummary {
+            all_passing: false,
+            failing: vec!["stable: not stable".into()],
+            tripped: None,
+        };
         let d = world.cycle();
         assert_eq!(d.state.step, 1, "no advance while a gate fails");
         assert!(d.waiting_for.unwrap().contains("gates to pass"));
@@ -494,14 +562,23 @@ mod tests {
         assert!(d.rolled_back);
         assert_eq!(d.status, SplitState::RolledBack);
         assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
-        assert_eq!(d.ecs_desired["fargate"], 10, "keeps capacity for the drained 50% share");
+        assert_eq!(
+            d.ecs_desired["fargate"], 10,
+            "keeps capacity for the drained 50% share"
+        );
         // Stays rolled back even when gates recover, until the document changes.
         world.gates = GateSummary::none();
         world.now += 1_000;
         let d = world.cycle();
         assert_eq!(d.status, SplitState::RolledBack);
-        assert_eq!(d.ecs_desired["fargate"], 2, "scaled down after the drain delay");
-        world.split = world.split.clone().with_weights(&[("lambda", 50), ("fargate", 50)]);
+        assert_eq!(
+            d.ecs_desired["fargate"], 2,
+            "scaled down after the drain delay"
+        );
+        world.split = world
+            .split
+            .clone()
+            .with_weights(&[("lambda", 50), ("fargate", 50)]);
         let d = world.cycle();
         assert_eq!(d.status, SplitState::Progressing);
         assert_eq!(d.state.start, w(&[("lambda", 100), ("fargate", 0)]));
@@ -515,12 +592,20 @@ mod tests {
         let mut world = World::new(split);
         world.ecs = ecs(20, 20, true);
         world.cycle();
-        world.gates = GateSummary { all_passing: false, failing: vec!["x".into()], tripped: Some(("x".into(), "bad".into())) };
+        world.gates = GateSummary {
+            all_passing: false,
+            failing: vec!["x".into()],
+            tripped: Some(("x".into(), "bad".into())),
+        };
         let d = world.cycle();
         assert_eq!(d.status, SplitState::Degraded);
         assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
         world.gates = GateSummary::none();
-        assert!(world.cycle().waiting_for.unwrap().contains("stable at 20 tasks"));
+        assert!(world
+            .cycle()
+            .waiting_for
+            .unwrap()
+            .contains("stable at 20 tasks"));
         assert_eq!(world.cycle().status, SplitState::Complete);
     }
 
@@ -534,7 +619,11 @@ mod tests {
         world.observed = Some(w(&[("lambda", 80), ("fargate", 20)]));
         let d = world.cycle();
         assert_eq!(d.status, SplitState::Paused);
-        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])), "the stored state wins over the hand edit");
+        assert_eq!(
+            d.write,
+            Some(w(&[("lambda", 50), ("fargate", 50)])),
+            "the stored state wins over the hand edit"
+        );
     }
 
     #[test]
@@ -542,7 +631,10 @@ mod tests {
         let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 100));
         world.ecs = ecs(20, 20, true);
         world.cycle();
-        world.split = world.split.clone().with_weights(&[("lambda", 20), ("fargate", 80)]);
+        world.split = world
+            .split
+            .clone()
+            .with_weights(&[("lambda", 20), ("fargate", 80)]);
         let d = world.cycle();
         assert_eq!(d.state.start, w(&[("lambda", 50), ("fargate", 50)]));
         assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
@@ -550,7 +642,8 @@ mod tests {
         assert_eq!(d.write, Some(w(&[("lambda", 35), ("fargate", 65)])));
         // Gate or interval edits do not restart the rollout.
         let gen = d.state.generation.clone();
-        world.split.spec.rollout.as_mut().unwrap().interval = crate::spec::HumanDuration(std::time::Duration::from_secs(5));
+        world.split.spec.rollout.as_mut().unwrap().interval =
+            crate::spec::HumanDuration(std::time::Duration::from_secs(5));
         assert_eq!(world.decide().state.generation, gen);
     }
 
@@ -559,10 +652,16 @@ mod tests {
         let mut world = World::new(TrafficSplit::test());
         world.observed = None;
         let d = world.decide();
-        assert_eq!(d.write, None, "nothing is written before the service can take the traffic");
+        assert_eq!(
+            d.write, None,
+            "nothing is written before the service can take the traffic"
+        );
         assert_eq!(d.ecs_desired["fargate"], 20);
         world.ecs = ecs(20, 20, true);
-        assert_eq!(world.decide().write, Some(w(&[("lambda", 0), ("fargate", 100)])));
+        assert_eq!(
+            world.decide().write,
+            Some(w(&[("lambda", 0), ("fargate", 100)]))
+        );
     }
 
     proptest! {

@@ -64,7 +64,10 @@ pub struct RolloutState {
 }
 
 fn weights_str(w: &Weights) -> String {
-    w.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";")
+    w.iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn parse_weights(s: &str) -> Option<Weights> {
@@ -119,7 +122,13 @@ impl RolloutState {
                 .map(|e| {
                     let (k, rest) = e.split_once(':')?;
                     let (share, until) = rest.split_once('@')?;
-                    Some((k.to_string(), Drain { share: share.parse().ok()?, until: until.parse().ok()? }))
+                    Some((
+                        k.to_string(),
+                        Drain {
+                            share: share.parse().ok()?,
+                            until: until.parse().ok()?,
+                        },
+                    ))
                 })
                 .collect::<Option<_>>()?,
         };
@@ -206,7 +215,14 @@ mod tests {
             since: 1_764_000_000,
             start: [("fargate".to_string(), 0), ("lambda".to_string(), 100)].into(),
             current: [("fargate".to_string(), 25), ("lambda".to_string(), 75)].into(),
-            drains: [("fargate".to_string(), Drain { share: 50, until: 1_764_000_120 })].into(),
+            drains: [(
+                "fargate".to_string(),
+                Drain {
+                    share: 50,
+                    until: 1_764_000_120,
+                },
+            )]
+            .into(),
         }
     }
 
@@ -226,14 +242,22 @@ mod tests {
             s.current.insert(format!("backend-number-{i}"), 0);
         }
         let values = to_txt_values(&s.encode());
-        assert!(values[0].split("\" \"").all(|p| p.trim_matches('"').len() <= 255));
+        assert!(values[0]
+            .split("\" \"")
+            .all(|p| p.trim_matches('"').len() <= 255));
         assert_eq!(RolloutState::decode(&from_txt_values(&values)).unwrap(), s);
     }
 
     #[test]
     fn foreign_txt_is_not_ours() {
         assert_eq!(RolloutState::decode("v=spf1 -all"), None);
-        assert_eq!(RolloutState::owner_of("heritage=external-dns,owner=x"), None);
-        assert_eq!(RolloutState::owner_of("heritage=trafficshift,owner=other,split=x"), Some("other".into()));
+        assert_eq!(
+            RolloutState::owner_of("heritage=external-dns,owner=x"),
+            None
+        );
+        assert_eq!(
+            RolloutState::owner_of("heritage=trafficshift,owner=other,split=x"),
+            Some("other".into())
+        );
     }
 }

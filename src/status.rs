@@ -123,7 +123,10 @@ pub struct Event {
 pub fn rfc3339(unix_secs: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix_secs as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 

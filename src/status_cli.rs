@@ -134,7 +134,7 @@ fn status_url(endpoint: &str) -> Result<reqwest::Url> {
 
 async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<ControllerStatus> {
     let resp = client.get(url.clone()).send().await.map_err(|e| {
-        Error::Http(format!(
+        Error::Other(format!(
             "cannot reach trafficshift at {url}: {}; is the controller running? use --endpoint",
             reason(&e)
         ))
@@ -143,10 +143,10 @@ async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<Controlle
     if !code.is_success() {
         let body = resp.text().await.unwrap_or_default();
         let body: String = body.trim().chars().take(200).collect();
-        return Err(Error::Http(format!("{url} answered {code}: {body}")));
+        return Err(Error::Other(format!("{url} answered {code}: {body}")));
     }
     resp.json::<ControllerStatus>().await.map_err(|e| {
-        Error::Http(format!(
+        Error::Other(format!(
             "{url} did not answer a trafficshift status ({}); is --endpoint the controller's HTTP address?",
             crate::gates::root_cause(&e)
         ))

@@ -76,7 +76,10 @@ pub fn normalize(raw: &Weights) -> Option<Weights> {
         .iter()
         .map(|(k, &v)| (k.clone(), ((u64::from(v) * 10_000) / sum) as u32))
         .collect();
-    let mut out: Weights = hundredths.iter().map(|(k, v)| (k.clone(), v / 100)).collect();
+    let mut out: Weights = hundredths
+        .iter()
+        .map(|(k, v)| (k.clone(), v / 100))
+        .collect();
     let mut missing = 100 - out.values().sum::<u32>();
     let mut order: Vec<(&String, u32)> = hundredths.iter().map(|(k, v)| (k, v % 100)).collect();
     order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -92,7 +95,10 @@ pub fn normalize(raw: &Weights) -> Option<Weights> {
 
 /// Compact `a=1 b=99` rendering for logs.
 pub fn show(w: &Weights) -> String {
-    w.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    w.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -108,8 +114,14 @@ mod tests {
     fn interpolates_the_issue_example() {
         let start = w(&[("lambda", 100), ("fargate", 0)]);
         let target = w(&[("lambda", 0), ("fargate", 100)]);
-        assert_eq!(interpolate(&start, &target, 5), w(&[("lambda", 95), ("fargate", 5)]));
-        assert_eq!(interpolate(&start, &target, 25), w(&[("lambda", 75), ("fargate", 25)]));
+        assert_eq!(
+            interpolate(&start, &target, 5),
+            w(&[("lambda", 95), ("fargate", 5)])
+        );
+        assert_eq!(
+            interpolate(&start, &target, 25),
+            w(&[("lambda", 75), ("fargate", 25)])
+        );
         assert_eq!(interpolate(&start, &target, 100), target);
         assert_eq!(interpolate(&start, &target, 0), start);
     }
@@ -141,9 +153,15 @@ mod tests {
 
     #[test]
     fn drift_and_normalize() {
-        assert_eq!(drift(&w(&[("a", 75), ("b", 25)]), &w(&[("a", 50), ("b", 50)])), 0.25);
+        assert_eq!(
+            drift(&w(&[("a", 75), ("b", 25)]), &w(&[("a", 50), ("b", 50)])),
+            0.25
+        );
         assert_eq!(drift(&w(&[("a", 50)]), &w(&[("a", 50)])), 0.0);
-        assert_eq!(normalize(&w(&[("a", 200), ("b", 55)])), Some(w(&[("a", 78), ("b", 22)])));
+        assert_eq!(
+            normalize(&w(&[("a", 200), ("b", 55)])),
+            Some(w(&[("a", 78), ("b", 22)]))
+        );
         assert_eq!(normalize(&w(&[("a", 0), ("b", 0)])), None);
     }
 
@@ -152,8 +170,11 @@ mod tests {
             .prop_flat_map(|n| prop::collection::vec(0u32..1000, n))
             .prop_filter("not all zero", |v| v.iter().any(|&x| x > 0))
             .prop_map(|raw| {
-                let named: Weights =
-                    raw.iter().enumerate().map(|(i, &v)| (format!("b{i}"), v)).collect();
+                let named: Weights = raw
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (format!("b{i}"), v))
+                    .collect();
                 normalize(&named).expect("not all zero")
             })
     }

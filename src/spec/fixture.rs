@@ -8,7 +8,10 @@ impl TrafficSplit {
         TrafficSplit {
             api_version: API_VERSION.into(),
             kind: KIND.into(),
-            metadata: Metadata { name: "api".into(), labels: Default::default() },
+            metadata: Metadata {
+                name: "api".into(),
+                labels: Default::default(),
+            },
             spec: SplitSpec {
                 record: RecordSpec {
                     hosted_zone: "abceed.example.".into(),
@@ -20,7 +23,9 @@ impl TrafficSplit {
                 backends: vec![
                     Backend {
                         name: "lambda".into(),
-                        api_gateway: Some(ApiGatewayBackend { domain_name: "api.abceed.example".into() }),
+                        api_gateway: Some(ApiGatewayBackend {
+                            domain_name: "api.abceed.example".into(),
+                        }),
                         ecs: None,
                         target: None,
                     },
@@ -78,7 +83,9 @@ impl Gate {
         Gate {
             name: name.into(),
             cloudwatch_alarm: None,
-            ecs_stable: Some(BackendRef { backend: backend.into() }),
+            ecs_stable: Some(BackendRef {
+                backend: backend.into(),
+            }),
             target_health: None,
             prometheus: None,
             http: None,

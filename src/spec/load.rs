@@ -19,6 +19,9 @@ use crate::error::{Invalid, SourcePos};
 /// Files larger than this are rejected unread: a TrafficSplit is a few KiB.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Nesting limit: a TrafficSplit is about 6 levels deep.
+const MAX_DEPTH: usize = 20;
+
 /// After this many problems in one file, stop reporting its documents (a garbage file would
 /// otherwise produce thousands of identical messages).
 const MAX_ERRORS_PER_FILE: usize = 50;
@@ -115,7 +118,11 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
 
 fn file_error(file: &Path, message: String) -> Invalid {
     Invalid {
-        pos: SourcePos { file: file.to_path_buf(), line: 1, column: 1 },
+        pos: SourcePos {
+            file: file.to_path_buf(),
+            line: 1,
+            column: 1,
+        },
         message,
     }
 }
@@ -125,7 +132,9 @@ fn collect_files(path: &Path, loaded: &mut Loaded) {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) => {
-            loaded.errors.push(file_error(path, format!("cannot read: {e}")));
+            loaded
+                .errors
+                .push(file_error(path, format!("cannot read: {e}")));
             return;
         }
     };
@@ -136,7 +145,9 @@ fn collect_files(path: &Path, loaded: &mut Loaded) {
     let entries = match std::fs::read_dir(path) {
         Ok(entries) => entries,
         Err(e) => {
-            loaded.errors.push(file_error(path, format!("cannot list directory: {e}")));
+            loaded
+                .errors
+                .push(file_error(path, format!("cannot list directory: {e}")));
             return;
         }
     };
@@ -145,9 +156,9 @@ fn collect_files(path: &Path, loaded: &mut Loaded) {
         .filter(|entry| {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let ext_ok = Path::new(name.as_ref())
-                .extension()
-                .is_some_and(|ext| ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml"));
+            let ext_ok = Path::new(name.as_ref()).extension().is_some_and(|ext| {
+                ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml")
+            });
             // Hidden names include Kubernetes' `..data` and `..2024_...` ConfigMap internals.
             !name.starts_with('.') && ext_ok
         })
@@ -181,7 +192,11 @@ fn read_capped(file: &Path) -> Result<String, Invalid> {
         let line = prefix.matches('\n').count() as u64 + 1;
         let column = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
         Invalid {
-            pos: SourcePos { file: file.to_path_buf(), line, column },
+            pos: SourcePos {
+                file: file.to_path_buf(),
+                line,
+                column,
+            },
             message: format!("invalid UTF-8 at byte offset {offset}; save the file as UTF-8"),
         }
     })
@@ -193,8 +208,8 @@ fn options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_reader_input_bytes: Some(MAX_FILE_BYTES as usize + 16),
-            max_depth: 20,
-            flow_nesting_limit: 20,
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
             max_nodes: 50_000,
             max_events: 200_000,
             max_aliases: 1_000,
@@ -229,7 +244,11 @@ impl ParsedDoc {
 }
 
 fn pos(file: &Path, loc: Location) -> SourcePos {
-    SourcePos { file: file.to_path_buf(), line: loc.line().max(1), column: loc.column().max(1) }
+    SourcePos {
+        file: file.to_path_buf(),
+        line: loc.line().max(1),
+        column: loc.column().max(1),
+    }
 }
 
 fn parse_file(file: &Path, text: &str) -> (Vec<ParsedDoc>, Vec<Invalid>) {
@@ -242,7 +261,13 @@ fn parse_file(file: &Path, text: &str) -> (Vec<ParsedDoc>, Vec<Invalid>) {
             // Hostile input: do not run the typed pass on it at all.
             Err(e) if is_limit(&e) => {
                 let (loc, message) = describe(&e, &trees);
-                return (Vec::new(), vec![Invalid { pos: pos(file, loc), message }]);
+                return (
+                    Vec::new(),
+                    vec![Invalid {
+                        pos: pos(file, loc),
+                        message,
+                    }],
+                );
             }
             // Syntax and other errors are reported by the typed pass below.
             Err(_) => {}
@@ -250,9 +275,13 @@ fn parse_file(file: &Path, text: &str) -> (Vec<ParsedDoc>, Vec<Invalid>) {
     }
     let mut docs = Vec::new();
     let mut reader = std::io::Cursor::new(text.as_bytes());
-    for item in serde_saphyr::read_with_options::<_, Spanned<TrafficSplit>>(&mut reader, options()) {
+    for item in serde_saphyr::read_with_options::<_, Spanned<TrafficSplit>>(&mut reader, options())
+    {
         if errors.len() >= MAX_ERRORS_PER_FILE {
-            errors.push(file_error(file, "too many problems in this file; not reporting more".into()));
+            errors.push(file_error(
+                file,
+                "too many problems in this file; not reporting more".into(),
+            ));
             break;
         }
         match item {
@@ -270,11 +299,29 @@ fn parse_file(file: &Path, text: &str) -> (Vec<ParsedDoc>, Vec<Invalid>) {
             }
             Err(e) => {
                 let (loc, message) = describe(&e, &trees);
-                errors.push(Invalid { pos: pos(file, loc), message });
+                let mut at = pos(file, loc);
+                if message.contains("not tabs") {
+                    // The parser notices a tab only where it ends a scalar; point at the tab itself.
+                    if let Some((line, column)) = first_tab_indent(text, at.line) {
+                        (at.line, at.column) = (line, column);
+                    }
+                }
+                errors.push(Invalid { pos: at, message });
             }
         }
     }
     (docs, errors)
+}
+
+/// The first tab in the indentation of a line at or after `from` (1-based line and column).
+fn first_tab_indent(text: &str, from: u64) -> Option<(u64, u64)> {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1) as usize)
+        .find_map(|(i, line)| {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            indent.find('\t').map(|col| (i as u64 + 1, col as u64 + 1))
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,15 +340,18 @@ fn original(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
 
 fn is_limit(e: &serde_saphyr::Error) -> bool {
     use serde_saphyr::Error as E;
-    matches!(
-        original(e),
-        E::Budget { .. }
-            | E::AliasReplayLimitExceeded { .. }
-            | E::AliasExpansionLimitExceeded { .. }
-            | E::AliasReplayStackDepthExceeded { .. }
-            | E::AliasReplayCounterOverflow { .. }
-            | E::IOError { .. }
-    )
+    // The parser reports its own flow-nesting limit as a plain message.
+    let text = serde_saphyr::UserMessageFormatter.format_message(original(e));
+    text.contains("recursion limit")
+        || matches!(
+            original(e),
+            E::Budget { .. }
+                | E::AliasReplayLimitExceeded { .. }
+                | E::AliasExpansionLimitExceeded { .. }
+                | E::AliasReplayStackDepthExceeded { .. }
+                | E::AliasReplayCounterOverflow { .. }
+                | E::IOError { .. }
+        )
 }
 
 fn friendly_type(expected: &str) -> String {
@@ -312,7 +362,7 @@ fn friendly_type(expected: &str) -> String {
         "u64" | "usize" => "a non-negative integer".into(),
         "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
         "f32" | "f64" => "a number".into(),
-        "bool" | "a boolean" => "true or false".into(),
+        "bool" | "boolean" | "a boolean" => "true or false".into(),
         "a sequence" => "a list".into(),
         "a map" => "a mapping".into(),
         s if s.starts_with("struct ") => "a mapping".into(),
@@ -325,8 +375,17 @@ fn friendly_type(expected: &str) -> String {
 fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, String) {
     use serde_saphyr::Error as E;
     let e = original(err);
-    let loc = e.location().or_else(|| err.location()).unwrap_or(Location::UNKNOWN);
-    let found = find_at(trees, loc);
+    let loc = e
+        .location()
+        .or_else(|| err.location())
+        .unwrap_or(Location::UNKNOWN);
+    // A mapping shares its position with its first key: type errors are about the mapping,
+    // unknown fields about the key.
+    let container = matches!(
+        e,
+        E::Unexpected { .. } | E::SerdeMissingField { .. } | E::SerdeInvalidType { .. }
+    );
+    let found = find_at(trees, loc, container);
     let prefix = |msg: String| match &found {
         Some(f) if !f.path.is_empty() => format!("{}: {msg}", f.path),
         _ => msg,
@@ -345,7 +404,9 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
         }
     };
     let message = match e {
-        E::SerdeUnknownField { field, expected, .. } => {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => {
             let mut msg = format!(
                 "unknown field `{field}` in {}; allowed fields: {}",
                 context(&found, true),
@@ -363,36 +424,64 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
                 Some(f) => f.path.clone(),
                 None => String::new(),
             };
-            let ctx = if ctx.is_empty() { "the document".to_string() } else { ctx };
+            let ctx = if ctx.is_empty() {
+                "the document".to_string()
+            } else {
+                ctx
+            };
             format!("missing required field `{field}` in {ctx}")
         }
-        E::SerdeInvalidType { unexpected, expected, .. } if found.as_ref().is_some_and(|f| f.path.is_empty()) => {
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } if found.as_ref().is_some_and(|f| f.path.is_empty()) => {
             format!("a TrafficSplit document must be a mapping, found {unexpected} (expected {expected})")
         }
-        E::SerdeInvalidType { unexpected, expected, .. } => {
-            prefix(format!("invalid type: {unexpected}, expected {}", friendly_type(expected)))
-        }
-        E::SerdeInvalidValue { unexpected, expected, .. } => {
-            prefix(format!("invalid value: {unexpected}, expected {}", friendly_type(expected)))
-        }
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } => prefix(format!(
+            "invalid type: {unexpected}, expected {}",
+            friendly_type(expected)
+        )),
+        E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => prefix(format!(
+            "invalid value: {unexpected}, expected {}",
+            friendly_type(expected)
+        )),
         E::InvalidScalar { ty, .. } => match value {
-            Some(v) => prefix(format!("`{v}` is not valid here, expected {}", friendly_type(ty))),
+            Some(v) => prefix(format!(
+                "`{v}` is not valid here, expected {}",
+                friendly_type(ty)
+            )),
             None => prefix(format!("invalid value, expected {}", friendly_type(ty))),
         },
-        E::SerdeUnknownVariant { variant, expected, .. } => {
-            prefix(format!("unknown value `{variant}`, expected one of {}", expected.join(", ")))
-        }
+        E::SerdeUnknownVariant {
+            variant, expected, ..
+        } => prefix(format!(
+            "unknown value `{variant}`, expected one of {}",
+            expected.join(", ")
+        )),
         E::NullIntoString { .. } => {
             prefix("value is empty (null), expected a string; fill it in or quote it".to_string())
         }
         E::DuplicateMappingKey { key, .. } => match key {
-            Some(key) => format!("duplicate key `{key}`: each key may appear only once in a mapping"),
+            Some(key) => {
+                format!("duplicate key `{key}`: each key may appear only once in a mapping")
+            }
             None => "duplicate key: each key may appear only once in a mapping".to_string(),
         },
         E::Budget { breach, .. } => {
             use serde_saphyr::budget::BudgetBreach as B;
             let what = match breach {
-                B::Depth { depth } => format!("nested more than {depth} levels deep"),
+                B::Depth { depth } => {
+                    format!("nested {depth} levels deep (the limit is {MAX_DEPTH})")
+                }
                 B::Nodes { nodes } => format!("has more than {nodes} nodes"),
                 B::Events { events } => format!("has more than {events} parser events"),
                 B::Aliases { aliases } => format!("uses more than {aliases} aliases"),
@@ -408,17 +497,52 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
         | E::AliasExpansionLimitExceeded { .. }
         | E::AliasReplayStackDepthExceeded { .. }
         | E::AliasReplayCounterOverflow { .. } => {
-            "too many YAML alias expansions (an alias bomb?); refusing to expand the document".to_string()
+            "too many YAML alias expansions (an alias bomb?); refusing to expand the document"
+                .to_string()
         }
         E::Message { msg, .. } => prefix(sanitize(msg)),
+        // The typed pass wanted a collection and found something else.
+        E::Unexpected { expected, .. }
+            if expected.ends_with(" start") || expected.contains("scalar") =>
+        {
+            let want = match *expected {
+                "mapping start" => "a mapping",
+                "sequence start" => "a list",
+                "string scalar" => "a string",
+                other => other,
+            };
+            match &found {
+                Some(f) if f.path.is_empty() && !f.is_key => {
+                    format!(
+                        "a TrafficSplit document must be a mapping, found {}",
+                        f.node.kind()
+                    )
+                }
+                Some(f) => prefix(format!(
+                    "invalid type: expected {want}, found {}",
+                    f.node.kind()
+                )),
+                None => format!("invalid type: expected {want}"),
+            }
+        }
         other => {
             let text = sanitize(&serde_saphyr::UserMessageFormatter.format_message(other));
-            let text = if text.contains("tabs") {
+            let text = if text.contains("recursion limit") {
+                return (
+                    loc,
+                    "document is nested too deeply (parser recursion limit); a TrafficSplit is small and \
+                     shallow, refusing to parse it"
+                        .to_string(),
+                );
+            } else if text.contains(" tab") {
                 format!("{text}; indent YAML with spaces, not tabs")
             } else {
                 text
             };
-            if matches!(other, E::ExternalMessage { .. } | E::Eof { .. } | E::Unexpected { .. }) {
+            if matches!(
+                other,
+                E::ExternalMessage { .. } | E::Eof { .. } | E::Unexpected { .. }
+            ) {
                 format!("YAML syntax error: {text}")
             } else {
                 prefix(text)
@@ -435,7 +559,9 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
 
 /// Replace control characters: messages end up in terminals and logs.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The allowed name closest to a misspelt one, if it is close enough to be a likely typo.
@@ -487,6 +613,17 @@ impl Node {
             Node::Float(f) => Some(f.to_string()),
             Node::Str(s) => Some(sanitize(s)),
             Node::Seq(_) | Node::Map(_) => None,
+        }
+    }
+
+    /// What kind of value this is, for "expected X, found Y".
+    fn kind(&self) -> String {
+        match self {
+            Node::Seq(_) => "a list".into(),
+            Node::Map(_) => "a mapping".into(),
+            Node::Null => "nothing (null)".into(),
+            Node::Str(s) => format!("the string {:?}", sanitize(s)),
+            other => format!("`{}`", other.scalar_text().unwrap_or_default()),
         }
     }
 
@@ -651,7 +788,7 @@ struct Found<'a> {
     is_key: bool,
 }
 
-fn find_at(trees: &[Spanned<Node>], loc: Location) -> Option<Found<'_>> {
+fn find_at(trees: &[Spanned<Node>], loc: Location, prefer_container: bool) -> Option<Found<'_>> {
     if loc == Location::UNKNOWN {
         return None;
     }
@@ -661,16 +798,26 @@ fn find_at(trees: &[Spanned<Node>], loc: Location) -> Option<Found<'_>> {
         path: &str,
         same: &dyn Fn(&Location) -> bool,
         depth: usize,
+        prefer_container: bool,
     ) -> Option<Found<'a>> {
-        // Prefer the deepest match: a mapping and its first key share a position.
         if depth > 64 {
             return None;
+        }
+        let this = || Found {
+            path: path.to_string(),
+            parent: String::new(),
+            parent_loc: n.referenced,
+            node: &n.value,
+            is_key: false,
+        };
+        if prefer_container && same(&n.referenced) {
+            return Some(this());
         }
         match &n.value {
             Node::Map(entries) => {
                 for (k, v) in entries {
                     let child = validate::join_key(path, &k.value.key_text());
-                    if let Some(found) = walk(v, &child, same, depth + 1) {
+                    if let Some(found) = walk(v, &child, same, depth + 1, prefer_container) {
                         return Some(found);
                     }
                     if same(&k.referenced) {
@@ -687,22 +834,18 @@ fn find_at(trees: &[Spanned<Node>], loc: Location) -> Option<Found<'_>> {
             Node::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let child = format!("{path}[{i}]");
-                    if let Some(found) = walk(item, &child, same, depth + 1) {
+                    if let Some(found) = walk(item, &child, same, depth + 1, prefer_container) {
                         return Some(found);
                     }
                 }
             }
             _ => {}
         }
-        same(&n.referenced).then(|| Found {
-            path: path.to_string(),
-            parent: String::new(),
-            parent_loc: n.referenced,
-            node: &n.value,
-            is_key: false,
-        })
+        same(&n.referenced).then(this)
     }
-    trees.iter().find_map(|t| walk(t, "", &same, 0))
+    trees
+        .iter()
+        .find_map(|t| walk(t, "", &same, 0, prefer_container))
 }
 
 #[cfg(test)]
@@ -726,7 +869,11 @@ mod tests {
         assert_eq!(
             parse_path(r#"spec.weights["a.b"]#key"#),
             (
-                vec![Segment::Key("spec".into()), Segment::Key("weights".into()), Segment::Key("a.b".into())],
+                vec![
+                    Segment::Key("spec".into()),
+                    Segment::Key("weights".into()),
+                    Segment::Key("a.b".into())
+                ],
                 true
             )
         );
@@ -735,8 +882,14 @@ mod tests {
 
     #[test]
     fn suggests_close_names() {
-        assert_eq!(closest("hostedzone", &["hostedZone", "name"]), Some("hostedZone"));
-        assert_eq!(closest("weigths", &["weights", "backends"]), Some("weights"));
+        assert_eq!(
+            closest("hostedzone", &["hostedZone", "name"]),
+            Some("hostedZone")
+        );
+        assert_eq!(
+            closest("weigths", &["weights", "backends"]),
+            Some("weights")
+        );
         assert_eq!(closest("zzz", &["name"]), None);
     }
 }

@@ -167,7 +167,8 @@ fn default_min_tasks() -> u32 {
 
 impl EcsBackend {
     pub fn max_tasks(&self) -> u32 {
-        self.max_tasks.unwrap_or(self.tasks_at_full_traffic.max(self.min_tasks))
+        self.max_tasks
+            .unwrap_or(self.tasks_at_full_traffic.max(self.min_tasks))
     }
 }
 
@@ -382,7 +383,10 @@ impl SplitSpec {
     pub fn steps(&self) -> Vec<u32> {
         match &self.rollout {
             Some(Rollout { steps: Some(s), .. }) if !s.is_empty() => s.clone(),
-            Some(Rollout { step_percent: Some(p), .. }) if *p > 0 => {
+            Some(Rollout {
+                step_percent: Some(p),
+                ..
+            }) if *p > 0 => {
                 let mut v: Vec<u32> = (1..).map(|i| i * p).take_while(|&x| x < 100).collect();
                 v.push(100);
                 v
@@ -393,7 +397,10 @@ impl SplitSpec {
 
     /// Minimum hold at each step (0 without a rollout block).
     pub fn interval(&self) -> Duration {
-        self.rollout.as_ref().map(|r| r.interval.get()).unwrap_or_default()
+        self.rollout
+            .as_ref()
+            .map(|r| r.interval.get())
+            .unwrap_or_default()
     }
 
     /// Wait after a backend's weight drops before scaling it down: `rollout.drainDelay`, else

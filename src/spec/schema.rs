@@ -36,18 +36,33 @@ mod tests {
     fn schema_has_id_and_spec_properties() {
         let schema = json_schema();
         assert_eq!(schema["$id"], SCHEMA_ID);
-        assert!(schema["$schema"].as_str().is_some_and(|s| s.contains("json-schema.org")));
+        assert!(schema["$schema"]
+            .as_str()
+            .is_some_and(|s| s.contains("json-schema.org")));
         assert_eq!(schema["type"], "object");
         for top in ["apiVersion", "kind", "metadata", "spec"] {
-            assert!(schema["properties"].get(top).is_some(), "missing top-level property {top}");
+            assert!(
+                schema["properties"].get(top).is_some(),
+                "missing top-level property {top}"
+            );
         }
-        let spec_ref = schema["properties"]["spec"]["$ref"].as_str().expect("spec is a $ref");
+        let spec_ref = schema["properties"]["spec"]["$ref"]
+            .as_str()
+            .expect("spec is a $ref");
         let name = spec_ref.rsplit('/').next().unwrap_or_default();
         let spec = &schema["$defs"][name];
         for prop in ["record", "backends", "weights", "rollout", "gates"] {
-            assert!(spec["properties"].get(prop).is_some(), "missing spec property {prop} in {spec}");
+            assert!(
+                spec["properties"].get(prop).is_some(),
+                "missing spec property {prop} in {spec}"
+            );
         }
-        let required: Vec<&str> = spec["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        let required: Vec<&str> = spec["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         assert_eq!(required, ["record", "backends", "weights"]);
     }
 
@@ -62,14 +77,21 @@ mod tests {
             // Every struct (an object schema with properties) rejects unknown fields.
             if o.get("type") == Some(&Value::from("object")) && o.contains_key("properties") {
                 structs += 1;
-                assert_eq!(o.get("additionalProperties"), Some(&Value::Bool(false)), "open object: {o:?}");
+                assert_eq!(
+                    o.get("additionalProperties"),
+                    Some(&Value::Bool(false)),
+                    "open object: {o:?}"
+                );
             }
             if let Some(r) = o.get("$ref").and_then(Value::as_str) {
                 let name = r.strip_prefix("#/$defs/").expect("local $ref");
                 assert!(schema["$defs"].get(name).is_some(), "dangling $ref {r}");
             }
         }
-        assert!(structs >= 10, "expected the nested structs, found {structs}");
+        assert!(
+            structs >= 10,
+            "expected the nested structs, found {structs}"
+        );
         // Serializes to valid JSON and back.
         let text = serde_json::to_string_pretty(&schema).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), schema);

@@ -11,7 +11,7 @@ use super::{fqdn, Backend, Gate, RecordType, TrafficSplit, API_VERSION, KIND};
 
 /// Route53 accepts TTLs up to 2^31 - 1 seconds.
 pub const MAX_TTL: i64 = 2_147_483_647;
-/// Route53 allows at most 100 weighted records per name and type... and we allow a single one.
+/// Route53 allows at most 100 weighted records per name and type.
 pub const MAX_BACKENDS: usize = 100;
 pub const MAX_TASKS: u32 = 5000;
 pub const MAX_STEPS: usize = 100;
@@ -21,11 +21,17 @@ const MAX_GATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `parent.key`, quoting keys that are not plain names so that the path stays parseable.
 pub fn join_key(parent: &str, key: &str) -> String {
-    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     match (plain, parent.is_empty()) {
         (true, true) => key.to_string(),
         (true, false) => format!("{parent}.{key}"),
-        (false, _) => format!("{parent}[{}]", serde_json::to_string(key).unwrap_or_default()),
+        (false, _) => format!(
+            "{parent}[{}]",
+            serde_json::to_string(key).unwrap_or_default()
+        ),
     }
 }
 
@@ -33,10 +39,19 @@ pub fn join_key(parent: &str, key: &str) -> String {
 pub fn check(split: &TrafficSplit) -> Vec<(String, String)> {
     let mut c = Checker::default();
     if split.api_version != API_VERSION {
-        c.err("apiVersion", format!("apiVersion must be {API_VERSION}, found '{}'", split.api_version));
+        c.err(
+            "apiVersion",
+            format!(
+                "apiVersion must be {API_VERSION}, found '{}'",
+                split.api_version
+            ),
+        );
     }
     if split.kind != KIND {
-        c.err("kind", format!("kind must be {KIND}, found '{}'", split.kind));
+        c.err(
+            "kind",
+            format!("kind must be {KIND}, found '{}'", split.kind),
+        );
     }
     if !is_lower_name(&split.metadata.name) {
         c.err(
@@ -67,17 +82,25 @@ impl Checker {
 }
 
 fn is_lower_name(s: &str) -> bool {
-    (1..=63).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_backend_name(s: &str) -> bool {
-    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A hosted zone id such as `Z0123456789ABCDEFGHIJ` (optionally `/hostedzone/Z...`).
 pub fn is_zone_id(s: &str) -> bool {
     let id = s.trim().trim_start_matches("/hostedzone/");
-    id.len() >= 2 && id.starts_with('Z') && id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    id.len() >= 2
+        && id.starts_with('Z')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// Why `name` is not a valid DNS name, if it is not (case-insensitive, trailing dot optional).
@@ -88,7 +111,10 @@ pub fn dns_name_problem(name: &str) -> Option<String> {
         return Some("is empty".into());
     }
     if bare.len() > 253 {
-        return Some(format!("is {} characters long, at most 253 are allowed", bare.len()));
+        return Some(format!(
+            "is {} characters long, at most 253 are allowed",
+            bare.len()
+        ));
     }
     for (i, label) in bare.split('.').enumerate() {
         if label == "*" {
@@ -101,13 +127,18 @@ pub fn dns_name_problem(name: &str) -> Option<String> {
             return Some("has an empty label (two dots in a row?)".into());
         }
         if label.len() > 63 {
-            return Some(format!("has a label of {} characters, at most 63 are allowed", label.len()));
+            return Some(format!(
+                "has a label of {} characters, at most 63 are allowed",
+                label.len()
+            ));
         }
         if let Some(bad) = label
             .chars()
             .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
         {
-            return Some(format!("contains {bad:?}; use letters, digits, '-' and '_'"));
+            return Some(format!(
+                "contains {bad:?}; use letters, digits, '-' and '_'"
+            ));
         }
     }
     None
@@ -132,7 +163,13 @@ fn check_record(c: &mut Checker, split: &TrafficSplit) {
     }
     let name_ok = match dns_name_problem(&record.name) {
         Some(problem) => {
-            c.err("spec.record.name", format!("record name '{}' is not a valid DNS name: it {problem}", record.name));
+            c.err(
+                "spec.record.name",
+                format!(
+                    "record name '{}' is not a valid DNS name: it {problem}",
+                    record.name
+                ),
+            );
             false
         }
         None => true,
@@ -141,7 +178,10 @@ fn check_record(c: &mut Checker, split: &TrafficSplit) {
     if zone_by_name && name_ok && dns_name_problem(zone).is_none() {
         let (zone, name) = (fqdn(zone), fqdn(&record.name));
         if name != zone && !name.ends_with(&format!(".{zone}")) {
-            c.err("spec.record.name", format!("record name {name} is outside hosted zone {zone}"));
+            c.err(
+                "spec.record.name",
+                format!("record name {name} is outside hosted zone {zone}"),
+            );
         } else if name == zone && record.record_type == RecordType::CNAME {
             c.err(
                 "spec.record.type",
@@ -150,7 +190,10 @@ fn check_record(c: &mut Checker, split: &TrafficSplit) {
         }
     }
     if !(0..=MAX_TTL).contains(&record.ttl) {
-        c.err("spec.record.ttl", format!("ttl {} is out of range 0-{MAX_TTL}", record.ttl));
+        c.err(
+            "spec.record.ttl",
+            format!("ttl {} is out of range 0-{MAX_TTL}", record.ttl),
+        );
     }
 }
 
@@ -174,7 +217,13 @@ fn check_backends(c: &mut Checker, split: &TrafficSplit) {
     if backends.is_empty() {
         c.err("spec.backends", "at least one backend is required");
     } else if backends.len() > MAX_BACKENDS {
-        c.err("spec.backends", format!("{} backends, at most {MAX_BACKENDS} are allowed", backends.len()));
+        c.err(
+            "spec.backends",
+            format!(
+                "{} backends, at most {MAX_BACKENDS} are allowed",
+                backends.len()
+            ),
+        );
     }
     let mut first: HashMap<&str, usize> = HashMap::new();
     for (i, b) in backends.iter().enumerate() {
@@ -182,40 +231,65 @@ fn check_backends(c: &mut Checker, split: &TrafficSplit) {
         if !is_backend_name(&b.name) {
             c.err(
                 format!("{at}.name"),
-                format!("backend name '{}' is invalid: use 1-128 letters, digits, '-' and '_'", b.name),
+                format!(
+                    "backend name '{}' is invalid: use 1-128 letters, digits, '-' and '_'",
+                    b.name
+                ),
             );
         }
         if let Some(j) = first.get(b.name.as_str()) {
-            c.err(format!("{at}.name"), format!("duplicate backend name '{}' (first at index {j})", b.name));
+            c.err(
+                format!("{at}.name"),
+                format!("duplicate backend name '{}' (first at index {j})", b.name),
+            );
         } else {
             first.insert(&b.name, i);
         }
         let kinds = backend_kinds(b);
         if kinds.len() != 1 {
-            let found = if kinds.is_empty() { "none".to_string() } else { kinds.join(" and ") };
+            let found = if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(" and ")
+            };
             c.err(
                 at.clone(),
-                format!("backend '{}' needs exactly one of apiGateway, ecs or target; found {found}", b.name),
+                format!(
+                    "backend '{}' needs exactly one of apiGateway, ecs or target; found {found}",
+                    b.name
+                ),
             );
         }
         if let Some(api) = &b.api_gateway {
             if let Some(problem) = dns_name_problem(&api.domain_name) {
                 c.err(
                     format!("{at}.apiGateway.domainName"),
-                    format!("domainName '{}' is not a valid DNS name: it {problem}", api.domain_name),
+                    format!(
+                        "domainName '{}' is not a valid DNS name: it {problem}",
+                        api.domain_name
+                    ),
                 );
             }
         }
         if let Some(ecs) = &b.ecs {
             let at = format!("{at}.ecs");
             if ecs.cluster.trim().is_empty() {
-                c.err(format!("{at}.cluster"), "cluster is empty: give the ECS cluster name or ARN");
+                c.err(
+                    format!("{at}.cluster"),
+                    "cluster is empty: give the ECS cluster name or ARN",
+                );
             }
             if ecs.service.trim().is_empty() {
-                c.err(format!("{at}.service"), "service is empty: give the ECS service name or ARN");
+                c.err(
+                    format!("{at}.service"),
+                    "service is empty: give the ECS service name or ARN",
+                );
             }
             if ecs.tasks_at_full_traffic < 1 {
-                c.err(format!("{at}.tasksAtFullTraffic"), "tasksAtFullTraffic must be at least 1");
+                c.err(
+                    format!("{at}.tasksAtFullTraffic"),
+                    "tasksAtFullTraffic must be at least 1",
+                );
             }
             match ecs.max_tasks {
                 Some(0) => c.err(format!("{at}.maxTasks"), "maxTasks must be at least 1"),
@@ -240,37 +314,56 @@ fn check_backends(c: &mut Checker, split: &TrafficSplit) {
         if let Some(target) = &b.target {
             let at = format!("{at}.target");
             match (&target.alias, &target.cname) {
-                (Some(_), Some(_)) | (None, None) => {
-                    c.err(at.clone(), format!("target of backend '{}' needs exactly one of alias or cname", b.name))
-                }
+                (Some(_), Some(_)) | (None, None) => c.err(
+                    at.clone(),
+                    format!(
+                        "target of backend '{}' needs exactly one of alias or cname",
+                        b.name
+                    ),
+                ),
                 _ => {}
             }
             if let Some(alias) = &target.alias {
                 if !record_type.is_alias() {
                     c.err(
                         format!("{at}.alias"),
-                        format!("target.alias needs record type A or AAAA, but spec.record.type is {}", record_type.as_str()),
+                        format!(
+                            "target.alias needs record type A or AAAA, but spec.record.type is {}",
+                            record_type.as_str()
+                        ),
                     );
                 }
                 if let Some(problem) = dns_name_problem(&alias.dns_name) {
                     c.err(
                         format!("{at}.alias.dnsName"),
-                        format!("dnsName '{}' is not a valid DNS name: it {problem}", alias.dns_name),
+                        format!(
+                            "dnsName '{}' is not a valid DNS name: it {problem}",
+                            alias.dns_name
+                        ),
                     );
                 }
                 if alias.hosted_zone_id.trim().is_empty() {
-                    c.err(format!("{at}.alias.hostedZoneId"), "hostedZoneId of the alias target is empty");
+                    c.err(
+                        format!("{at}.alias.hostedZoneId"),
+                        "hostedZoneId of the alias target is empty",
+                    );
                 }
             }
             if let Some(cname) = &target.cname {
                 if record_type != RecordType::CNAME {
                     c.err(
                         format!("{at}.cname"),
-                        format!("target.cname needs record type CNAME, but spec.record.type is {}", record_type.as_str()),
+                        format!(
+                            "target.cname needs record type CNAME, but spec.record.type is {}",
+                            record_type.as_str()
+                        ),
                     );
                 }
                 if let Some(problem) = dns_name_problem(cname) {
-                    c.err(format!("{at}.cname"), format!("cname '{cname}' is not a valid DNS name: it {problem}"));
+                    c.err(
+                        format!("{at}.cname"),
+                        format!("cname '{cname}' is not a valid DNS name: it {problem}"),
+                    );
                 }
             }
         }
@@ -279,7 +372,12 @@ fn check_backends(c: &mut Checker, split: &TrafficSplit) {
 
 fn check_weights(c: &mut Checker, split: &TrafficSplit) {
     let weights = &split.spec.weights;
-    let names: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+    let names: Vec<&str> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
     let mut ok = true;
     for (key, weight) in weights {
         let at = join_key("spec.weights", key);
@@ -287,11 +385,17 @@ fn check_weights(c: &mut Checker, split: &TrafficSplit) {
             ok = false;
             c.err(
                 format!("{at}#key"),
-                format!("weights name unknown backend '{key}'; the backends are {}", names.join(", ")),
+                format!(
+                    "weights name unknown backend '{key}'; the backends are {}",
+                    names.join(", ")
+                ),
             );
         } else if *weight > 100 {
             ok = false;
-            c.err(at, format!("weight {weight} for '{key}' is out of range 0-100"));
+            c.err(
+                at,
+                format!("weight {weight} for '{key}' is out of range 0-100"),
+            );
         }
     }
     for name in &names {
@@ -306,9 +410,15 @@ fn check_weights(c: &mut Checker, split: &TrafficSplit) {
     if ok && !names.is_empty() {
         let sum: u64 = weights.values().map(|w| u64::from(*w)).sum();
         if sum == 0 {
-            c.err("spec.weights", "weights are all zero; at least one backend must get traffic");
+            c.err(
+                "spec.weights",
+                "weights are all zero; at least one backend must get traffic",
+            );
         } else if sum != 100 {
-            c.err("spec.weights", format!("weights sum to {sum}, must sum to 100"));
+            c.err(
+                "spec.weights",
+                format!("weights sum to {sum}, must sum to 100"),
+            );
         }
     }
 }
@@ -318,15 +428,27 @@ fn check_rollout(c: &mut Checker, split: &TrafficSplit) {
         return;
     };
     match (&rollout.steps, rollout.step_percent) {
-        (Some(_), Some(_)) => c.err("spec.rollout", "rollout needs exactly one of steps or stepPercent, found both"),
-        (None, None) => c.err("spec.rollout", "rollout needs exactly one of steps or stepPercent, found neither"),
+        (Some(_), Some(_)) => c.err(
+            "spec.rollout",
+            "rollout needs exactly one of steps or stepPercent, found both",
+        ),
+        (None, None) => c.err(
+            "spec.rollout",
+            "rollout needs exactly one of steps or stepPercent, found neither",
+        ),
         _ => {}
     }
     if let Some(steps) = &rollout.steps {
         if steps.is_empty() {
-            c.err("spec.rollout.steps", "steps is empty; end it with 100, e.g. [10, 50, 100]");
+            c.err(
+                "spec.rollout.steps",
+                "steps is empty; end it with 100, e.g. [10, 50, 100]",
+            );
         } else if steps.len() > MAX_STEPS {
-            c.err("spec.rollout.steps", format!("{} steps, at most {MAX_STEPS} are allowed", steps.len()));
+            c.err(
+                "spec.rollout.steps",
+                format!("{} steps, at most {MAX_STEPS} are allowed", steps.len()),
+            );
         }
         let mut prev = 0;
         for (i, step) in steps.iter().enumerate() {
@@ -334,7 +456,10 @@ fn check_rollout(c: &mut Checker, split: &TrafficSplit) {
             if !(1..=100).contains(step) {
                 c.err(at, format!("step {step} is out of range 1-100"));
             } else if *step <= prev {
-                c.err(at, format!("steps must be strictly increasing: {step} follows {prev}"));
+                c.err(
+                    at,
+                    format!("steps must be strictly increasing: {step} follows {prev}"),
+                );
             }
             prev = prev.max(*step);
         }
@@ -349,21 +474,33 @@ fn check_rollout(c: &mut Checker, split: &TrafficSplit) {
     }
     if let Some(p) = rollout.step_percent {
         if !(1..=100).contains(&p) {
-            c.err("spec.rollout.stepPercent", format!("stepPercent {p} is out of range 1-100"));
+            c.err(
+                "spec.rollout.stepPercent",
+                format!("stepPercent {p} is out of range 1-100"),
+            );
         }
     }
     if rollout.interval.get() > MAX_WAIT {
-        c.err("spec.rollout.interval", format!("interval {} is longer than 24h", rollout.interval));
+        c.err(
+            "spec.rollout.interval",
+            format!("interval {} is longer than 24h", rollout.interval),
+        );
     }
     if let Some(d) = rollout.drain_delay {
         if d.get() > MAX_WAIT {
-            c.err("spec.rollout.drainDelay", format!("drainDelay {d} is longer than 24h"));
+            c.err(
+                "spec.rollout.drainDelay",
+                format!("drainDelay {d} is longer than 24h"),
+            );
         }
     }
     if !(1..=100).contains(&rollout.failure_threshold) {
         c.err(
             "spec.rollout.failureThreshold",
-            format!("failureThreshold {} is out of range 1-100", rollout.failure_threshold),
+            format!(
+                "failureThreshold {} is out of range 1-100",
+                rollout.failure_threshold
+            ),
         );
     }
 }
@@ -427,17 +564,27 @@ fn check_gates(c: &mut Checker, split: &TrafficSplit) {
         if !is_lower_name(&g.name) {
             c.err(
                 format!("{at}.name"),
-                format!("gate name '{}' is invalid: use 1-63 lowercase letters, digits and '-'", g.name),
+                format!(
+                    "gate name '{}' is invalid: use 1-63 lowercase letters, digits and '-'",
+                    g.name
+                ),
             );
         }
         if let Some(j) = first.get(g.name.as_str()) {
-            c.err(format!("{at}.name"), format!("duplicate gate name '{}' (first at index {j})", g.name));
+            c.err(
+                format!("{at}.name"),
+                format!("duplicate gate name '{}' (first at index {j})", g.name),
+            );
         } else {
             first.insert(&g.name, i);
         }
         let kinds = gate_kinds(g);
         if kinds.len() != 1 {
-            let found = if kinds.is_empty() { "none".to_string() } else { kinds.join(" and ") };
+            let found = if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(" and ")
+            };
             c.err(
                 at.clone(),
                 format!(
@@ -448,24 +595,41 @@ fn check_gates(c: &mut Checker, split: &TrafficSplit) {
         }
         if let Some(cw) = &g.cloudwatch_alarm {
             if cw.alarm_names.is_empty() {
-                c.err(format!("{at}.cloudwatchAlarm.alarmNames"), "alarmNames is empty: name at least one alarm");
+                c.err(
+                    format!("{at}.cloudwatchAlarm.alarmNames"),
+                    "alarmNames is empty: name at least one alarm",
+                );
             }
             for (j, name) in cw.alarm_names.iter().enumerate() {
                 if name.trim().is_empty() {
-                    c.err(format!("{at}.cloudwatchAlarm.alarmNames[{j}]"), "alarm name is empty");
+                    c.err(
+                        format!("{at}.cloudwatchAlarm.alarmNames[{j}]"),
+                        "alarm name is empty",
+                    );
                 }
             }
         }
         let backend_refs = [
-            g.ecs_stable.as_ref().map(|r| ("ecsStable", r.backend.as_str())),
-            g.target_health.as_ref().map(|t| ("targetHealth", t.backend.as_str())),
+            g.ecs_stable
+                .as_ref()
+                .map(|r| ("ecsStable", r.backend.as_str())),
+            g.target_health
+                .as_ref()
+                .map(|t| ("targetHealth", t.backend.as_str())),
         ];
         for (kind, backend) in backend_refs.into_iter().flatten() {
             if !ecs_backend(backend) {
-                let what = if split.backend(backend).is_some() { "is not an ecs backend" } else { "is not a backend" };
+                let what = if split.backend(backend).is_some() {
+                    "is not an ecs backend"
+                } else {
+                    "is not a backend"
+                };
                 c.err(
                     format!("{at}.{kind}.backend"),
-                    format!("gate '{}': '{backend}' {what} of this split; {kind} needs an ecs backend", g.name),
+                    format!(
+                        "gate '{}': '{backend}' {what} of this split; {kind} needs an ecs backend",
+                        g.name
+                    ),
                 );
             }
         }
@@ -473,7 +637,10 @@ fn check_gates(c: &mut Checker, split: &TrafficSplit) {
             if t.min_healthy_percent > 100 {
                 c.err(
                     format!("{at}.targetHealth.minHealthyPercent"),
-                    format!("minHealthyPercent {} is out of range 0-100", t.min_healthy_percent),
+                    format!(
+                        "minHealthyPercent {} is out of range 0-100",
+                        t.min_healthy_percent
+                    ),
                 );
             }
         }
@@ -483,18 +650,25 @@ fn check_gates(c: &mut Checker, split: &TrafficSplit) {
                 c.err(format!("{at}.address"), format!("address {problem}"));
             }
             if p.query.trim().is_empty() {
-                c.err(format!("{at}.query"), "query is empty: give a PromQL query returning one value");
+                c.err(
+                    format!("{at}.query"),
+                    "query is empty: give a PromQL query returning one value",
+                );
             }
             for (field, v) in [("min", p.min), ("max", p.max)] {
                 if v.is_some_and(|v| !v.is_finite()) {
-                    c.err(format!("{at}.{field}"), format!("{field} must be a finite number"));
+                    c.err(
+                        format!("{at}.{field}"),
+                        format!("{field} must be a finite number"),
+                    );
                 }
             }
             match (p.min, p.max) {
                 (None, None) => c.err(at.clone(), "a prometheus gate needs min, max or both"),
-                (Some(min), Some(max)) if min > max => {
-                    c.err(format!("{at}.min"), format!("min {min} is greater than max {max}"))
-                }
+                (Some(min), Some(max)) if min > max => c.err(
+                    format!("{at}.min"),
+                    format!("min {min} is greater than max {max}"),
+                ),
                 _ => {}
             }
             check_timeout(c, format!("{at}.timeout"), p.timeout.get());
@@ -507,7 +681,10 @@ fn check_gates(c: &mut Checker, split: &TrafficSplit) {
             if !(100..=599).contains(&h.expect_status) {
                 c.err(
                     format!("{at}.expectStatus"),
-                    format!("expectStatus {} is not an HTTP status (100-599)", h.expect_status),
+                    format!(
+                        "expectStatus {} is not an HTTP status (100-599)",
+                        h.expect_status
+                    ),
                 );
             }
             check_timeout(c, format!("{at}.timeout"), h.timeout.get());
@@ -559,7 +736,9 @@ spec:
             self
         }
         fn with_weights(self, weights: &[(&str, u32)]) -> Self {
-            self.with(|s| s.spec.weights = weights.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            self.with(|s| {
+                s.spec.weights = weights.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+            })
         }
         fn with_record(self, zone: &str, name: &str, t: RecordType) -> Self {
             self.with(|s| {
@@ -602,6 +781,15 @@ spec:
                 "expected one problem at {path} containing {text:?}, got {problems:#?}"
             );
         }
+        /// At least one problem at `path` whose message contains `text`.
+        #[track_caller]
+        fn expect_among(&self, path: &str, text: &str) {
+            let problems = self.problems();
+            assert!(
+                problems.iter().any(|(p, m)| p == path && m.contains(text)),
+                "expected a problem at {path} containing {text:?}, got {problems:#?}"
+            );
+        }
         #[track_caller]
         fn expect_valid(&self) {
             assert_eq!(self.problems(), vec![]);
@@ -619,7 +807,12 @@ spec:
         }
     }
     fn alarm_gate(name: &str) -> Gate {
-        Gate { cloudwatch_alarm: Some(CloudwatchAlarmGate { alarm_names: vec!["a".into()] }), ..gate(name) }
+        Gate {
+            cloudwatch_alarm: Some(CloudwatchAlarmGate {
+                alarm_names: vec!["a".into()],
+            }),
+            ..gate(name)
+        }
     }
     fn prom(min: Option<f64>, max: Option<f64>) -> PrometheusGate {
         PrometheusGate {
@@ -632,7 +825,11 @@ spec:
         }
     }
     fn http(url: &str, status: u16, timeout: Duration) -> HttpGate {
-        HttpGate { url: url.into(), expect_status: status, timeout: HumanDuration(timeout) }
+        HttpGate {
+            url: url.into(),
+            expect_status: status,
+            timeout: HumanDuration(timeout),
+        }
     }
     fn target_backend(name: &str, alias: bool, cname: bool) -> Backend {
         Backend {
@@ -653,45 +850,79 @@ spec:
     #[test]
     fn example_is_valid() {
         Fixture::valid().expect_valid();
-        Fixture::valid().with_rollout(Some(vec![5, 25, 50, 100]), None).with_gate(alarm_gate("g")).expect_valid();
+        Fixture::valid()
+            .with_rollout(Some(vec![5, 25, 50, 100]), None)
+            .with_gate(alarm_gate("g"))
+            .expect_valid();
     }
 
     #[test]
     fn api_version_kind_and_name() {
-        Fixture::valid().with(|s| s.api_version = "v1".into()).expect("apiVersion", "must be trafficshift.dev/v1alpha1");
-        Fixture::valid().with(|s| s.kind = "Split".into()).expect("kind", "kind must be TrafficSplit");
+        Fixture::valid()
+            .with(|s| s.api_version = "v1".into())
+            .expect("apiVersion", "must be trafficshift.dev/v1alpha1");
+        Fixture::valid()
+            .with(|s| s.kind = "Split".into())
+            .expect("kind", "kind must be TrafficSplit");
         for bad in ["", "Api", "a_b", &"a".repeat(64)] {
-            Fixture::valid().with(|s| s.metadata.name = bad.into()).expect("metadata.name", "is invalid");
+            Fixture::valid()
+                .with(|s| s.metadata.name = bad.into())
+                .expect("metadata.name", "is invalid");
         }
-        Fixture::valid().with(|s| s.metadata.name = "a".repeat(63)).expect_valid();
+        Fixture::valid()
+            .with(|s| s.metadata.name = "a".repeat(63))
+            .expect_valid();
     }
 
     #[test]
     fn record_zone_and_name() {
-        Fixture::valid().with_record("", "api.abceed.example", RecordType::A).expect("spec.record.hostedZone", "empty");
+        Fixture::valid()
+            .with_record("", "api.abceed.example", RecordType::A)
+            .expect("spec.record.hostedZone", "empty");
         Fixture::valid()
             .with_record("abceed..example", "api.abceed.example", RecordType::A)
             .expect("spec.record.hostedZone", "empty label");
         // Case-insensitive, trailing dot optional, zone id skips the containment checks.
-        Fixture::valid().with_record("ABCEED.example", "API.abceed.EXAMPLE.", RecordType::A).expect_valid();
-        Fixture::valid().with_record("Z0123456789ABC", "api.other.example", RecordType::A).expect_valid();
-        Fixture::valid().with_record("/hostedzone/Z0123456789ABC", "api.other.example", RecordType::A).expect_valid();
+        Fixture::valid()
+            .with_record("ABCEED.example", "API.abceed.EXAMPLE.", RecordType::A)
+            .expect_valid();
+        Fixture::valid()
+            .with_record("Z0123456789ABC", "api.other.example", RecordType::A)
+            .expect_valid();
+        Fixture::valid()
+            .with_record(
+                "/hostedzone/Z0123456789ABC",
+                "api.other.example",
+                RecordType::A,
+            )
+            .expect_valid();
         Fixture::valid()
             .with_record("abceed.example.", "api.other.example.", RecordType::A)
-            .expect("spec.record.name", "record name api.other.example. is outside hosted zone abceed.example.");
+            .expect(
+                "spec.record.name",
+                "record name api.other.example. is outside hosted zone abceed.example.",
+            );
         // A suffix that is not a label boundary is outside too.
         Fixture::valid()
             .with_record("abceed.example.", "xabceed.example.", RecordType::A)
             .expect("spec.record.name", "outside hosted zone");
-        Fixture::valid().with_record("abceed.example", "*.abceed.example", RecordType::A).expect_valid();
+        Fixture::valid()
+            .with_record("abceed.example", "*.abceed.example", RecordType::A)
+            .expect_valid();
         Fixture::valid()
             .with_record("abceed.example", "a.*.abceed.example", RecordType::A)
             .expect("spec.record.name", "'*' outside the first label");
         Fixture::valid()
-            .with_record("abceed.example", &format!("{}.abceed.example", "a".repeat(64)), RecordType::A)
+            .with_record(
+                "abceed.example",
+                &format!("{}.abceed.example", "a".repeat(64)),
+                RecordType::A,
+            )
             .expect("spec.record.name", "label of 64 characters");
         let long = format!("{}abceed.example", "abcdefghi.".repeat(25));
-        Fixture::valid().with_record("abceed.example", &long, RecordType::A).expect("spec.record.name", "at most 253");
+        Fixture::valid()
+            .with_record("abceed.example", &long, RecordType::A)
+            .expect("spec.record.name", "at most 253");
         Fixture::valid()
             .with_record("abceed.example", "a b.abceed.example", RecordType::A)
             .expect("spec.record.name", "contains ' '");
@@ -701,26 +932,42 @@ spec:
     fn cname_at_apex() {
         Fixture::valid()
             .with_record("abceed.example.", "abceed.example", RecordType::CNAME)
-            .expect("spec.record.type", "a CNAME cannot be at the zone apex abceed.example.; use type A with an alias");
-        Fixture::valid().with_record("abceed.example.", "abceed.example", RecordType::A).expect_valid();
-        Fixture::valid().with_record("abceed.example.", "www.abceed.example", RecordType::CNAME).expect_valid();
+            .expect(
+                "spec.record.type",
+                "a CNAME cannot be at the zone apex abceed.example.; use type A with an alias",
+            );
+        Fixture::valid()
+            .with_record("abceed.example.", "abceed.example", RecordType::A)
+            .expect_valid();
+        Fixture::valid()
+            .with_record("abceed.example.", "www.abceed.example", RecordType::CNAME)
+            .expect_valid();
     }
 
     #[test]
     fn ttl_range() {
-        Fixture::valid().with(|s| s.spec.record.ttl = -1).expect("spec.record.ttl", "out of range 0-2147483647");
-        Fixture::valid().with(|s| s.spec.record.ttl = MAX_TTL + 1).expect("spec.record.ttl", "out of range");
-        Fixture::valid().with(|s| s.spec.record.ttl = 0).expect_valid();
-        Fixture::valid().with(|s| s.spec.record.ttl = MAX_TTL).expect_valid();
+        Fixture::valid()
+            .with(|s| s.spec.record.ttl = -1)
+            .expect("spec.record.ttl", "out of range 0-2147483647");
+        Fixture::valid()
+            .with(|s| s.spec.record.ttl = MAX_TTL + 1)
+            .expect("spec.record.ttl", "out of range");
+        Fixture::valid()
+            .with(|s| s.spec.record.ttl = 0)
+            .expect_valid();
+        Fixture::valid()
+            .with(|s| s.spec.record.ttl = MAX_TTL)
+            .expect_valid();
     }
 
     #[test]
     fn backend_count_names_and_duplicates() {
-        Fixture::valid().with(|s| {
-            s.spec.backends.clear();
-            s.spec.weights.clear();
-        })
-        .expect("spec.backends", "at least one backend");
+        Fixture::valid()
+            .with(|s| {
+                s.spec.backends.clear();
+                s.spec.weights.clear();
+            })
+            .expect("spec.backends", "at least one backend");
         // A single backend is a plain managed record.
         Fixture::valid()
             .with(|s| {
@@ -728,24 +975,44 @@ spec:
                 s.spec.weights = [("lambda".to_string(), 100)].into();
             })
             .expect_valid();
-        let many = (0..101).fold(Fixture::valid(), |f, i| f.with_backend(target_backend(&format!("b{i}"), true, false)));
-        assert!(many.problems().iter().any(|(p, m)| p == "spec.backends" && m.contains("at most 100")));
+        let many = (0..101).fold(Fixture::valid(), |f, i| {
+            f.with_backend(target_backend(&format!("b{i}"), true, false))
+        });
+        assert!(many
+            .problems()
+            .iter()
+            .any(|(p, m)| p == "spec.backends" && m.contains("at most 100")));
         Fixture::valid()
             .with(|s| {
                 s.spec.backends[1].name = "lambda".into();
                 s.spec.weights = [("lambda".to_string(), 100)].into();
             })
-            .expect("spec.backends[1].name", "duplicate backend name 'lambda' (first at index 0)");
+            .expect(
+                "spec.backends[1].name",
+                "duplicate backend name 'lambda' (first at index 0)",
+            );
         Fixture::valid()
             .with_backend(target_backend("bad name", true, false))
-            .expect("spec.backends[2].name", "backend name 'bad name' is invalid");
-        Fixture::valid().with_backend(target_backend(&"x".repeat(128), true, false)).expect_valid();
+            .expect(
+                "spec.backends[2].name",
+                "backend name 'bad name' is invalid",
+            );
+        Fixture::valid()
+            .with_backend(target_backend(&"x".repeat(128), true, false))
+            .expect_valid();
     }
 
     #[test]
     fn backend_kinds_exactly_one() {
-        let none = Backend { name: "none".into(), api_gateway: None, ecs: None, target: None };
-        Fixture::valid().with_backend(none).expect("spec.backends[2]", "found none");
+        let none = Backend {
+            name: "none".into(),
+            api_gateway: None,
+            ecs: None,
+            target: None,
+        };
+        Fixture::valid()
+            .with_backend(none)
+            .expect("spec.backends[2]", "found none");
         Fixture::valid()
             .with(|s| s.spec.backends[0].ecs = s.spec.backends[1].ecs.clone())
             .expect("spec.backends[0]", "found apiGateway and ecs");
@@ -753,16 +1020,29 @@ spec:
 
     #[test]
     fn target_alias_cname_and_record_type() {
-        Fixture::valid().with_backend(target_backend("t", true, true)).expect("spec.backends[2].target", "exactly one of alias or cname");
-        Fixture::valid().with_backend(target_backend("t", false, false)).expect("spec.backends[2].target", "exactly one of alias or cname");
+        Fixture::valid()
+            .with_backend(target_backend("t", true, true))
+            .expect_among("spec.backends[2].target", "exactly one of alias or cname");
+        Fixture::valid()
+            .with_backend(target_backend("t", false, false))
+            .expect("spec.backends[2].target", "exactly one of alias or cname");
         Fixture::valid()
             .with_backend(target_backend("t", false, true))
-            .expect("spec.backends[2].target.cname", "target.cname needs record type CNAME");
-        Fixture::valid().with(|s| s.spec.record.record_type = RecordType::AAAA).with_backend(target_backend("t", true, false)).expect_valid();
+            .expect(
+                "spec.backends[2].target.cname",
+                "target.cname needs record type CNAME",
+            );
+        Fixture::valid()
+            .with(|s| s.spec.record.record_type = RecordType::AAAA)
+            .with_backend(target_backend("t", true, false))
+            .expect_valid();
         Fixture::valid()
             .with_record("abceed.example", "www.abceed.example", RecordType::CNAME)
             .with_backend(target_backend("t", true, false))
-            .expect("spec.backends[2].target.alias", "target.alias needs record type A or AAAA");
+            .expect(
+                "spec.backends[2].target.alias",
+                "target.alias needs record type A or AAAA",
+            );
         // apiGateway and ecs backends work with CNAME records.
         Fixture::valid()
             .with_record("abceed.example", "www.abceed.example", RecordType::CNAME)
@@ -772,12 +1052,18 @@ spec:
 
     #[test]
     fn ecs_task_bounds() {
-        let ecs = |f: fn(&mut EcsBackend)| Fixture::valid().with(move |s| f(s.spec.backends[1].ecs.as_mut().unwrap()));
-        ecs(|e| e.tasks_at_full_traffic = 0).expect("spec.backends[1].ecs.tasksAtFullTraffic", "at least 1");
+        let ecs = |f: fn(&mut EcsBackend)| {
+            Fixture::valid().with(move |s| f(s.spec.backends[1].ecs.as_mut().unwrap()))
+        };
+        ecs(|e| e.tasks_at_full_traffic = 0)
+            .expect("spec.backends[1].ecs.tasksAtFullTraffic", "at least 1");
         ecs(|e| e.max_tasks = Some(0)).expect("spec.backends[1].ecs.maxTasks", "at least 1");
         ecs(|e| e.max_tasks = Some(5001)).expect("spec.backends[1].ecs.maxTasks", "limit of 5000");
         ecs(|e| e.max_tasks = Some(5000)).expect_valid();
-        ecs(|e| e.min_tasks = 41).expect("spec.backends[1].ecs.minTasks", "minTasks 41 is greater than maxTasks 40");
+        ecs(|e| e.min_tasks = 41).expect(
+            "spec.backends[1].ecs.minTasks",
+            "minTasks 41 is greater than maxTasks 40",
+        );
         ecs(|e| {
             e.max_tasks = None;
             e.tasks_at_full_traffic = 6000;
@@ -788,13 +1074,24 @@ spec:
 
     #[test]
     fn weights_rules() {
-        Fixture::valid().with_weights(&[("lambda", 50), ("fargate", 50)]).expect_valid();
+        Fixture::valid()
+            .with_weights(&[("lambda", 50), ("fargate", 50)])
+            .expect_valid();
         Fixture::valid()
             .with_weights(&[("lambda", 0), ("fargate", 150)])
-            .expect("spec.weights.fargate", "weight 150 for 'fargate' is out of range 0-100");
-        Fixture::valid().with_weights(&[("lambda", 40), ("fargate", 50)]).expect("spec.weights", "weights sum to 90, must sum to 100");
-        Fixture::valid().with_weights(&[("lambda", 0), ("fargate", 0)]).expect("spec.weights", "all zero");
-        Fixture::valid().with_weights(&[("fargate", 100)]).expect("spec.weights", "backend 'lambda' has no weight");
+            .expect(
+                "spec.weights.fargate",
+                "weight 150 for 'fargate' is out of range 0-100",
+            );
+        Fixture::valid()
+            .with_weights(&[("lambda", 40), ("fargate", 50)])
+            .expect("spec.weights", "weights sum to 90, must sum to 100");
+        Fixture::valid()
+            .with_weights(&[("lambda", 0), ("fargate", 0)])
+            .expect("spec.weights", "all zero");
+        Fixture::valid()
+            .with_weights(&[("fargate", 100)])
+            .expect("spec.weights", "backend 'lambda' has no weight");
         Fixture::valid()
             .with_weights(&[("lambda", 0), ("fargate", 100), ("ec2", 0)])
             .expect("spec.weights.ec2#key", "unknown backend 'ec2'");
@@ -802,7 +1099,9 @@ spec:
             .with_weights(&[("lambda", 0), ("fargate", 100), ("a.b", 0)])
             .expect("spec.weights[\"a.b\"]#key", "unknown backend 'a.b'");
         // Large values must not overflow the sum.
-        let huge = Fixture::valid().with_weights(&[("lambda", u32::MAX), ("fargate", u32::MAX)]).problems();
+        let huge = Fixture::valid()
+            .with_weights(&[("lambda", u32::MAX), ("fargate", u32::MAX)])
+            .problems();
         assert_eq!(huge.len(), 2, "{huge:?}");
     }
 
@@ -810,23 +1109,44 @@ spec:
     fn rollout_rules() {
         let f = Fixture::valid;
         f().with_rollout(None, Some(10)).expect_valid();
-        f().with_rollout(None, None).expect("spec.rollout", "found neither");
-        f().with_rollout(Some(vec![100]), Some(10)).expect("spec.rollout", "found both");
-        f().with_rollout(Some(vec![10, 10, 100]), None).expect("spec.rollout.steps[1]", "strictly increasing: 10 follows 10");
-        f().with_rollout(Some(vec![50, 20, 100]), None).expect("spec.rollout.steps[1]", "strictly increasing");
-        f().with_rollout(Some(vec![10, 50]), None).expect("spec.rollout.steps[1]", "last step must be 100, found 50");
-        f().with_rollout(Some(vec![0, 100]), None).expect("spec.rollout.steps[0]", "out of range 1-100");
-        f().with_rollout(Some(vec![]), None).expect("spec.rollout.steps", "empty");
+        f().with_rollout(None, None)
+            .expect("spec.rollout", "found neither");
+        f().with_rollout(Some(vec![100]), Some(10))
+            .expect("spec.rollout", "found both");
+        f().with_rollout(Some(vec![10, 10, 100]), None).expect(
+            "spec.rollout.steps[1]",
+            "strictly increasing: 10 follows 10",
+        );
+        f().with_rollout(Some(vec![50, 20, 100]), None)
+            .expect("spec.rollout.steps[1]", "strictly increasing");
+        f().with_rollout(Some(vec![10, 50]), None)
+            .expect("spec.rollout.steps[1]", "last step must be 100, found 50");
+        f().with_rollout(Some(vec![0, 100]), None)
+            .expect("spec.rollout.steps[0]", "out of range 1-100");
+        f().with_rollout(Some(vec![]), None)
+            .expect("spec.rollout.steps", "empty");
         let too_many: Vec<u32> = (1..=100).chain([100]).collect();
-        assert!(f().with_rollout(Some(too_many), None).problems().iter().any(|(_, m)| m.contains("at most 100")));
-        f().with_rollout(Some((1..=100).collect()), None).expect_valid();
-        f().with_rollout(None, Some(0)).expect("spec.rollout.stepPercent", "out of range 1-100");
-        f().with_rollout(None, Some(101)).expect("spec.rollout.stepPercent", "out of range 1-100");
+        assert!(f()
+            .with_rollout(Some(too_many), None)
+            .problems()
+            .iter()
+            .any(|(_, m)| m.contains("at most 100")));
+        f().with_rollout(Some((1..=100).collect()), None)
+            .expect_valid();
+        f().with_rollout(None, Some(0))
+            .expect("spec.rollout.stepPercent", "out of range 1-100");
+        f().with_rollout(None, Some(101))
+            .expect("spec.rollout.stepPercent", "out of range 1-100");
         let day = Duration::from_secs(86_400);
         f().with_rollout(None, Some(10))
-            .with(|s| s.spec.rollout.as_mut().unwrap().interval = HumanDuration(day + Duration::from_secs(1)))
+            .with(|s| {
+                s.spec.rollout.as_mut().unwrap().interval =
+                    HumanDuration(day + Duration::from_secs(1))
+            })
             .expect("spec.rollout.interval", "longer than 24h");
-        f().with_rollout(None, Some(10)).with(|s| s.spec.rollout.as_mut().unwrap().interval = HumanDuration(day)).expect_valid();
+        f().with_rollout(None, Some(10))
+            .with(|s| s.spec.rollout.as_mut().unwrap().interval = HumanDuration(day))
+            .expect_valid();
         f().with_rollout(None, Some(10))
             .with(|s| s.spec.rollout.as_mut().unwrap().drain_delay = Some(HumanDuration(day * 2)))
             .expect("spec.rollout.drainDelay", "longer than 24h");
@@ -840,56 +1160,117 @@ spec:
 
     #[test]
     fn gates_need_rollout_and_unique_names() {
-        Fixture::valid().with_gate(alarm_gate("g")).expect("spec.gates", "gates need a rollout block");
+        Fixture::valid()
+            .with_gate(alarm_gate("g"))
+            .expect("spec.gates", "gates need a rollout block");
         let f = || Fixture::valid().with_rollout(None, Some(10));
-        f().with_gate(alarm_gate("g")).with_gate(alarm_gate("g")).expect("spec.gates[1].name", "duplicate gate name 'g' (first at index 0)");
-        f().with_gate(alarm_gate("Bad")).expect("spec.gates[0].name", "gate name 'Bad' is invalid");
-        f().with_gate(gate("g")).expect("spec.gates[0]", "found none");
-        f().with_gate(Gate { http: Some(http("http://x/", 200, Duration::from_secs(1))), ..alarm_gate("g") })
-            .expect("spec.gates[0]", "found cloudwatchAlarm and http");
-        f().with_gate(Gate { cloudwatch_alarm: Some(CloudwatchAlarmGate { alarm_names: vec![] }), ..gate("g") })
-            .expect("spec.gates[0].cloudwatchAlarm.alarmNames", "alarmNames is empty");
+        f().with_gate(alarm_gate("g"))
+            .with_gate(alarm_gate("g"))
+            .expect(
+                "spec.gates[1].name",
+                "duplicate gate name 'g' (first at index 0)",
+            );
+        f().with_gate(alarm_gate("Bad"))
+            .expect("spec.gates[0].name", "gate name 'Bad' is invalid");
+        f().with_gate(gate("g"))
+            .expect("spec.gates[0]", "found none");
+        f().with_gate(Gate {
+            http: Some(http("http://x/", 200, Duration::from_secs(1))),
+            ..alarm_gate("g")
+        })
+        .expect("spec.gates[0]", "found cloudwatchAlarm and http");
+        f().with_gate(Gate {
+            cloudwatch_alarm: Some(CloudwatchAlarmGate {
+                alarm_names: vec![],
+            }),
+            ..gate("g")
+        })
+        .expect(
+            "spec.gates[0].cloudwatchAlarm.alarmNames",
+            "alarmNames is empty",
+        );
     }
 
     #[test]
     fn gates_backend_refs() {
         let f = || Fixture::valid().with_rollout(None, Some(10));
-        let stable = |b: &str| Gate { ecs_stable: Some(BackendRef { backend: b.into() }), ..gate("g") };
+        let stable = |b: &str| Gate {
+            ecs_stable: Some(BackendRef { backend: b.into() }),
+            ..gate("g")
+        };
         let health = |b: &str, p: u32| Gate {
-            target_health: Some(TargetHealthGate { backend: b.into(), min_healthy_percent: p }),
+            target_health: Some(TargetHealthGate {
+                backend: b.into(),
+                min_healthy_percent: p,
+            }),
             ..gate("g")
         };
         f().with_gate(stable("fargate")).expect_valid();
-        f().with_gate(stable("lambda")).expect("spec.gates[0].ecsStable.backend", "'lambda' is not an ecs backend");
-        f().with_gate(stable("nope")).expect("spec.gates[0].ecsStable.backend", "'nope' is not a backend");
+        f().with_gate(stable("lambda")).expect(
+            "spec.gates[0].ecsStable.backend",
+            "'lambda' is not an ecs backend",
+        );
+        f().with_gate(stable("nope"))
+            .expect("spec.gates[0].ecsStable.backend", "'nope' is not a backend");
         f().with_gate(health("fargate", 0)).expect_valid();
-        f().with_gate(health("lambda", 100)).expect("spec.gates[0].targetHealth.backend", "not an ecs backend");
-        f().with_gate(health("fargate", 101)).expect("spec.gates[0].targetHealth.minHealthyPercent", "out of range 0-100");
+        f().with_gate(health("lambda", 100))
+            .expect("spec.gates[0].targetHealth.backend", "not an ecs backend");
+        f().with_gate(health("fargate", 101)).expect(
+            "spec.gates[0].targetHealth.minHealthyPercent",
+            "out of range 0-100",
+        );
     }
 
     #[test]
     fn gates_prometheus_and_http() {
         let f = || Fixture::valid().with_rollout(None, Some(10));
-        let p = |p: PrometheusGate| Gate { prometheus: Some(p), ..gate("g") };
+        let p = |p: PrometheusGate| Gate {
+            prometheus: Some(p),
+            ..gate("g")
+        };
         f().with_gate(p(prom(None, Some(0.01)))).expect_valid();
         f().with_gate(p(prom(Some(0.0), Some(1.0)))).expect_valid();
-        f().with_gate(p(prom(None, None))).expect("spec.gates[0].prometheus", "needs min, max or both");
-        f().with_gate(p(prom(Some(2.0), Some(1.0)))).expect("spec.gates[0].prometheus.min", "min 2 is greater than max 1");
-        f().with_gate(p(prom(None, Some(f64::NAN)))).expect("spec.gates[0].prometheus.max", "finite");
-        f().with_gate(p(PrometheusGate { address: "prometheus:9090".into(), ..prom(None, Some(1.0)) }))
-            .expect("spec.gates[0].prometheus.address", "must start with http");
-        f().with_gate(p(PrometheusGate { query: " ".into(), ..prom(None, Some(1.0)) }))
-            .expect("spec.gates[0].prometheus.query", "query is empty");
-        f().with_gate(p(PrometheusGate { timeout: HumanDuration(Duration::from_millis(99)), ..prom(None, Some(1.0)) }))
-            .expect("spec.gates[0].prometheus.timeout", "out of range 100ms-60s");
-        let h = |u: &str, s: u16, t: u64| Gate { http: Some(http(u, s, Duration::from_millis(t))), ..gate("g") };
-        f().with_gate(h("https://x.example/healthz", 200, 100)).expect_valid();
-        f().with_gate(h("https://x.example/healthz", 200, 60_000)).expect_valid();
-        f().with_gate(h("ftp://x.example/", 200, 1000)).expect("spec.gates[0].http.url", "must start with http");
-        f().with_gate(h("not a url", 200, 1000)).expect("spec.gates[0].http.url", "is not a URL");
-        f().with_gate(h("http://x/", 99, 1000)).expect("spec.gates[0].http.expectStatus", "100-599");
-        f().with_gate(h("http://x/", 600, 1000)).expect("spec.gates[0].http.expectStatus", "100-599");
-        f().with_gate(h("http://x/", 200, 60_001)).expect("spec.gates[0].http.timeout", "out of range");
+        f().with_gate(p(prom(None, None)))
+            .expect("spec.gates[0].prometheus", "needs min, max or both");
+        f().with_gate(p(prom(Some(2.0), Some(1.0)))).expect(
+            "spec.gates[0].prometheus.min",
+            "min 2 is greater than max 1",
+        );
+        f().with_gate(p(prom(None, Some(f64::NAN))))
+            .expect("spec.gates[0].prometheus.max", "finite");
+        f().with_gate(p(PrometheusGate {
+            address: "prometheus:9090".into(),
+            ..prom(None, Some(1.0))
+        }))
+        .expect("spec.gates[0].prometheus.address", "must start with http");
+        f().with_gate(p(PrometheusGate {
+            query: " ".into(),
+            ..prom(None, Some(1.0))
+        }))
+        .expect("spec.gates[0].prometheus.query", "query is empty");
+        f().with_gate(p(PrometheusGate {
+            timeout: HumanDuration(Duration::from_millis(99)),
+            ..prom(None, Some(1.0))
+        }))
+        .expect("spec.gates[0].prometheus.timeout", "out of range 100ms-60s");
+        let h = |u: &str, s: u16, t: u64| Gate {
+            http: Some(http(u, s, Duration::from_millis(t))),
+            ..gate("g")
+        };
+        f().with_gate(h("https://x.example/healthz", 200, 100))
+            .expect_valid();
+        f().with_gate(h("https://x.example/healthz", 200, 60_000))
+            .expect_valid();
+        f().with_gate(h("ftp://x.example/", 200, 1000))
+            .expect("spec.gates[0].http.url", "must start with http");
+        f().with_gate(h("not a url", 200, 1000))
+            .expect("spec.gates[0].http.url", "is not a URL");
+        f().with_gate(h("http://x/", 99, 1000))
+            .expect("spec.gates[0].http.expectStatus", "100-599");
+        f().with_gate(h("http://x/", 600, 1000))
+            .expect("spec.gates[0].http.expectStatus", "100-599");
+        f().with_gate(h("http://x/", 200, 60_001))
+            .expect("spec.gates[0].http.timeout", "out of range");
     }
 
     #[test]

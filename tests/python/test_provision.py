@@ -123,3 +123,10 @@ def test_errors_are_one_line(unique):
     res = provision("http://127.0.0.1:9", "records", "--zone-id", "Z1")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and "failed" in res.stderr
+
+
+def test_evaluate_target_health_flag(moto_url, client, unique):
+    out = scenario(moto_url, unique, "--evaluate-target-health")
+    rrsets = client("route53", moto_url).list_resource_record_sets(HostedZoneId=out["zone_id"])["ResourceRecordSets"]
+    api = [r for r in rrsets if r["Name"] == f"api.z{unique}.example." and r["Type"] == "A"][0]
+    assert api["AliasTarget"]["EvaluateTargetHealth"] is True

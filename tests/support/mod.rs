@@ -79,7 +79,11 @@ impl Moto {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-        let mut moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), child, log };
+        let mut moto = Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+        };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -87,7 +91,10 @@ impl Moto {
                 return Ok(moto);
             }
             if let Ok(Some(status)) = moto.child.try_wait() {
-                return Err(format!("moto_server exited with {status}: {}", moto.log_tail()));
+                return Err(format!(
+                    "moto_server exited with {status}: {}",
+                    moto.log_tail()
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -159,7 +166,12 @@ impl Moto {
     }
 
     /// `boto3_json` that returns the error text (e.g. to check a resource is gone).
-    pub fn try_boto3_json(&self, service: &str, method: &str, kwargs: Value) -> Result<Value, String> {
+    pub fn try_boto3_json(
+        &self,
+        service: &str,
+        method: &str,
+        kwargs: Value,
+    ) -> Result<Value, String> {
         const SCRIPT: &str = r#"
 r = getattr(client(input["service"]), input["method"])(**input["kwargs"])
 r.pop("ResponseMetadata", None)
@@ -175,7 +187,8 @@ out = r
     /// (a boto3 client pointed at moto), `endpoint`; the snippet assigns its answer to `out`,
     /// which comes back as JSON. Panics with the Python error on failure.
     pub fn py(&self, script: &str, input: Value) -> Value {
-        self.try_py(script, input).unwrap_or_else(|e| panic!("python snippet failed: {e}"))
+        self.try_py(script, input)
+            .unwrap_or_else(|e| panic!("python snippet failed: {e}"))
     }
 
     /// `py` that returns the error text instead of panicking.
@@ -200,7 +213,9 @@ out = None
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", python().display()))?;
         let mut stdin = child.stdin.take().ok_or("no stdin")?;
-        stdin.write_all(input.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
         drop(stdin);
         let output = child.wait_with_output().map_err(|e| e.to_string())?;
         if !output.status.success() {
@@ -227,7 +242,9 @@ fn http_ok(addr: SocketAddr, path: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).is_err() {
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];
@@ -239,7 +256,10 @@ fn http_ok(addr: SocketAddr, path: &str) -> bool {
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
     format!("{prefix}-{}-{n}-{}", std::process::id(), t % 1_000_000_000)
 }
 

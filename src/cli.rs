@@ -1,0 +1,403 @@
+//! The command line: `run`, `validate`, `plan`, `schema`, `status`. Each returns the process exit
+//! code; `main` only maps errors to 1.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::aws::connect::{connect, AwsOptions};
+use crate::controller::{Controller, Options};
+use crate::reconcile::{self, Context, Report, Work};
+use crate::server::{self, AppState};
+use crate::spec::{load_paths, HumanDuration};
+use crate::status_cli::{self, Output, StatusOptions};
+use crate::telemetry::LogFormat;
+use crate::weights::show;
+use crate::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trafficshift",
+    version,
+    about = "Shift traffic between AWS backends through Route53 weighted records, capacity first."
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        env = "TRAFFICSHIFT_LOG_FORMAT",
+        value_enum,
+        default_value = "plain",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// Log filter, RUST_LOG syntax (e.g. `info,trafficshift=debug`).
+    #[arg(long, env = "TRAFFICSHIFT_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+    /// Check documents without touching AWS (exit 0 valid, 1 invalid).
+    Validate {
+        /// Files or directories of *.yaml / *.yml.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Show the Route53 and ECS changes the next reconcile would make (exit 0 none, 2 changes, 1 error).
+    Plan(PlanArgs),
+    /// Print the JSON Schema of the TrafficSplit document.
+    Schema,
+    /// Show the status of a running controller.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// Owner id written in the ownership TXT records; controllers with other ids never touch them.
+    #[arg(long, env = "TRAFFICSHIFT_OWNER_ID", default_value = "trafficshift", value_parser = parse_owner)]
+    pub owner_id: String,
+    /// Route53 requests per second for the whole process (AWS allows 5 per account).
+    #[arg(long, env = "TRAFFICSHIFT_ROUTE53_RPS", default_value_t = 5.0)]
+    pub route53_rps: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file or directory; repeatable (env: comma-separated).
+    #[arg(
+        long = "config",
+        env = "TRAFFICSHIFT_CONFIG",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub config: Vec<PathBuf>,
+    /// Address of the metrics/health/status HTTP server.
+    #[arg(long, env = "TRAFFICSHIFT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Full resync period: every split is re-read and reconciled at least this often.
+    #[arg(long, env = "TRAFFICSHIFT_RESYNC", default_value = "60s")]
+    pub resync: HumanDuration,
+    /// Log the plan, write nothing.
+    #[arg(long, env = "TRAFFICSHIFT_DRY_RUN")]
+    pub dry_run: bool,
+    /// Reconcile everything once and exit (non-zero if anything failed).
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Files or directories of *.yaml / *.yml.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Show one split in detail.
+    pub name: Option<String>,
+    /// Base URL of the controller.
+    #[arg(
+        long,
+        env = "TRAFFICSHIFT_ENDPOINT",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub endpoint: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputArg,
+    /// Redraw every 2 s.
+    #[arg(long)]
+    pub watch: bool,
+    /// Exit 1 when a split is Degraded, RolledBack, Conflict or Invalid.
+    #[arg(long)]
+    pub exit_code: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutputArg {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+fn parse_owner(s: &str) -> std::result::Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "owner id must be 1-63 characters of [A-Za-z0-9._-] (it is stored in a TXT record)"
+                .into(),
+        )
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Validate { paths } => Ok(validate(&paths)),
+        Command::Schema => {
+            let s = serde_json::to_string_pretty(&crate::spec::schema::json_schema())
+                .map_err(|e| Error::Other(e.to_string()))?;
+            println!("{s}");
+            Ok(0)
+        }
+        Command::Plan(a) => plan(a).await,
+        Command::Status(a) => {
+            status_cli::run(StatusOptions {
+                endpoint: a.endpoint,
+                name: a.name,
+                output: match a.output {
+                    OutputArg::Table => Output::Table,
+                    OutputArg::Wide => Output::Wide,
+                    OutputArg::Json => Output::Json,
+                    OutputArg::Yaml => Output::Yaml,
+                },
+                watch: a.watch,
+                exit_code: a.exit_code,
+            })
+            .await
+        }
+        Command::Run(a) => run_controller(a).await,
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> i32 {
+    let loaded = load_paths(paths);
+    for e in &loaded.errors {
+        eprintln!("{e}");
+    }
+    if !loaded.errors.is_empty() {
+        eprintln!(
+            "{} problem(s) in {} file(s)",
+            loaded.errors.len(),
+            loaded.files.len()
+        );
+        return 1;
+    }
+    if loaded.docs.is_empty() {
+        eprintln!(
+            "no TrafficSplit documents found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return 1;
+    }
+    for d in &loaded.docs {
+        println!(
+            "{}:{}: split {} valid (generation {})",
+            d.file.display(),
+            d.line,
+            d.split.name(),
+            d.hash
+        );
+    }
+    0
+}
+
+fn aws_options(a: &AwsArgs) -> AwsOptions {
+    AwsOptions {
+        route53_rps: a.route53_rps,
+        ..AwsOptions::default()
+    }
+}
+
+/// Human-readable diff of one split's plan, as a reviewer reads it in a pull request.
+pub fn render_plan(name: &str, r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "split {name}: {} step {}/{}",
+        r.state.as_str(),
+        r.step,
+        r.steps
+    );
+    let _ = writeln!(
+        s,
+        "  weights: observed {} -> {} (target {})",
+        r.observed
+            .as_ref()
+            .map(show)
+            .unwrap_or_else(|| "none".into()),
+        show(&r.step_weights),
+        show(&r.target)
+    );
+    for c in &r.route53 {
+        let rec = &c.change.record;
+        let sign = match c.change.action {
+            crate::aws::ChangeAction::Create => "+",
+            crate::aws::ChangeAction::Delete => "-",
+            crate::aws::ChangeAction::Upsert => "~",
+        };
+        let target = rec
+            .alias
+            .as_ref()
+            .map(|a| format!("alias {}", a.dns_name))
+            .unwrap_or_else(|| rec.values.join(" "));
+        let _ = writeln!(
+            s,
+            "  {sign} route53 {:?} {} {} set={} weight={} {}  # {}",
+            c.change.action,
+            rec.name,
+            rec.rtype,
+            rec.set_identifier.as_deref().unwrap_or("-"),
+            rec.weight
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "-".into()),
+            target,
+            c.why
+        );
+    }
+    for c in &r.ecs_changes {
+        let _ = writeln!(
+            s,
+            "  ~ ecs {}/{} desiredCount {} -> {}",
+            c.cluster, c.service, c.from, c.to
+        );
+    }
+    if !r.has_changes() {
+        let _ = writeln!(s, "  no changes");
+    }
+    if let Some(w) = &r.waiting_for {
+        let _ = writeln!(s, "  waiting for: {w}");
+    }
+    s
+}
+
+async fn plan(a: PlanArgs) -> Result<i32> {
+    let loaded = load_paths(&a.paths);
+    if !loaded.errors.is_empty() {
+        for e in &loaded.errors {
+            eprintln!("{e}");
+        }
+        return Ok(1);
+    }
+    let aws = connect(&aws_options(&a.aws)).await;
+    let ctx = Context::new(aws, a.aws.owner_id.clone(), true);
+    let work = loaded
+        .docs
+        .into_iter()
+        .map(|doc| Work {
+            doc,
+            gates: Default::default(),
+        })
+        .collect();
+    let outcomes = reconcile::cycle(&ctx, work, crate::status::now_unix(), false).await;
+    let mut code = 0;
+    for o in outcomes {
+        match o.result {
+            Ok(r) => {
+                print!("{}", render_plan(&o.name, &r));
+                if r.has_changes() && code == 0 {
+                    code = 2;
+                }
+            }
+            Err(e) => {
+                println!("split {}: error: {e}", o.name);
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+async fn run_controller(a: RunArgs) -> Result<i32> {
+    let aws = connect(&aws_options(&a.aws)).await;
+    let ctx = Arc::new(Context::new(aws, a.aws.owner_id.clone(), a.dry_run));
+    let app = AppState::new();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    // First signal: drain (not ready, finish or abandon the in-flight call, exit 0). Second: exit now.
+    {
+        let ready = app.ready.clone();
+        tokio::spawn(async move {
+            wait_signal().await;
+            info!("signal received: draining (a second signal exits at once)");
+            ready.store(false, Ordering::SeqCst);
+            let _ = shutdown_tx.send(true);
+            wait_signal().await;
+            warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", a.listen)))?;
+    info!(listen = %listener.local_addr().map(|x| x.to_string()).unwrap_or_default(), owner = %a.aws.owner_id, dry_run = a.dry_run, "trafficshift {}", env!("CARGO_PKG_VERSION"));
+    let mut srv_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(server::serve(listener, app.clone(), async move {
+        let _ = srv_shutdown.wait_for(|v| *v).await;
+    }));
+
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let watcher = if a.once {
+        None
+    } else {
+        match crate::watch::Watcher::start(&a.config, reload_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                error!(error = %e, "file watching unavailable; relying on --resync");
+                None
+            }
+        }
+    };
+    let opts = Options {
+        paths: a.config.clone(),
+        resync: a.resync.get().max(Duration::from_secs(1)),
+        owner: a.aws.owner_id.clone(),
+        dry_run: a.dry_run,
+        once: a.once,
+    };
+    let mut controller = Controller::new(ctx, opts, app.clone());
+    let ok = controller.run(shutdown_rx, reload_rx, watcher).await;
+    if a.once {
+        server.abort();
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    info!("stopped");
+    Ok(if ok { 0 } else { 1 })
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
