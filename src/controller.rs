@@ -408,8 +408,11 @@ impl Controller {
     }
 }
 
+/// When to look at a split again. A split at rest waits for the shared resync tick (so every
+/// resting split of a zone is read in the same listing pass); one in motion is polled sooner.
 fn requeue(doc: &SplitDoc, r: &Report, resync: Duration, now: u64) -> Duration {
-    let mut d = resync;
+    // Past the next shared tick: the tick itself makes the split due.
+    let mut d = resync * 2;
     match r.state {
         SplitState::Progressing | SplitState::Degraded | SplitState::Paused => {
             d = d.min(poll_interval(doc, resync));
@@ -424,6 +427,10 @@ fn requeue(doc: &SplitDoc, r: &Report, resync: Duration, now: u64) -> Duration {
     }
     if let Some(at) = r.next_step_at {
         d = d.min(Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(200)));
+    }
+    if !r.applied && r.has_changes() {
+        // Dry-run or a partial apply: look again at the normal pace, not faster.
+        d = d.min(resync);
     }
     d
 }
