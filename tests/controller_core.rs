@@ -15,7 +15,11 @@ const DEADLINE: Duration = Duration::from_secs(90);
 fn adopts_the_plain_record_and_shifts_capacity_first() {
     let moto = Moto::start();
     let sc = Scenario::provision(&moto, 2);
-    let before: Vec<_> = sc.records(&moto).into_iter().filter(|r| r["Name"] == sc.unrelated.as_str()).collect();
+    let before: Vec<_> = sc
+        .records(&moto)
+        .into_iter()
+        .filter(|r| r["Name"] == sc.unrelated.as_str())
+        .collect();
     assert_eq!(before.len(), 1, "the unrelated record exists");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("api.yaml"), sc.document("api", 0, 100, "")).unwrap();
@@ -27,22 +31,42 @@ fn adopts_the_plain_record_and_shifts_capacity_first() {
         (w == weights(&[("lambda", 0), ("fargate", 100)])).then_some(w)
     });
     assert_eq!(w.len(), 2);
-    assert_eq!(sc.ecs_counts(&moto).0, 20, "desiredCount follows the 100% share");
+    assert_eq!(
+        sc.ecs_counts(&moto).0,
+        20,
+        "desiredCount follows the 100% share"
+    );
     assert!(
-        !sc.records(&moto).iter().any(|r| r["Name"] == sc.record.as_str() && r.get("SetIdentifier").is_none()),
+        !sc.records(&moto)
+            .iter()
+            .any(|r| r["Name"] == sc.record.as_str() && r.get("SetIdentifier").is_none()),
         "the plain record is gone"
     );
-    let after: Vec<_> = sc.records(&moto).into_iter().filter(|r| r["Name"] == sc.unrelated.as_str()).collect();
+    let after: Vec<_> = sc
+        .records(&moto)
+        .into_iter()
+        .filter(|r| r["Name"] == sc.unrelated.as_str())
+        .collect();
     assert_eq!(before, after, "the unrelated record is untouched");
     let txt = sc.state_txt(&moto).expect("ownership TXT");
-    assert!(txt.contains("owner=test") && txt.contains("phase=complete"), "{txt}");
+    assert!(
+        txt.contains("owner=test") && txt.contains("phase=complete"),
+        "{txt}"
+    );
     // The log shows the order: ECS desiredCount raised before the fargate weight rose.
     let log = c.log_text();
     let scale = log.find("ECS desiredCount").expect("ECS scaled");
     let raise = log.find("weight 0 -> 100").expect("weight raised");
     assert!(scale < raise, "capacity before traffic");
-    assert_eq!(c.sigterm(Duration::from_secs(20)), Some(0), "SIGTERM exits 0");
+    assert_eq!(
+        c.sigterm(Duration::from_secs(20)),
+        Some(0),
+        "SIGTERM exits 0"
+    );
     // A plan on the converged state shows no changes.
-    let (code, out, err) = run_cli(&moto.endpoint, &["plan", "--owner-id", "test", dir.path().to_str().unwrap()]);
+    let (code, out, err) = run_cli(
+        &moto.endpoint,
+        &["plan", "--owner-id", "test", dir.path().to_str().unwrap()],
+    );
     assert_eq!(code, 0, "no changes expected:\n{out}\n{err}");
 }

@@ -17,7 +17,11 @@ pub fn bin() -> PathBuf {
 
 /// A free 127.0.0.1 port (released before use; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The issue's scenario in moto: a zone with a plain alias record to an API Gateway regional
@@ -52,12 +56,32 @@ impl Scenario {
         let out = Command::new(python())
             .arg(repo().join("scripts/provision.py"))
             .args(["--endpoint", &moto.endpoint, "scenario"])
-            .args(["--zone", zone, "--record", &record, "--cluster", &cluster, "--service", &service])
-            .args(["--apigw-domain", &apigw, "--unrelated", &unrelated, "--tasks", &tasks.to_string()])
+            .args([
+                "--zone",
+                zone,
+                "--record",
+                &record,
+                "--cluster",
+                &cluster,
+                "--service",
+                &service,
+            ])
+            .args([
+                "--apigw-domain",
+                &apigw,
+                "--unrelated",
+                &unrelated,
+                "--tasks",
+                &tasks.to_string(),
+            ])
             .envs(moto.aws_env())
             .output()
             .expect("run provision.py");
-        assert!(out.status.success(), "provision.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "provision.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let info: Value = serde_json::from_slice(&out.stdout).expect("provision.py prints JSON");
         Scenario {
             zone: zone.to_string(),
@@ -128,29 +152,50 @@ for page in c.get_paginator("list_resource_record_sets").paginate(HostedZoneId=i
         self.records(moto)
             .iter()
             .filter(|r| r["Name"] == self.record.as_str() && r.get("SetIdentifier").is_some())
-            .map(|r| (r["SetIdentifier"].as_str().unwrap().to_string(), r["Weight"].as_i64().unwrap()))
+            .map(|r| {
+                (
+                    r["SetIdentifier"].as_str().unwrap().to_string(),
+                    r["Weight"].as_i64().unwrap(),
+                )
+            })
             .collect()
     }
 
     /// The ownership/state TXT payload (quotes removed), if any.
     pub fn state_txt(&self, moto: &Moto) -> Option<String> {
         let name = format!("_trafficshift.{}", self.record);
-        self.records(moto).iter().find(|r| r["Name"] == name.as_str() && r["Type"] == "TXT").map(|r| {
-            r["ResourceRecords"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v["Value"].as_str().unwrap().replace("\" \"", "").replace('"', ""))
-                .collect::<Vec<_>>()
-                .join("")
-        })
+        self.records(moto)
+            .iter()
+            .find(|r| r["Name"] == name.as_str() && r["Type"] == "TXT")
+            .map(|r| {
+                r["ResourceRecords"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| {
+                        v["Value"]
+                            .as_str()
+                            .unwrap()
+                            .replace("\" \"", "")
+                            .replace('"', "")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("")
+            })
     }
 
     /// ECS (desiredCount, runningCount) read with boto3.
     pub fn ecs_counts(&self, moto: &Moto) -> (i64, i64) {
-        let v = moto.boto3_json("ecs", "describe_services", json!({"cluster": self.cluster, "services": [self.service]}));
+        let v = moto.boto3_json(
+            "ecs",
+            "describe_services",
+            json!({"cluster": self.cluster, "services": [self.service]}),
+        );
         let s = &v["services"][0];
-        (s["desiredCount"].as_i64().unwrap(), s["runningCount"].as_i64().unwrap())
+        (
+            s["desiredCount"].as_i64().unwrap(),
+            s["runningCount"].as_i64().unwrap(),
+        )
     }
 }
 
@@ -179,18 +224,28 @@ impl Controller {
         for c in configs {
             cmd.arg("--config").arg(c);
         }
-        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--owner-id", owner])
-            .args(extra)
-            .env("AWS_ENDPOINT_URL", aws_endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("TRAFFICSHIFT_LOG", "info,trafficshift=debug")
-            .stdout(Stdio::null())
-            .stderr(logf);
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--owner-id",
+            owner,
+        ])
+        .args(extra)
+        .env("AWS_ENDPOINT_URL", aws_endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("TRAFFICSHIFT_LOG", "info,trafficshift=debug")
+        .stdout(Stdio::null())
+        .stderr(logf);
         let child = cmd.spawn().expect("spawn trafficshift");
-        Controller { child: Some(child), port, log, endpoint: format!("http://127.0.0.1:{port}") }
+        Controller {
+            child: Some(child),
+            port,
+            log,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -205,7 +260,10 @@ impl Controller {
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
         let url = format!("{}{path}", self.endpoint);
-        let out = Command::new("curl").args(["-s", "-m", "5", "-w", "\n%{http_code}", &url]).output().ok()?;
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-w", "\n%{http_code}", &url])
+            .output()
+            .ok()?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n')?;
         Some((code.trim().parse().ok()?, body.to_string()))
@@ -214,12 +272,18 @@ impl Controller {
     /// GET /status as JSON (None while not up).
     pub fn status(&self) -> Option<Value> {
         let (code, body) = self.get("/status")?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     /// One split's status.
     pub fn split(&self, name: &str) -> Option<Value> {
-        self.status()?["splits"].as_array()?.iter().find(|s| s["name"] == name).cloned()
+        self.status()?["splits"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
     }
 
     /// GET /metrics text.
@@ -240,11 +304,17 @@ impl Controller {
                 return;
             }
             if let Some(code) = self.exit_code() {
-                panic!("controller exited with {code:?} before ready:\n{}", self.log_tail());
+                panic!(
+                    "controller exited with {code:?} before ready:\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("controller not ready within {deadline:?}:\n{}", self.log_tail());
+        panic!(
+            "controller not ready within {deadline:?}:\n{}",
+            self.log_tail()
+        );
     }
 
     /// Some(exit code) once the process has exited (None code = killed by a signal).
@@ -263,7 +333,9 @@ impl Controller {
     /// SIGTERM and wait (deadline) for the exit code.
     pub fn sigterm(&mut self, deadline: Duration) -> Option<i32> {
         let c = self.child.as_mut().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let t = Instant::now();
         while t.elapsed() < deadline {
             if let Ok(Some(s)) = c.try_wait() {
@@ -272,14 +344,21 @@ impl Controller {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("controller did not exit within {deadline:?} after SIGTERM:\n{}", self.log_tail());
+        panic!(
+            "controller did not exit within {deadline:?} after SIGTERM:\n{}",
+            self.log_tail()
+        );
     }
 }
 
 impl Drop for Controller {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- controller log tail ({}) ---\n{}", self.log.display(), self.log_tail());
+            eprintln!(
+                "--- controller log tail ({}) ---\n{}",
+                self.log.display(),
+                self.log_tail()
+            );
         }
         self.kill9();
     }
