@@ -230,11 +230,10 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
             })
         };
         match listing {
-            Ok(mut m) => {
+            Ok(m) => {
                 for w in group {
                     let n = fqdn(&w.doc.split.spec.record.name);
                     let records = m.get(&n).cloned().unwrap_or_default();
-                    let _ = m.get_mut(&n);
                     pending.push(Pending {
                         work: w,
                         zone: zone.clone(),
@@ -287,16 +286,48 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
         }
     }
 
-    // 3. Per split: targets, classification, gates, decision, plan.
-    let splits = join_all(
+    // 3. Resolve each distinct alias target once (splits often share an ALB or a domain), so the
+    // concurrent per-split planning below finds them cached instead of all asking at once.
+    let mut domains = std::collections::BTreeSet::new();
+    let mut tgs = std::collections::BTreeSet::new();
+    for p in &pending {
+        for b in &p.work.doc.split.spec.backends {
+            if let Some(a) = &b.api_gateway {
+                domains.insert(a.domain_name.clone());
+            }
+            if let Some(e) = &b.ecs {
+                if let Some(tg) = services
+                    .get(&(e.cluster.clone(), e.service.clone()))
+                    .and_then(|s| s.target_groups.first())
+                {
+                    tgs.insert(tg.clone());
+                }
+            }
+        }
+    }
+    // Failures are reported by the split that needs the target, below.
+    for d in domains {
+        let _ = ctx
+            .cached_target(format!("apigw:{d}"), || {
+                ctx.aws.targets.api_gateway_domain(&d)
+            })
+            .await;
+    }
+    for tg in tgs {
+        let _ = ctx
+            .cached_target(format!("tg:{tg}"), || ctx.aws.targets.target_group_lb(&tg))
+            .await;
+    }
+
+    // 4. Per split: classification, gates, decision, plan.
+    join_all(
         pending
             .iter_mut()
             .map(|p| plan_split(ctx, p, &services, &cluster_errors, now)),
     )
     .await;
-    drop(splits);
 
-    // 4. Apply.
+    // 5. Apply.
     if apply && !ctx.dry_run {
         apply_all(ctx, &mut pending).await;
     }
