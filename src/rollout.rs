@@ -343,7 +343,8 @@ pub fn decide(i: &Inputs) -> Decision {
                     b.name.clone(),
                     Drain {
                         share,
-                        until: i.now + drain_secs,
+                        // `now` is whole seconds: +1 so a drain never ends early.
+                        until: i.now + drain_secs + 1,
                     },
                 );
             }

@@ -20,30 +20,20 @@ pub struct Watcher {
     watched: BTreeSet<PathBuf>,
 }
 
-/// Directories to watch so that a change of any config path, through any symlink, is seen.
+/// Directories to watch so that a change of any config path, through any symlink, is seen: a
+/// config directory itself, a config file's directory, and the directory holding any symlinked
+/// component of a path (git-sync's worktree link).
 pub fn watch_set(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
-    for p in paths {
+    for p in paths.iter().map(|p| absolute(p)) {
         if p.is_dir() {
             out.insert(p.clone());
-        }
-        if let Some(parent) = p.parent().filter(|x| !x.as_os_str().is_empty()) {
+        } else if let Some(parent) = p.parent() {
             out.insert(parent.to_path_buf());
-        } else {
-            out.insert(PathBuf::from("."));
         }
-        // A symlinked component (git-sync's worktree link) is swapped in its parent directory.
-        let mut prefix = PathBuf::new();
-        for c in p.components() {
-            prefix.push(c);
-            if prefix
-                .symlink_metadata()
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false)
-            {
-                if let Some(parent) = prefix.parent().filter(|x| !x.as_os_str().is_empty()) {
-                    out.insert(parent.to_path_buf());
-                }
+        for link in symlinked_components(&p) {
+            if let Some(parent) = link.parent() {
+                out.insert(parent.to_path_buf());
             }
         }
     }
@@ -51,15 +41,52 @@ pub fn watch_set(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
     out
 }
 
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn symlinked_components(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut prefix = PathBuf::new();
+    for c in p.components() {
+        prefix.push(c);
+        if prefix
+            .symlink_metadata()
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            out.push(prefix.clone());
+        }
+    }
+    out
+}
+
+/// Whether an event path concerns the config: a config path or something inside a config
+/// directory (kubelet's `..data` swap), a config file itself (an editor's rename onto it), or a
+/// symlinked component of a config path. Other files next to a config file (a log, an editor's
+/// swap file) do not cause reloads.
+pub fn relevant(event: &Path, paths: &[PathBuf]) -> bool {
+    paths
+        .iter()
+        .map(|p| absolute(p))
+        .any(|p| event.starts_with(&p) || symlinked_components(&p).iter().any(|l| event == l))
+}
+
 impl Watcher {
     /// Start watching; every debounced event sends one `()` (dropped when a reload is pending).
     pub fn start(paths: &[PathBuf], tx: mpsc::Sender<()>) -> crate::Result<Watcher> {
+        let config: Vec<PathBuf> = paths.to_vec();
         let debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| match res {
-            Ok(events) if !events.is_empty() => {
-                debug!(events = events.len(), "config change");
-                let _ = tx.try_send(());
+            Ok(events) => {
+                let n = events
+                    .iter()
+                    .filter(|e| e.paths.iter().any(|p| relevant(p, &config)))
+                    .count();
+                if n > 0 {
+                    debug!(events = n, "config change");
+                    let _ = tx.try_send(());
+                }
             }
-            Ok(_) => {}
             Err(errors) => warn!(?errors, "file watch error"),
         })
         .map_err(|e| crate::Error::Other(format!("cannot start the file watcher: {e}")))?;
@@ -99,17 +126,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watches_dirs_parents_and_symlink_parents() {
+    fn watches_dirs_and_symlink_parents() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         std::fs::create_dir_all(root.join("wt1/splits")).unwrap();
         std::os::unix::fs::symlink(root.join("wt1"), root.join("repo")).unwrap();
         let set = watch_set(&[root.join("repo/splits")]);
         assert!(set.contains(&root.join("repo/splits")), "{set:?}");
-        assert!(set.contains(&root.join("repo")), "{set:?}");
         assert!(
             set.contains(&root.to_path_buf()),
             "the link's parent: {set:?}"
         );
+        assert!(
+            !set.contains(&root.join("repo")),
+            "not the config dir's parent: {set:?}"
+        );
+        let file_set = watch_set(&[root.join("wt1/splits/api.yaml")]);
+        assert!(file_set.contains(&root.join("wt1/splits")), "{file_set:?}");
+    }
+
+    #[test]
+    fn only_config_paths_are_relevant() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("wt1/splits")).unwrap();
+        std::os::unix::fs::symlink(root.join("wt1"), root.join("repo")).unwrap();
+        let paths = vec![root.join("repo/splits"), root.join("single.yaml")];
+        assert!(relevant(&root.join("repo/splits/..data"), &paths));
+        assert!(
+            relevant(&root.join("repo"), &paths),
+            "the git-sync link swap"
+        );
+        assert!(
+            relevant(&root.join("single.yaml"), &paths),
+            "an editor's rename onto the file"
+        );
+        assert!(!relevant(&root.join("controller.log"), &paths));
+        assert!(!relevant(&root.join(".single.yaml.swp"), &paths));
     }
 }

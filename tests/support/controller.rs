@@ -395,3 +395,412 @@ pub fn run_cli(moto_endpoint: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// Sum of the samples of metric `name` (Prometheus text format) whose labels include every
+/// `(key, value)` of `labels`; None when no sample matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.trim().rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let found = parse_labels(label_text);
+        let matches = labels
+            .iter()
+            .all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v));
+        if let (true, Ok(v)) = (matches, value.parse::<f64>()) {
+            total = Some(total.unwrap_or(0.0) + v);
+        }
+    }
+    total
+}
+
+/// `a="x",b="y"` (with `\"` and `\\` escapes) as pairs.
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let key: String = chars
+            .by_ref()
+            .skip_while(|c| *c == ',' || c.is_whitespace())
+            .take_while(|c| *c != '=')
+            .collect();
+        if key.is_empty() || chars.next() != Some('"') {
+            return out;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next()),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+/// One HTTP GET of `<endpoint><path>`: (status code, body); None when nothing answers.
+pub fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .arg(format!("{endpoint}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+/// One Route53 change batch made with boto3 (by hand, as an operator would).
+pub fn change_records(moto: &Moto, zone_id: &str, changes: Value) {
+    moto.boto3_json(
+        "route53",
+        "change_resource_record_sets",
+        json!({"HostedZoneId": zone_id, "ChangeBatch": {"Changes": changes}}),
+    );
+}
+
+/// Replace `path` atomically (hidden temp file + rename in the same directory), as editors do.
+pub fn write_atomic(path: &Path, text: &str) {
+    let name = path.file_name().unwrap().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The controller's log lines parsed as JSON (start it with `--log-format json`).
+pub fn json_log(c: &Controller) -> Vec<Value> {
+    c.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chaos, crash and config-churn helpers (tests/chaos.rs, tests/crash.rs, tests/config_churn.rs).
+
+/// `scripts/faultproxy.py` in front of moto, killed on drop; `log` is its JSONL request log.
+pub struct FaultProxy {
+    child: Child,
+    /// Keeps the proxy's stdout pipe open for its lifetime.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// `http://127.0.0.1:PORT`: give it to the controller as its AWS endpoint.
+    pub endpoint: String,
+    pub log: PathBuf,
+}
+
+impl FaultProxy {
+    /// `faultproxy.py --upstream <upstream> --seed <seed> --fault-rate <rate> --faults <faults>
+    /// --log <tmp> <extra>`.
+    pub fn start(upstream: &str, seed: u64, rate: f64, faults: &str, extra: &[&str]) -> FaultProxy {
+        use std::io::BufRead;
+        let log = std::env::temp_dir().join(format!("{}.jsonl", unique("faultproxy")));
+        let mut child = Command::new(python())
+            .arg(repo().join("scripts/faultproxy.py"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args([
+                "--seed",
+                &seed.to_string(),
+                "--fault-rate",
+                &rate.to_string(),
+            ])
+            .args(["--faults", faults, "--log"])
+            .arg(&log)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run faultproxy.py");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line)
+            .expect("read the proxy's port line");
+        let port = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+            .unwrap_or_else(|| panic!("faultproxy.py printed {line:?}, not {{\"port\": N}}"));
+        FaultProxy {
+            child,
+            _stdout: out,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// GET /__proxy/stats.
+    pub fn stats(&self) -> Value {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", &format!("{}/__proxy/stats", self.endpoint)])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("--- fault proxy log kept at {} ---", self.log.display());
+        }
+    }
+}
+
+impl Controller {
+    /// GET /healthz: the HTTP status, None when nothing answered.
+    pub fn healthz(&self) -> Option<u16> {
+        self.get("/healthz").map(|(c, _)| c)
+    }
+}
+
+/// Provision a fleet in one Python run (fast): a VPC, ONE ALB + target group shared by every ECS
+/// service, `services` in `cluster` (desiredCount `initial_tasks`, settled so running ==
+/// desired), and per zone its records. Input:
+/// `{"cluster": C, "services": [..], "initial_tasks": N, "zones": [{"name": Z, "records": [
+///   {"name", "type", "set_id"?, "weight"?, "alias": "alb" | DNS, "alias_zone"?, "values"?}]}]}`.
+/// Returns `{"zones": {name: bare id}, "alb_dns", "alb_zone_id"}`.
+pub fn provision_fleet(moto: &Moto, input: Value) -> Value {
+    const SCRIPT: &str = r#"
+r53, ec2, elb, ecs = client("route53"), client("ec2"), client("elbv2"), client("ecs")
+vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=az)["Subnet"]["SubnetId"]
+           for i, az in enumerate(("us-east-1a", "us-east-1b"), start=1)]
+sg = ec2.create_security_group(GroupName="fleet", Description="fleet", VpcId=vpc)["GroupId"]
+lb = elb.create_load_balancer(Name="fleet-alb", Subnets=subnets, SecurityGroups=[sg],
+                              Scheme="internet-facing", Type="application")["LoadBalancers"][0]
+tg = elb.create_target_group(Name="fleet-tg", Protocol="HTTP", Port=80, VpcId=vpc, TargetType="ip")["TargetGroups"][0]
+elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                    DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
+if input["services"]:
+    ecs.create_cluster(clusterName=input["cluster"])
+    td = ecs.register_task_definition(
+        family="fleet", requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256", memory="512",
+        containerDefinitions=[{"name": "app", "image": "nginx", "portMappings": [{"containerPort": 80}]}],
+    )["taskDefinition"]["taskDefinitionArn"]
+for s in input["services"]:
+    ecs.create_service(
+        cluster=input["cluster"], serviceName=s, taskDefinition=td, desiredCount=input["initial_tasks"],
+        launchType="FARGATE",
+        loadBalancers=[{"targetGroupArn": tg["TargetGroupArn"], "containerName": "app", "containerPort": 80}],
+        networkConfiguration={"awsvpcConfiguration": {"subnets": subnets, "securityGroups": [sg],
+                                                      "assignPublicIp": "DISABLED"}},
+    )
+    # moto leaves runningCount at 0 after CreateService; an update makes running == desired.
+    ecs.update_service(cluster=input["cluster"], service=s, desiredCount=input["initial_tasks"])
+zones = {}
+for z in input["zones"]:
+    zid = r53.create_hosted_zone(Name=z["name"], CallerReference=z["name"])["HostedZone"]["Id"].rsplit("/", 1)[-1]
+    zones[z["name"]] = zid
+    changes = []
+    for r in z["records"]:
+        rr = {"Name": r["name"], "Type": r["type"]}
+        if "set_id" in r:
+            rr["SetIdentifier"] = r["set_id"]
+            rr["Weight"] = r["weight"]
+        if r.get("alias") == "alb":
+            rr["AliasTarget"] = {"DNSName": lb["DNSName"], "HostedZoneId": lb["CanonicalHostedZoneId"],
+                                 "EvaluateTargetHealth": False}
+        elif "alias" in r:
+            rr["AliasTarget"] = {"DNSName": r["alias"], "HostedZoneId": r["alias_zone"], "EvaluateTargetHealth": False}
+        else:
+            rr["TTL"] = 300
+            rr["ResourceRecords"] = [{"Value": v} for v in r["values"]]
+        changes.append({"Action": "CREATE", "ResourceRecordSet": rr})
+    if changes:
+        r53.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": changes})
+out = {"zones": zones, "alb_dns": lb["DNSName"], "alb_zone_id": lb["CanonicalHostedZoneId"]}
+"#;
+    moto.py(SCRIPT, input)
+}
+
+/// Every record of the given zones (bare ids), read with boto3: zone id -> records.
+pub fn list_zones(moto: &Moto, zone_ids: &[String]) -> BTreeMap<String, Vec<Value>> {
+    let v = moto.py(
+        r#"
+c = client("route53")
+out = {}
+for z in input["zones"]:
+    out[z] = []
+    for page in c.get_paginator("list_resource_record_sets").paginate(HostedZoneId=z):
+        out[z].extend(page["ResourceRecordSets"])
+"#,
+        json!({ "zones": zone_ids }),
+    );
+    serde_json::from_value(v).expect("zone id -> records")
+}
+
+/// ECS desiredCount of each service of a cluster, read with boto3.
+pub fn ecs_desired(moto: &Moto, cluster: &str, services: &[String]) -> BTreeMap<String, i64> {
+    let v = moto.py(
+        r#"
+c = client("ecs")
+out = {}
+names = input["services"]
+for i in range(0, len(names), 10):
+    for s in c.describe_services(cluster=input["cluster"], services=names[i:i + 10])["services"]:
+        out[s["serviceName"]] = s["desiredCount"]
+"#,
+        json!({ "cluster": cluster, "services": services }),
+    );
+    serde_json::from_value(v).expect("service -> desired")
+}
+
+/// A split of a provisioned fleet: backends `<name>-a`, `<name>-b`, ... (distinct per split, for
+/// moto's DELETE-by-SetIdentifier quirk), at most one of them ECS.
+#[derive(Debug, Clone)]
+pub struct FleetSplit {
+    pub name: String,
+    /// Zone name with a trailing dot.
+    pub zone: String,
+    /// Record name with a trailing dot.
+    pub record: String,
+    pub backends: Vec<String>,
+    /// (backend, service) of the ECS backend, if any; the others are fixed alias targets.
+    pub ecs: Option<(String, String)>,
+    pub start: BTreeMap<String, i64>,
+    pub target: BTreeMap<String, i64>,
+}
+
+/// Tasks an ECS backend needs at 100% in fleet documents.
+pub const FLEET_TASKS_AT_FULL: i64 = 8;
+
+impl FleetSplit {
+    /// `label.<zone>` with backends `<label>-a..` holding `start`, moving to `target` (same order).
+    pub fn new(
+        label: &str,
+        zone: &str,
+        start: &[i64],
+        target: &[i64],
+        ecs_service: Option<&str>,
+    ) -> Self {
+        assert_eq!(start.len(), target.len());
+        let backends: Vec<String> = (0..start.len())
+            .map(|i| format!("{label}-{}", (b'a' + i as u8) as char))
+            .collect();
+        FleetSplit {
+            name: label.to_string(),
+            zone: zone.to_string(),
+            record: format!("{label}.{zone}"),
+            ecs: ecs_service.map(|s| (backends[1].clone(), s.to_string())),
+            start: backends
+                .iter()
+                .cloned()
+                .zip(start.iter().copied())
+                .collect(),
+            target: backends
+                .iter()
+                .cloned()
+                .zip(target.iter().copied())
+                .collect(),
+            backends,
+        }
+    }
+
+    fn fixed_dns(backend: &str) -> String {
+        format!("fixed-{backend}.example.")
+    }
+
+    /// The weighted records at `start`, for `provision_fleet`.
+    pub fn records(&self) -> Vec<Value> {
+        self.backends
+            .iter()
+            .map(|b| {
+                let alias = if self.ecs.as_ref().is_some_and(|(e, _)| e == b) {
+                    json!({"alias": "alb"})
+                } else {
+                    json!({"alias": FleetSplit::fixed_dns(b), "alias_zone": "Z35SXDOTRQ7X7K"})
+                };
+                let mut r =
+                    json!({"name": self.record, "type": "A", "set_id": b, "weight": self.start[b]});
+                r.as_object_mut()
+                    .unwrap()
+                    .extend(alias.as_object().unwrap().clone());
+                r
+            })
+            .collect()
+    }
+
+    /// The document moving to `weights`; `rollout` is the YAML under `rollout:` (indented by 4),
+    /// empty for none.
+    pub fn document(
+        &self,
+        cluster: &str,
+        weights: &BTreeMap<String, i64>,
+        rollout: &str,
+    ) -> String {
+        let mut doc = format!(
+            "apiVersion: trafficshift.dev/v1alpha1\nkind: TrafficSplit\nmetadata:\n  name: {}\nspec:\n  record:\n    hostedZone: {}\n    name: {}\n    type: A\n    adoptExisting: true\n  backends:\n",
+            self.name, self.zone, self.record
+        );
+        for b in &self.backends {
+            match &self.ecs {
+                Some((e, svc)) if e == b => doc.push_str(&format!(
+                    "    - name: {b}\n      ecs:\n        cluster: {cluster}\n        service: {svc}\n        tasksAtFullTraffic: {FLEET_TASKS_AT_FULL}\n        minTasks: 1\n"
+                )),
+                _ => doc.push_str(&format!(
+                    "    - name: {b}\n      target:\n        alias:\n          dnsName: {}\n          hostedZoneId: Z35SXDOTRQ7X7K\n          evaluateTargetHealth: false\n",
+                    FleetSplit::fixed_dns(b)
+                )),
+            }
+        }
+        if !rollout.is_empty() {
+            doc.push_str(&format!("  rollout:\n{rollout}"));
+        }
+        // Weights last: a half-written file is then never a different valid document.
+        doc.push_str("  weights:\n");
+        for (b, w) in weights {
+            doc.push_str(&format!("    {b}: {w}\n"));
+        }
+        doc
+    }
+}
+
+/// Provision `splits` (with `extra` foreign records per zone name) and services in `cluster`.
+pub fn provision_splits(
+    moto: &Moto,
+    cluster: &str,
+    splits: &[FleetSplit],
+    extra: &BTreeMap<String, Vec<Value>>,
+) -> Value {
+    let mut zones: BTreeMap<String, Vec<Value>> = extra.clone();
+    for s in splits {
+        zones.entry(s.zone.clone()).or_default().extend(s.records());
+    }
+    let services: Vec<&String> = splits
+        .iter()
+        .filter_map(|s| s.ecs.as_ref().map(|e| &e.1))
+        .collect();
+    let zones: Vec<Value> = zones
+        .into_iter()
+        .map(|(name, records)| json!({"name": name, "records": records}))
+        .collect();
+    provision_fleet(
+        moto,
+        json!({"cluster": cluster, "services": services, "initial_tasks": 1, "zones": zones}),
+    )
+}
+
+/// A few records in `zone` that trafficshift must never touch.
+pub fn foreign_records(zone: &str) -> Vec<Value> {
+    vec![
+        json!({"name": format!("www.{zone}"), "type": "CNAME", "values": [format!("static.{zone}")]}),
+        json!({"name": format!("mail.{zone}"), "type": "A", "values": ["192.0.2.25"]}),
+        json!({"name": format!("_foreign.{zone}"), "type": "TXT", "values": ["\"v=spf1 -all\""]}),
+        json!({"name": format!("other.{zone}"), "type": "A", "set_id": "other-x", "weight": 1,
+               "alias": "other-x.example.", "alias_zone": "Z35SXDOTRQ7X7K"}),
+        json!({"name": format!("other.{zone}"), "type": "A", "set_id": "other-y", "weight": 3,
+               "alias": "other-y.example.", "alias_zone": "Z35SXDOTRQ7X7K"}),
+    ]
+}
