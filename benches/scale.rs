@@ -8,7 +8,6 @@
 //!
 //! The `fleet` module is shared with `tests/call_counts.rs` (the CI guard, at a smaller scale).
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 pub mod support;
 
@@ -645,6 +644,714 @@ for page in c.get_paginator("list_hosted_zones").paginate():
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The benchmark run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleet::{Phase, Proxy, SplitInfo};
+use support::controller::{wait_for, Controller};
+use support::Moto;
+
+const OWNER: &str = "bench";
+
+struct Args {
+    parts: Vec<String>,
+    zones: usize,
+    per_zone: usize,
+    foreign: usize,
+    scenarios: usize,
+    big_foreign: usize,
+    big_owned: usize,
+    latency_samples: usize,
+    baseline_splits: usize,
+    plan_iters: usize,
+    out: PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        parts: ["plan", "calls", "latency", "resources", "baseline"]
+            .map(String::from)
+            .to_vec(),
+        zones: 10,
+        per_zone: 100,
+        foreign: 50,
+        scenarios: 4,
+        big_foreign: 20_000,
+        big_owned: 5,
+        latency_samples: 100,
+        baseline_splits: 50,
+        plan_iters: 50,
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/scale.md"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        // `cargo bench` passes --bench to every bench target.
+        if k == "--bench" {
+            continue;
+        }
+        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        let num = |s: String| -> usize {
+            s.parse()
+                .unwrap_or_else(|_| panic!("{k}: not a number: {s}"))
+        };
+        match k.as_str() {
+            "--parts" => a.parts = v().split(',').map(String::from).collect(),
+            "--zones" => a.zones = num(v()),
+            "--splits-per-zone" => a.per_zone = num(v()),
+            "--foreign-per-zone" => a.foreign = num(v()),
+            "--scenarios" => a.scenarios = num(v()),
+            "--big-foreign" => a.big_foreign = num(v()),
+            "--big-owned" => a.big_owned = num(v()),
+            "--latency-samples" => a.latency_samples = num(v()),
+            "--baseline-splits" => a.baseline_splits = num(v()),
+            "--plan-iters" => a.plan_iters = num(v()),
+            "--out" => a.out = PathBuf::from(v()),
+            other => {
+                panic!("unknown argument {other}; see the top of benches/scale.rs for the options")
+            }
+        }
+    }
+    a
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// (p50, p99, max) of samples in milliseconds.
+fn percentiles(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.5), at(0.99), v[v.len() - 1])
+}
+
+// --- (b) in-memory planning -------------------------------------------------------------------
+
+/// decide + classify + route53_changes for `n` fixed-target splits, in process.
+fn plan_bench(out: &mut String, n: usize, iters: usize) {
+    use trafficshift::aws::{AliasTarget, RecordSet};
+    use trafficshift::plan::{self, Target};
+    use trafficshift::rollout::{self, GateSummary};
+    use trafficshift::spec::fqdn;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zones = 10;
+    for i in 0..n {
+        let zone = format!("z{}.plan.example.", i % zones);
+        let name = format!("z{}-s{i:04}", i % zones);
+        let record = format!("s{i:04}.{zone}");
+        std::fs::write(
+            tmp.path().join(format!("{name}.yaml")),
+            fleet::fixed_doc(&name, &zone, &record, "plan", 80),
+        )
+        .expect("write");
+    }
+    let loaded = trafficshift::spec::load_paths(&[tmp.path().to_path_buf()]);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let splits: Vec<_> = loaded.docs.into_iter().map(|d| d.split).collect();
+    let targets: Vec<BTreeMap<String, Target>> = splits
+        .iter()
+        .map(|s| {
+            s.spec
+                .backends
+                .iter()
+                .map(|b| {
+                    let a = b
+                        .target
+                        .as_ref()
+                        .and_then(|t| t.alias.as_ref())
+                        .expect("alias");
+                    (
+                        b.name.clone(),
+                        Target::Alias(AliasTarget {
+                            dns_name: fqdn(&a.dns_name),
+                            hosted_zone_id: a.hosted_zone_id.clone(),
+                            evaluate_target_health: a.evaluate_target_health,
+                        }),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let ecs = BTreeMap::new();
+    let gates = GateSummary::none();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // One pass: what a cycle computes per split (no IO). Returns the records it would write.
+    let pass = |records: &[Vec<RecordSet>]| -> (Duration, Vec<Vec<RecordSet>>) {
+        let t = Instant::now();
+        let mut written = Vec::with_capacity(splits.len());
+        for ((split, tg), recs) in splits.iter().zip(&targets).zip(records) {
+            let refs: Vec<&RecordSet> = recs.iter().collect();
+            let obs = plan::classify(split, OWNER, &refs, tg).expect("classify");
+            let d = rollout::decide(&rollout::Inputs {
+                split,
+                owner: OWNER,
+                stored: obs.state.as_ref(),
+                observed: obs.weights.as_ref(),
+                ecs: &ecs,
+                gates: &gates,
+                now,
+            });
+            let intended = obs
+                .state
+                .as_ref()
+                .map(|s| s.current.clone())
+                .unwrap_or_default();
+            let changes = match &d.write {
+                Some(w) => {
+                    plan::route53_changes(split, &obs, w, &d.state, tg, &intended).expect("changes")
+                }
+                None => vec![],
+            };
+            written.push(changes.into_iter().map(|c| c.change.record).collect());
+        }
+        (t.elapsed(), std::hint::black_box(written))
+    };
+    let empty: Vec<Vec<RecordSet>> = vec![vec![]; splits.len()];
+    let (_, converged) = pass(&empty);
+    let (_, again) = pass(&converged);
+    assert!(
+        again.iter().all(|c| c.is_empty()),
+        "steady state plans no change"
+    );
+    // What a full listing hands over: each zone's records, picked per split by name.
+    let mut zone_listing: BTreeMap<String, Vec<RecordSet>> = BTreeMap::new();
+    for (s, recs) in splits.iter().zip(&converged) {
+        zone_listing
+            .entry(s.spec.record.hosted_zone.clone())
+            .or_default()
+            .extend(recs.iter().cloned());
+    }
+    let pick = || {
+        let t = Instant::now();
+        let picked: Vec<Vec<&RecordSet>> = splits
+            .iter()
+            .map(|s| plan::records_for(s, &zone_listing[&s.spec.record.hosted_zone]))
+            .collect();
+        (t.elapsed(), std::hint::black_box(picked).len())
+    };
+    let (mut first, mut steady, mut picks) = (vec![], vec![], vec![]);
+    for _ in 0..iters {
+        first.push(ms(pass(&empty).0));
+        steady.push(ms(pass(&converged).0));
+        picks.push(ms(pick().0));
+    }
+    let (f50, f99, _) = percentiles(&mut first);
+    let (s50, s99, _) = percentiles(&mut steady);
+    let (p50, p99, _) = percentiles(&mut picks);
+    let verdict = if s50 < 10.0 { "met" } else { "MISSED" };
+    let _ = write!(
+        out,
+        "\n## (b) In-memory planning cost, {n} splits, {iters} iterations (release, no IO)\n\n\
+         classify + decide + route53_changes for every split, as one cycle does after its listings.\n\n\
+         | pass | p50 | p99 | target |\n|---|---:|---:|---|\n\
+         | steady state (records in place, nothing to write) | {s50:.2} ms | {s99:.2} ms | < 10 ms: {verdict} |\n\
+         | first convergence (nothing exists, 3 creates per split) | {f50:.2} ms | {f99:.2} ms | |\n\
+         | picking each split's records out of its zone listing (`plan::records_for`) | {p50:.2} ms | {p99:.2} ms | |\n"
+    );
+}
+
+// --- fleet runs ---------------------------------------------------------------------------------
+
+fn route53_calls(stats: &BTreeMap<String, u64>) -> u64 {
+    stats
+        .iter()
+        .filter(|(k, _)| k.starts_with("route53."))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Unix time (seconds, fractional) of a proxy log entry.
+fn entry_time(e: &serde_json::Value) -> f64 {
+    let s = e["time"].as_str().unwrap_or_default();
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The PID of the controller listening on `port` (from /proc).
+fn pid_of(port: u16) -> u32 {
+    let needle = format!("127.0.0.1:{port}");
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("trafficshift") && cmd.contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no trafficshift process listening on {needle}");
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0)
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Run<'a> {
+    moto: &'a Moto,
+    fleet: &'a fleet::Fleet,
+    proxy: &'a Proxy,
+}
+
+/// (a) and (e): first convergence with `--once` at 5 requests/s, then the steady-state cycle of a
+/// long-running controller (unlimited rate, so its wall time is the controller's own plus AWS's).
+fn calls(out: &mut String, r: &Run) -> (f64, u64) {
+    let n = r.fleet.splits.len();
+    let before = fleet::record_counts(r.moto);
+    r.proxy.reset();
+    let skip = r.proxy.entries().len();
+    let (code, took, log) =
+        fleet::run_once(&r.proxy.url, &r.fleet.dir, OWNER, &["--route53-rps", "5"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "first convergence failed after {took:?}:\n{log}"
+    );
+    let actual = r.proxy.stats();
+    let entries = r.proxy.entries();
+    let writes = fleet::writes(&entries[skip..]);
+    let due: Vec<&SplitInfo> = r.fleet.splits.iter().collect();
+    let min = fleet::minimum(
+        r.fleet,
+        &due,
+        Phase::First,
+        &before,
+        &fleet::value_chars(&writes),
+    );
+    let changes: usize = writes.iter().map(|(_, c)| c.len()).sum();
+    let want_changes = fleet::expected_changes(due.iter().copied(), Phase::First);
+    let rows = fleet::compare(&actual, &min);
+    let _ = write!(
+        out,
+        "\n## (a) AWS calls, {n} splits in {} zones\n\n{}\nRoute53 changes written: {changes} (needed: {want_changes}).\n",
+        r.fleet.zones.len(),
+        fleet::table("### First convergence (`run --once`, nothing cached)", &rows)
+    );
+    let r53 = route53_calls(&actual);
+    let floor = (r53.saturating_sub(1)) as f64 / 5.0;
+    let _ = write!(
+        out,
+        "\n## (e) Converging {n} splits at `--route53-rps 5`\n\n\
+         | measured (`run --once`, process start to exit) | Route53 calls | minimum the limit allows ((calls - 1) / 5) | ratio |\n|---:|---:|---:|---:|\n\
+         | {:.1} s | {r53} | {floor:.1} s | {:.2} |\n",
+        took.as_secs_f64(),
+        took.as_secs_f64() / floor.max(0.001)
+    );
+
+    // Steady state: the second cycle of a long-running controller.
+    let after = fleet::record_counts(r.moto);
+    let mut c = Controller::start(
+        &r.proxy.url,
+        &[r.fleet.dir.as_path()],
+        OWNER,
+        &["--resync", "30s", "--route53-rps", "0"],
+    );
+    c.wait_ready(Duration::from_secs(300));
+    let m1 = c.metrics().expect("metrics");
+    assert_eq!(
+        fleet::reconciles(&m1) as usize,
+        n,
+        "reset after exactly one cycle"
+    );
+    r.proxy.reset();
+    let skip = r.proxy.entries().len();
+    let probe = &r.fleet.splits[0].name;
+    let (sum1, _) = fleet::reconcile_duration(&m1, probe);
+    wait_for("the steady-state cycle", Duration::from_secs(300), || {
+        (fleet::reconciles(&c.metrics()?) >= 2 * n as u64).then_some(())
+    });
+    let actual = r.proxy.stats();
+    let m2 = c.metrics().expect("metrics");
+    assert_eq!(
+        fleet::reconciles(&m2),
+        2 * n as u64,
+        "one steady cycle counted"
+    );
+    let st = c.status().expect("status");
+    assert!(
+        fleet::all_converged(&st, n),
+        "all splits Complete and Ready"
+    );
+    let entries = r.proxy.entries();
+    let window = &entries[skip..];
+    let writes = fleet::writes(window);
+    let min = fleet::minimum(r.fleet, &due, Phase::Steady, &after, &Default::default());
+    let rows = fleet::compare(&actual, &min);
+    let (sum2, _) = fleet::reconcile_duration(&m2, probe);
+    let wall = sum2 - sum1;
+    let aws: f64 = window
+        .iter()
+        .map(|e| e["duration_seconds"].as_f64().unwrap_or(0.0))
+        .sum();
+    let _ = write!(
+        out,
+        "\n{}\nWrites in the steady-state cycle: {}.\n\n\
+         ### (b) Steady-state cycle wall time ({n} splits, `--route53-rps 0`)\n\n\
+         | cycle wall time | AWS time (sum of proxy-measured request durations, moto) | cycle minus AWS time |\n|---:|---:|---:|\n\
+         | {:.0} ms | {:.0} ms | {:.0} ms |\n",
+        fleet::table("### Steady-state cycle (second cycle of `run`, zones cached)", &rows),
+        writes.len(),
+        wall * 1000.0,
+        aws * 1000.0,
+        (wall - aws) * 1000.0
+    );
+    c.sigterm(Duration::from_secs(30));
+    (took.as_secs_f64(), r53)
+}
+
+/// (c) file change -> first ChangeResourceRecordSets, through the watcher and its debounce.
+fn latency(out: &mut String, r: &Run, samples: usize, rps: &str) -> (f64, f64) {
+    let mut c = Controller::start(
+        &r.proxy.url,
+        &[r.fleet.dir.as_path()],
+        OWNER,
+        &["--resync", "10m", "--route53-rps", rps],
+    );
+    c.wait_ready(Duration::from_secs(300));
+    let fixed: Vec<&SplitInfo> = r
+        .fleet
+        .splits
+        .iter()
+        .filter(|s| s.scenario.is_none())
+        .collect();
+    let mut lat = Vec::new();
+    let mut lists = 0u64;
+    for k in 0..samples {
+        let s = fixed[(k * 7919) % fixed.len()];
+        // Alternate between two target weights so every edit starts a new rollout.
+        let blue = if (k / fixed.len()) % 2 == 0 {
+            60 + (k % 2) as u32 * 10
+        } else {
+            80
+        };
+        let text = std::fs::read_to_string(&s.file).expect("read doc");
+        let blue = if text.contains(&format!("{}-blue: {blue}", s.name)) {
+            blue + 5
+        } else {
+            blue
+        };
+        r.proxy.reset();
+        let skip = r.proxy.entries().len();
+        let t0 = unix_now();
+        std::fs::write(
+            &s.file,
+            fleet::fixed_doc(&s.name, &s.zone, &s.record, &r.fleet.tag, blue),
+        )
+        .expect("edit doc");
+        let write_at = wait_for(
+            "the edited split's ChangeResourceRecordSets",
+            Duration::from_secs(60),
+            || {
+                let e = r.proxy.entries();
+                let e = &e[skip.min(e.len())..];
+                let w = e.iter().find(|e| {
+                    e["operation"] == "ChangeResourceRecordSets"
+                        && e["body"].as_str().is_some_and(|b| b.contains(&s.record))
+                })?;
+                Some(entry_time(w))
+            },
+        );
+        lat.push((write_at - t0) * 1000.0);
+        wait_for(
+            "the edited split to be Complete at its new weights",
+            Duration::from_secs(60),
+            || {
+                let st = c.split(&s.name)?;
+                let ok = st["state"] == "Complete"
+                    && st["backends"]
+                        .as_array()?
+                        .iter()
+                        .all(|b| b["observedWeight"] == b["targetWeight"])
+                    && st["backends"][0]["targetWeight"] == blue;
+                ok.then_some(())
+            },
+        );
+        lists += r
+            .proxy
+            .stats()
+            .get("route53.ListResourceRecordSets")
+            .copied()
+            .unwrap_or(0);
+    }
+    c.sigterm(Duration::from_secs(30));
+    let (p50, p99, max) = percentiles(&mut lat);
+    let _ = writeln!(
+        out,
+        "| `--route53-rps {rps}` | {samples} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms | {:.2} | {} |",
+        lists as f64 / samples as f64,
+        if p50 < 300.0 { "met" } else { "MISSED" }
+    );
+    (p50, p99)
+}
+
+/// (d) peak RSS and idle CPU with the first `n` splits (already converged).
+fn resources(out: &mut String, r: &Run, n: usize) {
+    let dir = r.fleet.subset_dir(n);
+    let mut c = Controller::start(
+        &r.moto.endpoint,
+        &[dir.as_path()],
+        OWNER,
+        &["--resync", "60s"],
+    );
+    c.wait_ready(Duration::from_secs(300));
+    let st = c.status().expect("status");
+    assert!(fleet::all_converged(&st, n), "{n} splits converged");
+    let pid = pid_of(c.port);
+    let t0 = cpu_ticks(pid);
+    let start = Instant::now();
+    // The idle window itself: no cycle is due for 60 s.
+    std::thread::sleep(Duration::from_secs(10));
+    let secs = start.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(pid) - t0;
+    let cpu = ticks as f64 / clk_tck() / secs * 100.0;
+    let hwm = proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
+    let rss = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
+    let target = if n <= 1 { 20.0 } else { 60.0 };
+    let _ = writeln!(
+        out,
+        "| {n} | {hwm:.1} MiB | {rss:.1} MiB | {} | {cpu:.2} % ({ticks} ticks in {secs:.1} s) | {} |",
+        if n == 1 || n >= 1000 { format!("< {target} MiB: {}", if hwm < target { "met" } else { "MISSED" }) } else { "-".into() },
+        if cpu < 1.0 { "met" } else { "MISSED" }
+    );
+    c.sigterm(Duration::from_secs(30));
+}
+
+/// The baseline: one `aws route53 change-resource-record-sets` per weighted record.
+fn baseline(out: &mut String, r: &Run, b: usize, first_wall: Option<f64>, first_r53: Option<u64>) {
+    let zone = format!("cli.{}.example.", r.fleet.tag);
+    let zid = r.moto.py(
+        r#"out = client("route53").create_hosted_zone(Name=input["z"], CallerReference=input["z"])["HostedZone"]["Id"].rsplit("/", 1)[-1]"#,
+        serde_json::json!({"z": zone}),
+    );
+    let zid = zid.as_str().expect("zone id").to_string();
+    let aws = support::venv_tool("aws", "aws");
+    r.proxy.reset();
+    let started = Instant::now();
+    for i in 0..b {
+        let name = format!("s{i:04}.{zone}");
+        for (color, w) in [("blue", 80), ("green", 20)] {
+            let batch = serde_json::json!({"Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
+                "Name": name, "Type": "A", "SetIdentifier": format!("cli-{i}-{color}"), "Weight": w,
+                "AliasTarget": {"DNSName": format!("{color}-{i}.lb.example."), "HostedZoneId": "Z35SXDOTRQ7X7K",
+                                "EvaluateTargetHealth": false}}}]});
+            let st = Command::new(&aws)
+                .args([
+                    "route53",
+                    "change-resource-record-sets",
+                    "--hosted-zone-id",
+                    &zid,
+                ])
+                .args([
+                    "--change-batch",
+                    &batch.to_string(),
+                    "--endpoint-url",
+                    &r.proxy.url,
+                ])
+                .args(["--output", "json"])
+                .envs(r.moto.aws_env())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("run aws");
+            assert!(
+                st.success(),
+                "aws route53 change-resource-record-sets failed"
+            );
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let calls = route53_calls(&r.proxy.stats());
+    let n = r.fleet.splits.len() as f64;
+    let scale = n / b as f64;
+    let _ = write!(
+        out,
+        "\n## Baseline: one `aws route53 change-resource-record-sets` per record\n\n\
+         Measured on {b} splits (2 records each) and extrapolated linearly to {n} splits (x{scale:.1}).\n\n\
+         | | Route53 calls | wall time |\n|---|---:|---:|\n\
+         | AWS CLI, measured on {b} splits | {calls} | {wall:.1} s |\n\
+         | AWS CLI, extrapolated to {n} splits | {:.0} | {:.0} s |\n",
+        calls as f64 * scale,
+        wall * scale
+    );
+    if let (Some(fw), Some(fc)) = (first_wall, first_r53) {
+        let _ = write!(
+            out,
+            "| trafficshift first convergence at 5 req/s, measured on {n} splits | {fc} | {fw:.1} s |\n\
+             | ratio CLI / trafficshift | {:.1}x | {:.1}x |\n\n\
+             The CLI script also re-sends every record each time it runs ({:.0} calls), where a \
+             steady-state trafficshift cycle only lists (see (a)); it writes no ownership/state \
+             record and is not rate limited (against real Route53 its {:.0} calls need at least \
+             {:.0} s at 5 req/s).\n",
+            calls as f64 * scale / fc as f64,
+            wall * scale / fw,
+            calls as f64 * scale,
+            calls as f64 * scale,
+            calls as f64 * scale / 5.0
+        );
+    }
+}
+
+fn machine() -> String {
+    let sh = |c: &str| {
+        Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let moto = sh(&format!(
+        "{} -c 'import moto; print(moto.__version__)'",
+        support::python().display()
+    ));
+    format!(
+        "| | |\n|---|---|\n| CPUs (nproc) | {} |\n| model | {} |\n| RAM | {} |\n| OS | {} |\n| rustc | {} |\n| moto | {} |\n",
+        sh("nproc"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        sh("free -h | awk '/Mem:/ {print $2}'"),
+        sh(". /etc/os-release; echo \"$PRETTY_NAME, kernel $(uname -r)\""),
+        sh("rustc --version"),
+        moto
+    )
+}
+
 fn main() {
-    eprintln!("not yet");
+    let a = args();
+    let want = |p: &str| a.parts.iter().any(|x| x == p);
+    let mut out = format!("# trafficshift scale benchmark\n\n{}", machine());
+    let flush = |out: &str| {
+        if let Some(d) = a.out.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let _ = std::fs::write(&a.out, out);
+    };
+    let total = a.zones * a.per_zone;
+    if want("plan") {
+        eprintln!("[bench] (b) planning {total} splits in process");
+        plan_bench(&mut out, total, a.plan_iters);
+        flush(&out);
+    }
+    if ["calls", "latency", "resources", "baseline"]
+        .iter()
+        .any(|p| want(p))
+    {
+        let moto = Moto::start();
+        let plans = fleet::layout(
+            a.zones,
+            a.per_zone,
+            a.foreign,
+            a.scenarios,
+            a.big_foreign,
+            a.big_owned,
+        );
+        eprintln!("[bench] provisioning {} zones", plans.len());
+        let t = Instant::now();
+        let fleet = fleet::provision(&moto, &plans);
+        let _ = write!(
+            out,
+            "\n## Fleet\n\n{} splits ({} with an API Gateway + ECS backend, adopted from a plain record) in {} zones of {} foreign records each, plus a zone of {} foreign records with {} owned names; provisioned in {:.0} s.\n",
+            fleet.splits.len(),
+            a.scenarios,
+            a.zones,
+            a.foreign,
+            a.big_foreign,
+            a.big_owned,
+            t.elapsed().as_secs_f64()
+        );
+        flush(&out);
+        let proxy = Proxy::start(&moto.endpoint);
+        let r = Run {
+            moto: &moto,
+            fleet: &fleet,
+            proxy: &proxy,
+        };
+        let mut first: (Option<f64>, Option<u64>) = (None, None);
+        if want("calls") {
+            eprintln!("[bench] (a)+(e) first convergence and steady state");
+            let (w, c) = calls(&mut out, &r);
+            first = (Some(w), Some(c));
+            flush(&out);
+        } else {
+            // Latency and resources need converged records.
+            let (code, took, log) =
+                fleet::run_once(&moto.endpoint, &fleet.dir, OWNER, &["--route53-rps", "0"]);
+            assert_eq!(code, Some(0), "convergence failed after {took:?}:\n{log}");
+        }
+        if want("latency") {
+            eprintln!(
+                "[bench] (c) file change to first write, {} samples",
+                a.latency_samples
+            );
+            let _ = write!(
+                out,
+                "\n## (c) File change to first ChangeResourceRecordSets ({} splits loaded)\n\n\
+                 Time from writing the document to the proxy receiving the write (100 ms debounce included). \
+                 `lists/change`: ListResourceRecordSets calls per edit.\n\n\
+                 | controller | samples | p50 | p99 | max | lists/change | p50 < 300 ms |\n|---|---:|---:|---:|---:|---:|---|\n",
+                fleet.splits.len()
+            );
+            latency(&mut out, &r, a.latency_samples, "5");
+            latency(&mut out, &r, a.latency_samples, "0");
+            flush(&out);
+        }
+        if want("resources") {
+            eprintln!("[bench] (d) RSS and idle CPU");
+            let _ = write!(
+                out,
+                "\n## (d) Peak RSS and idle CPU (release binary, after its first cycle, 10 s idle window)\n\n\
+                 | splits | peak RSS (VmHWM) | RSS | RSS target | idle CPU | idle CPU < 1% |\n|---:|---:|---:|---|---:|---|\n"
+            );
+            for n in [1, 100, fleet.splits.len()] {
+                resources(&mut out, &r, n.min(fleet.splits.len()));
+            }
+            flush(&out);
+        }
+        if want("baseline") {
+            eprintln!("[bench] baseline: AWS CLI on {} splits", a.baseline_splits);
+            baseline(&mut out, &r, a.baseline_splits, first.0, first.1);
+            flush(&out);
+        }
+    }
+    println!("{out}");
+    eprintln!("[bench] results written to {}", a.out.display());
 }

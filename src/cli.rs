@@ -348,9 +348,10 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
         .await
         .map_err(|e| Error::Other(format!("cannot listen on {}: {e}", a.listen)))?;
     info!(listen = %listener.local_addr().map(|x| x.to_string()).unwrap_or_default(), owner = %a.aws.owner_id, dry_run = a.dry_run, "trafficshift {}", env!("CARGO_PKG_VERSION"));
-    let mut srv_shutdown = shutdown_rx.clone();
+    // The server outlives the drain so probes see /readyz turn 503 before the listener closes.
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, app.clone(), async move {
-        let _ = srv_shutdown.wait_for(|v| *v).await;
+        let _ = stopped_rx.await;
     }));
 
     let (reload_tx, reload_rx) = mpsc::channel(1);
@@ -374,6 +375,7 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
     };
     let mut controller = Controller::new(ctx, opts, app.clone());
     let ok = controller.run(shutdown_rx, reload_rx, watcher).await;
+    let _ = stopped_tx.send(());
     if a.once {
         server.abort();
     } else {

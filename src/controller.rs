@@ -27,6 +27,9 @@ use crate::Error;
 
 pub const MAX_EVENTS: usize = 20;
 
+/// How long a shutdown waits for an in-flight reconcile before abandoning it.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub paths: Vec<PathBuf>,
@@ -360,14 +363,28 @@ impl Controller {
         }
         let mut next_resync = Instant::now() + self.opts.resync;
         loop {
-            let ok = tokio::select! {
-                ok = self.run_due() => ok,
-                _ = shutdown.changed() => {
-                    info!("shutdown requested during a reconcile; abandoning the in-flight AWS call");
-                    self.publish().await;
-                    return true;
+            let (ok, stop) = {
+                let cycle = self.run_due();
+                tokio::pin!(cycle);
+                tokio::select! {
+                    ok = &mut cycle => (ok, false),
+                    _ = shutdown.changed() => {
+                        // Drain: let the in-flight AWS calls finish, within a bound.
+                        info!("shutdown requested: finishing the in-flight reconcile (at most {DRAIN_GRACE:?})");
+                        match tokio::time::timeout(DRAIN_GRACE, &mut cycle).await {
+                            Ok(ok) => (ok, true),
+                            Err(_) => {
+                                warn!("in-flight reconcile abandoned after {DRAIN_GRACE:?}; the next start re-reads live state");
+                                (false, true)
+                            }
+                        }
+                    }
                 }
             };
+            if stop {
+                self.publish().await;
+                return true;
+            }
             if !self.first_cycle_done {
                 self.first_cycle_done = true;
                 self.app.ready.store(true, Ordering::SeqCst);

@@ -589,7 +589,7 @@ async fn plan_split_inner(
             reason: "DriftCorrected",
             message: format!(
                 "Route53 showed {} where trafficshift applied {}; putting it back",
-                obs.weights.as_ref().map(show).unwrap_or_default(),
+                show(&obs.raw_weights),
                 show(&intended)
             ),
         });

@@ -78,8 +78,11 @@ impl Watcher {
         let config: Vec<PathBuf> = paths.to_vec();
         let debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| match res {
             Ok(events) => {
+                // Reading the config opens it (inotify IN_OPEN): access events would make every
+                // reload trigger the next one.
                 let n = events
                     .iter()
+                    .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
                     .filter(|e| e.paths.iter().any(|p| relevant(p, &config)))
                     .count();
                 if n > 0 {

@@ -92,7 +92,7 @@ fn first_convergence_and_steady_state_make_the_minimum_of_calls() {
         "reset after exactly one cycle (ready after {:?})",
         started.elapsed()
     );
-    let status = wait_for(
+    wait_for(
         "every split reconciled a second time",
         Duration::from_secs(120),
         || {
@@ -100,7 +100,6 @@ fn first_convergence_and_steady_state_make_the_minimum_of_calls() {
             (fleet::reconciles(&m) >= 2 * n as u64).then_some(())
         },
     );
-    let _ = status;
     let actual = proxy.stats();
     assert_eq!(
         fleet::reconciles(&c.metrics().expect("metrics")),

@@ -139,22 +139,20 @@ impl Scrape {
         let mut one = Vec::new();
         let mut seen = 0;
         for s in STATES {
-            match self.get(
+            let Some(v) = self.get(
                 "trafficshift_split_state",
                 &[("split", split), ("state", s)],
-            ) {
-                Some(v) if v == 1.0 => {
-                    seen += 1;
-                    one.push(s)
-                }
-                Some(v) => {
-                    seen += 1;
-                    assert_eq!(
-                        v, 0.0,
-                        "trafficshift_split_state{{split={split},state={s}}}"
-                    )
-                }
-                None => {}
+            ) else {
+                continue;
+            };
+            seen += 1;
+            if v == 1.0 {
+                one.push(s);
+            } else {
+                assert_eq!(
+                    v, 0.0,
+                    "trafficshift_split_state{{split={split},state={s}}}"
+                );
             }
         }
         if seen == 0 {

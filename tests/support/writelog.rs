@@ -203,22 +203,34 @@ pub fn batches(entries: &[Entry]) -> Vec<Batch> {
     entries
         .iter()
         .filter(|e| e.service == "route53" && e.operation == "ChangeResourceRecordSets")
-        .map(|e| {
-            let zone = e
-                .path
-                .split("/hostedzone/")
-                .nth(1)
-                .and_then(|r| r.split('/').next())
-                .unwrap_or_default();
-            Batch {
-                seq: e.seq,
-                time: e.time,
-                zone_id: bare_zone_id(zone),
-                accepted: e.accepted(),
-                upstream_status: e.upstream_status,
-                changes: parse_changes(e.body.as_deref().unwrap_or_default()),
-            }
+        .map(|e| Batch {
+            seq: e.seq,
+            time: e.time,
+            zone_id: zone_of_path(&e.path),
+            accepted: e.accepted(),
+            upstream_status: e.upstream_status,
+            changes: parse_changes(e.body.as_deref().unwrap_or_default()),
         })
+        .collect()
+}
+
+/// The hosted zone id in a Route53 request path.
+fn zone_of_path(path: &str) -> String {
+    let zone = path
+        .split("/hostedzone/")
+        .nth(1)
+        .and_then(|r| r.split(['/', '?']).next())
+        .unwrap_or_default();
+    bare_zone_id(zone)
+}
+
+/// (seq, zone id, time) of every ListResourceRecordSets moto answered, in log order.
+pub fn listings(entries: &[Entry]) -> Vec<(usize, String, f64)> {
+    entries
+        .iter()
+        .filter(|e| e.service == "route53" && e.operation == "ListResourceRecordSets")
+        .filter(|e| e.accepted())
+        .map(|e| (e.seq, zone_of_path(&e.path), e.time))
         .collect()
 }
 
@@ -429,8 +441,10 @@ pub struct SplitCheck {
     /// The rollout's steps in percent, ending at 100 (`[100]` without a rollout).
     pub steps: Vec<u32>,
     pub ecs: Option<EcsCheck>,
-    /// (interval, tolerance) in seconds: check that consecutive steps (after the first) were
-    /// written at least interval - tolerance apart, by the proxy's clock.
+    /// (interval, tolerance) in seconds: check that the cycles writing consecutive steps (after
+    /// the first) started at least interval - tolerance apart, by the proxy's clock. A cycle
+    /// starts with its zone listing: its time is that of the last accepted
+    /// ListResourceRecordSets of the zone before the batch (the batch's own time without one).
     pub hold: Option<(f64, f64)>,
 }
 
@@ -528,7 +542,9 @@ pub fn check(entries: &[Entry], initial: &Zones, splits: &[SplitCheck]) -> Outco
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut last_txt: BTreeMap<String, Txt> = BTreeMap::new();
     let mut since_of: BTreeMap<(String, String, usize), u64> = BTreeMap::new();
-    let mut first_time: BTreeMap<(String, usize), f64> = BTreeMap::new();
+    // (cycle start, write time) of the first write of each step.
+    let mut first_time: BTreeMap<(String, usize), (f64, f64)> = BTreeMap::new();
+    let lists = listings(entries);
 
     let ecs = ecs_updates(entries);
     let bs = batches(entries);
@@ -704,18 +720,27 @@ pub fn check(entries: &[Entry], initial: &Zones, splits: &[SplitCheck]) -> Outco
                 }
             }
 
-            // Hold interval by the proxy's clock, between first writes of successive steps.
+            // Hold interval by the proxy's clock, between the cycles that first wrote successive
+            // steps.
             let step_no = txt.as_ref().map_or(idx, |t| t.step);
             let fresh = !first_time.contains_key(&(s.name.clone(), step_no));
             if fresh {
-                first_time.insert((s.name.clone(), step_no), b.time);
+                let cycle = lists
+                    .iter()
+                    .rev()
+                    .find(|(seq, zone, _)| *seq < b.seq && *zone == b.zone_id)
+                    .map_or(b.time, |l| l.2);
+                first_time.insert((s.name.clone(), step_no), (cycle, b.time));
                 if let (Some((interval, tol)), true) = (s.hold, step_no >= 2) {
-                    if let Some(prev) = first_time.get(&(s.name.clone(), step_no - 1)) {
-                        let gap = b.time - prev;
+                    if let Some((prev_cycle, prev_write)) =
+                        first_time.get(&(s.name.clone(), step_no - 1))
+                    {
+                        let gap = cycle - prev_cycle;
                         if gap < interval - tol {
                             v.push(format!(
-                                "{at}: step {step_no} written {gap:.3}s after step {} (interval {interval}s)",
-                                step_no - 1
+                                "{at}: step {step_no} decided {gap:.3}s after step {} (written {:.3}s after; interval {interval}s)",
+                                step_no - 1,
+                                b.time - prev_write
                             ));
                         }
                     }
@@ -787,6 +812,210 @@ mod tests {
         let t = parse_txt(&c[1].values).unwrap();
         assert_eq!(t.step, 1);
         assert_eq!(t.cur, w(&[("a", 83), ("b", 17)]));
+    }
+
+    fn batch_entry(
+        seq: usize,
+        time: f64,
+        changes: &[(&str, &str, i64)],
+        txt: Option<&str>,
+    ) -> Entry {
+        let mut body = String::from("<ChangeBatch><Changes>");
+        for (name, set_id, weight) in changes {
+            body.push_str(&format!(
+                "<Change><Action>UPSERT</Action><ResourceRecordSet><Name>{name}</Name><Type>A</Type><SetIdentifier>{set_id}</SetIdentifier><Weight>{weight}</Weight></ResourceRecordSet></Change>"
+            ));
+        }
+        if let Some(t) = txt {
+            body.push_str(&format!(
+                "<Change><Action>UPSERT</Action><ResourceRecordSet><Name>_trafficshift.r.z.</Name><Type>TXT</Type><ResourceRecords><ResourceRecord><Value>&quot;heritage=trafficshift,owner=o,split=r,{t},drain=&quot;</Value></ResourceRecord></ResourceRecords></ResourceRecordSet></Change>"
+            ));
+        }
+        body.push_str("</Changes></ChangeBatch>");
+        Entry {
+            seq,
+            time,
+            service: "route53".into(),
+            operation: "ChangeResourceRecordSets".into(),
+            path: "/2013-04-01/hostedzone/Z1/rrset".into(),
+            fault: None,
+            status: Some(200),
+            upstream_status: Some(200),
+            body: Some(body),
+        }
+    }
+
+    fn ecs_entry(seq: usize, desired: i64) -> Entry {
+        Entry {
+            seq,
+            time: 0.0,
+            service: "ecs".into(),
+            operation: "UpdateService".into(),
+            path: "/".into(),
+            fault: None,
+            status: Some(200),
+            upstream_status: Some(200),
+            body: Some(format!(
+                r#"{{"cluster":"c","service":"s","desiredCount":{desired}}}"#
+            )),
+        }
+    }
+
+    fn fixture() -> (Zones, SplitCheck) {
+        let mut z = Zones::default();
+        z.add_listing(
+            "/hostedzone/Z1",
+            &[
+                serde_json::json!({"Name": "r.z.", "Type": "A", "SetIdentifier": "a", "Weight": 100}),
+                serde_json::json!({"Name": "r.z.", "Type": "A", "SetIdentifier": "b", "Weight": 0}),
+            ],
+        );
+        let s = SplitCheck {
+            name: "r".into(),
+            record: "r.z".into(),
+            zone_id: "Z1".into(),
+            start: w(&[("a", 100), ("b", 0)]),
+            target: w(&[("a", 0), ("b", 100)]),
+            steps: vec![50, 100],
+            ecs: Some(EcsCheck {
+                backend: "b".into(),
+                cluster: "c".into(),
+                service: "s".into(),
+                tasks_at_full: 10,
+                initial_desired: 1,
+            }),
+            hold: Some((10.0, 0.5)),
+        };
+        (z, s)
+    }
+
+    const START: &str = "start=a:100;b:0";
+
+    #[test]
+    fn a_clean_rollout_passes() {
+        let (z, s) = fixture();
+        let log = [
+            ecs_entry(0, 5),
+            batch_entry(
+                1,
+                100.0,
+                &[("r.z.", "a", 50), ("r.z.", "b", 50)],
+                Some(&format!(
+                    "gen=g,phase=progressing,step=1,since=100,{START},cur=a:50;b:50"
+                )),
+            ),
+            ecs_entry(2, 10),
+            batch_entry(
+                3,
+                110.0,
+                &[("r.z.", "a", 0), ("r.z.", "b", 100)],
+                Some(&format!(
+                    "gen=g,phase=complete,step=2,since=110,{START},cur=a:0;b:100"
+                )),
+            ),
+        ];
+        let o = check(&log, &z, &[s]);
+        assert!(o.violations.is_empty(), "{:?}", o.violations);
+        assert_eq!(
+            o.applied["r"].iter().map(|a| a.index).collect::<Vec<_>>(),
+            [1, 2]
+        );
+    }
+
+    #[test]
+    fn violations_are_found() {
+        let (z, s) = fixture();
+        let log = [
+            // Skips step 1, without capacity, and the TXT lags behind the weights.
+            batch_entry(
+                0,
+                100.0,
+                &[("r.z.", "a", 0), ("r.z.", "b", 100)],
+                Some(&format!(
+                    "gen=g,phase=progressing,step=1,since=100,{START},cur=a:50;b:50"
+                )),
+            ),
+            // Sum 90, a foreign name.
+            batch_entry(
+                1,
+                101.0,
+                &[("r.z.", "a", 0), ("r.z.", "b", 90), ("www.z.", "x", 1)],
+                None,
+            ),
+            // Back to step 1 and the TXT goes back, too soon.
+            batch_entry(
+                2,
+                102.0,
+                &[("r.z.", "a", 50), ("r.z.", "b", 50)],
+                Some(&format!(
+                    "gen=g,phase=progressing,step=0,since=102,{START},cur=a:50;b:50"
+                )),
+            ),
+        ];
+        let o = check(&log, &z, &[s]);
+        let all = o.violations.join("\n");
+        for want in [
+            "skipped from step start to step 2",
+            "desiredCount 1 < 10",
+            "TXT cur a=50 b=50 differs",
+            "weights sum to 90",
+            "foreign name www.z.",
+            "moved backwards from step 2 to step 1",
+            "TXT step went back 1 -> 0",
+        ] {
+            assert!(all.contains(want), "{want:?} not found in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_short_hold_and_a_step_applied_twice_are_found() {
+        let (z, s) = fixture();
+        let mut s = s;
+        s.steps = vec![25, 50, 75, 100];
+        let log = [
+            ecs_entry(0, 10),
+            batch_entry(
+                1,
+                100.0,
+                &[("r.z.", "a", 75), ("r.z.", "b", 25)],
+                Some(&format!(
+                    "gen=g,phase=progressing,step=1,since=100,{START},cur=a:75;b:25"
+                )),
+            ),
+            batch_entry(
+                2,
+                101.0,
+                &[("r.z.", "a", 50), ("r.z.", "b", 50)],
+                Some(&format!(
+                    "gen=g,phase=progressing,step=2,since=101,{START},cur=a:50;b:50"
+                )),
+            ),
+            batch_entry(
+                3,
+                105.0,
+                &[],
+                Some(&format!(
+                    "gen=g,phase=progressing,step=2,since=105,{START},cur=a:50;b:50"
+                )),
+            ),
+            batch_entry(
+                4,
+                108.0,
+                &[("r.z.", "a", 25), ("r.z.", "b", 75)],
+                Some(&format!(
+                    "gen=g,phase=progressing,step=3,since=108,{START},cur=a:25;b:75"
+                )),
+            ),
+        ];
+        let o = check(&log, &z, &[s]);
+        let all = o.violations.join("\n");
+        for want in [
+            "step 2 applied twice (since 101 then 105)",
+            "TXT since 108 of step 3 is less than 10s after 105 of step 2",
+            "step 3 decided 7.000s after step 2",
+        ] {
+            assert!(all.contains(want), "{want:?} not found in:\n{all}");
+        }
     }
 
     #[test]
