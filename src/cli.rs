@@ -305,7 +305,7 @@ async fn plan(a: PlanArgs) -> Result<i32> {
             gates: Default::default(),
         })
         .collect();
-    let outcomes = reconcile::cycle(&ctx, work, crate::status::now_unix(), false).await;
+    let outcomes = reconcile::cycle(&ctx, work, crate::status::now_unix_ms(), false).await;
     let mut code = 0;
     for o in outcomes {
         match o.result {

@@ -20,8 +20,8 @@ use crate::rollout::{Note, SplitState};
 use crate::server::AppState;
 use crate::spec::{fqdn, load_paths, SplitDoc};
 use crate::status::{
-    now_unix, rfc3339, BackendStatus, Condition, ConfigStatus, ControllerStatus, EcsStatus, Event,
-    GateStatus, SplitStatus,
+    now_unix, now_unix_ms, rfc3339, BackendStatus, Condition, ConfigStatus, ControllerStatus,
+    EcsStatus, Event, GateStatus, SplitStatus,
 };
 use crate::Error;
 
@@ -250,7 +250,7 @@ impl Controller {
             return true;
         }
         let started = std::time::Instant::now();
-        let outcomes = reconcile::cycle(&self.ctx, work, now_unix(), true).await;
+        let outcomes = reconcile::cycle(&self.ctx, work, now_unix_ms(), true).await;
         let elapsed = started.elapsed().as_secs_f64();
         let mut all_ok = true;
         for o in outcomes {

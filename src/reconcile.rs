@@ -163,7 +163,8 @@ struct Pending {
 }
 
 /// Run one cycle. `apply` false computes the plan only.
-pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec<Outcome> {
+/// `now_ms`: Unix time in milliseconds.
+pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> Vec<Outcome> {
     // 1. Zones and listings: one pass per zone, or targeted lists when cheaper.
     let mut by_zone: BTreeMap<String, Vec<Work>> = BTreeMap::new();
     for w in work {
@@ -323,7 +324,7 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now: u64, apply: bool) -> Vec
     join_all(
         pending
             .iter_mut()
-            .map(|p| plan_split(ctx, p, &services, &cluster_errors, now)),
+            .map(|p| plan_split(ctx, p, &services, &cluster_errors, now_ms)),
     )
     .await;
 
@@ -510,9 +511,9 @@ async fn plan_split(
     p: &mut Pending,
     services: &HashMap<(String, String), EcsService>,
     cluster_errors: &HashMap<String, Error>,
-    now: u64,
+    now_ms: u64,
 ) {
-    match plan_split_inner(ctx, p, services, cluster_errors, now).await {
+    match plan_split_inner(ctx, p, services, cluster_errors, now_ms).await {
         Ok(r) => p.report = Some(r),
         Err(e) => p.error = Some(e),
     }
@@ -523,8 +524,9 @@ async fn plan_split_inner(
     p: &mut Pending,
     services: &HashMap<(String, String), EcsService>,
     cluster_errors: &HashMap<String, Error>,
-    now: u64,
+    now_ms: u64,
 ) -> Result<Report> {
+    let now = now_ms / 1000;
     let split = p.work.doc.split.clone();
     let targets = resolve_targets(ctx, &split, services, cluster_errors).await?;
     let refs: Vec<&RecordSet> = p.records.iter().collect();
@@ -569,7 +571,7 @@ async fn plan_split_inner(
         observed: obs.weights.as_ref(),
         ecs: &ecs_obs,
         gates: &summary,
-        now,
+        now_ms,
     });
     notes.extend(d.notes.iter().cloned());
 

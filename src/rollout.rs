@@ -78,7 +78,9 @@ pub struct Inputs<'a> {
     /// Live ECS services by backend name; a missing entry means the service was not found.
     pub ecs: &'a BTreeMap<String, EcsObs>,
     pub gates: &'a GateSummary,
-    pub now: u64,
+    /// Unix time in milliseconds. Stored times are whole seconds rounded up and compared with
+    /// the time rounded down, so a hold interval is never cut short by rounding.
+    pub now_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +175,9 @@ fn capacity_gap(
 
 pub fn decide(i: &Inputs) -> Decision {
     let split = i.split;
+    // `now` for comparisons (rounded down), `stamp` for times written down (rounded up).
+    let now = i.now_ms / 1000;
+    let stamp = i.now_ms.div_ceil(1000);
     let target = usable(split, &split.spec.weights).unwrap_or_else(|| split.spec.weights.clone());
     let steps = split.spec.steps();
     let n = steps.len();
@@ -212,7 +217,7 @@ pub fn decide(i: &Inputs) -> Decision {
                     Phase::Progressing
                 },
                 step: if done { n } else { 0 },
-                since: i.now,
+                since: stamp,
                 current: start.clone(),
                 start,
                 drains: i.stored.map(|s| s.drains.clone()).unwrap_or_default(),
@@ -245,7 +250,7 @@ pub fn decide(i: &Inputs) -> Decision {
                         });
                         st.current = st.start.clone();
                         st.phase = Phase::RolledBack;
-                        st.since = i.now;
+                        st.since = stamp;
                         SplitState::RolledBack
                     }
                     OnGateFailure::Hold => {
@@ -259,12 +264,8 @@ pub fn decide(i: &Inputs) -> Decision {
             } else {
                 let next = interpolate(&st.start, &target, steps[st.step.min(n - 1)]);
                 // The first step leaves the start split at once; later ones hold for the interval.
-                let due = if st.step == 0 {
-                    st.since
-                } else {
-                    st.since + interval
-                };
-                if i.now < due {
+                let due = if st.step == 0 { 0 } else { st.since + interval };
+                if now < due {
                     waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
                     next_step_at = Some(due);
                     SplitState::Progressing
@@ -302,12 +303,12 @@ pub fn decide(i: &Inputs) -> Decision {
                                 ),
                             });
                             st.current = next;
-                            st.since = i.now;
+                            st.since = stamp;
                             if st.step >= n {
                                 st.phase = Phase::Complete;
                                 SplitState::Complete
                             } else {
-                                next_step_at = Some(i.now + interval);
+                                next_step_at = Some(stamp + interval);
                                 SplitState::Progressing
                             }
                         }
@@ -336,15 +337,14 @@ pub fn decide(i: &Inputs) -> Decision {
             let after = want.get(&b.name).copied().unwrap_or(0);
             if after < before {
                 let share = match st.drains.get(&b.name) {
-                    Some(d) if d.until > i.now => d.share.max(before),
+                    Some(d) if d.until > now => d.share.max(before),
                     _ => before,
                 };
                 st.drains.insert(
                     b.name.clone(),
                     Drain {
                         share,
-                        // `now` is whole seconds: +1 so a drain never ends early.
-                        until: i.now + drain_secs + 1,
+                        until: stamp + drain_secs,
                     },
                 );
             }
@@ -359,7 +359,7 @@ pub fn decide(i: &Inputs) -> Decision {
             a == b && st.drains == s.drains
         });
         if !unchanged {
-            st.drains.retain(|_, d| d.until > i.now);
+            st.drains.retain(|_, d| d.until > now);
         }
     }
 
@@ -368,7 +368,7 @@ pub fn decide(i: &Inputs) -> Decision {
         let Some(cfg) = &b.ecs else { continue };
         let mut share = want.get(&b.name).copied().unwrap_or(0);
         share = share.max(observed_or_zero.get(&b.name).copied().unwrap_or(0));
-        if let Some(d) = st.drains.get(&b.name).filter(|d| d.until > i.now) {
+        if let Some(d) = st.drains.get(&b.name).filter(|d| d.until > now) {
             share = share.max(d.share);
             if d.share > want.get(&b.name).copied().unwrap_or(0)
                 && waiting_for.is_none()
@@ -454,7 +454,7 @@ mod tests {
                 observed: self.observed.as_ref(),
                 ecs: &self.ecs,
                 gates: &self.gates,
-                now: self.now,
+                now_ms: self.now * 1000,
             })
         }
         /// Decide and apply the decision the way the reconciler does (ECS scales and settles).
