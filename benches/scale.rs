@@ -799,7 +799,7 @@ fn plan_bench(out: &mut String, n: usize, iters: usize) {
                 observed: obs.weights.as_ref(),
                 ecs: &ecs,
                 gates: &gates,
-                now,
+                now_ms: now * 1000,
             });
             let intended = obs
                 .state
