@@ -179,13 +179,7 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
         let zone = match ctx.zone(&zone_ref).await {
             Ok(z) => z,
             Err(e) => {
-                for w in group {
-                    outcomes.push(Outcome {
-                        name: w.doc.split.name().to_string(),
-                        result: Err(clone_err(&e)),
-                        gates: w.gates,
-                    });
-                }
+                fail_all(group, &e, &mut outcomes);
                 continue;
             }
         };
@@ -244,15 +238,7 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
                     });
                 }
             }
-            Err(e) => {
-                for w in group {
-                    outcomes.push(Outcome {
-                        name: w.doc.split.name().to_string(),
-                        result: Err(clone_err(&e)),
-                        gates: w.gates,
-                    });
-                }
-            }
+            Err(e) => fail_all(group, &e, &mut outcomes),
         }
     }
 
@@ -347,6 +333,17 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
         });
     }
     outcomes
+}
+
+/// A failure shared by every split of a zone (its lookup or listing failed).
+fn fail_all(group: Vec<Work>, e: &Error, outcomes: &mut Vec<Outcome>) {
+    for w in group {
+        outcomes.push(Outcome {
+            name: w.doc.split.name().to_string(),
+            result: Err(clone_err(e)),
+            gates: w.gates,
+        });
+    }
 }
 
 /// Errors are not Clone (they wrap sources); a shared failure is copied as its message.
