@@ -389,7 +389,8 @@ pub fn route53_changes(
             }),
         }
     }
-    let txt_value = to_txt_values(&state.encode());
+    let encoded = state.encode();
+    let txt_value = to_txt_values(&encoded);
     let txt_record = RecordSet {
         name: txt_name(&fqdn(&split.spec.record.name)),
         rtype: "TXT".into(),
@@ -404,7 +405,7 @@ pub fn route53_changes(
     let txt_same = obs
         .txt
         .as_ref()
-        .is_some_and(|t| from_txt_values(&t.values) == state.encode() && t.ttl == txt_record.ttl);
+        .is_some_and(|t| from_txt_values(&t.values) == encoded && t.ttl == txt_record.ttl);
     if !txt_same {
         out.push(PlannedChange {
             change: Change {
@@ -432,23 +433,28 @@ fn phase_word(s: &RolloutState) -> &'static str {
     }
 }
 
-/// Route53's limits on one ChangeResourceRecordSets call.
+/// Route53's limits on one ChangeResourceRecordSets call: changes, ResourceRecord elements and
+/// characters in Value elements (the last two count UPSERTs twice; alias records have none).
 pub const MAX_CHANGES_PER_BATCH: usize = 1000;
+pub const MAX_RECORD_ELEMENTS_PER_BATCH: usize = 1000;
 pub const MAX_VALUE_CHARS_PER_BATCH: usize = 32_000;
 
-/// Characters Route53 counts toward the batch limit (values, twice for UPSERT).
-pub fn change_chars(c: &Change) -> usize {
-    let chars: usize = c.record.values.iter().map(|v| v.len()).sum::<usize>()
-        + c.record
-            .alias
-            .as_ref()
-            .map(|a| a.dns_name.len())
-            .unwrap_or(0);
+fn upsert_factor(c: &Change) -> usize {
     if c.action == ChangeAction::Upsert {
-        2 * chars
+        2
     } else {
-        chars
+        1
     }
+}
+
+/// ResourceRecord elements Route53 counts toward the batch limit.
+pub fn change_elements(c: &Change) -> usize {
+    c.record.values.len() * upsert_factor(c)
+}
+
+/// Characters of Value elements Route53 counts toward the batch limit.
+pub fn change_chars(c: &Change) -> usize {
+    c.record.values.iter().map(|v| v.len()).sum::<usize>() * upsert_factor(c)
 }
 
 /// Route53 weights must agree on type and TTL across the set; check what we are about to write

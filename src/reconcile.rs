@@ -67,6 +67,15 @@ impl Context {
         Ok(z)
     }
 
+    /// Keep the cached record count true (it chooses between a full pass and targeted lists):
+    /// set it from a full pass, or move it by what an applied batch created and deleted.
+    fn update_zone_count(&self, zone_id: &str, f: impl Fn(i64) -> i64) {
+        let mut cache = self.cache.lock().expect("cache lock");
+        for (z, _) in cache.zones.values_mut().filter(|(z, _)| z.id == zone_id) {
+            z.record_count = f(z.record_count).max(0);
+        }
+    }
+
     async fn cached_target<F, Fut>(&self, key: String, f: F) -> Result<AliasTarget>
     where
         F: FnOnce() -> Fut,
@@ -210,6 +219,7 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
             }
         } else {
             ctx.aws.dns.list_all(&zone.id).await.map(|all| {
+                ctx.update_zone_count(&zone.id, |_| all.len() as i64);
                 let mut m: HashMap<String, Vec<RecordSet>> = HashMap::new();
                 for n in &names {
                     let txt = crate::state::txt_name(n);
@@ -691,7 +701,10 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
             let comment = comment_for(pending, &chunk);
             let res = submit(ctx, &zone_id, &comment, &changes).await;
             match res {
-                Ok(()) => mark_applied(pending, &chunk),
+                Ok(()) => {
+                    ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
+                    mark_applied(pending, &chunk)
+                }
                 Err(e) if chunk.len() > 1 && !e.is_retryable() => {
                     // One bad split must not block the zone (external-dns #421): retry alone.
                     warn!(zone = %zone_id, error = %e, "batch rejected; retrying split by split");
@@ -699,7 +712,10 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
                         let changes = changes_of(pending, &[i]);
                         let comment = comment_for(pending, &[i]);
                         match submit(ctx, &zone_id, &comment, &changes).await {
-                            Ok(()) => mark_applied(pending, &[i]),
+                            Ok(()) => {
+                                ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
+                                mark_applied(pending, &[i])
+                            }
                             Err(e) => pending[i].error = Some(e),
                         }
                     }
@@ -738,6 +754,18 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
             }
         }
     }
+}
+
+/// Records a batch adds to its zone (creates minus deletes).
+fn net_records(changes: &[Change]) -> i64 {
+    changes
+        .iter()
+        .map(|c| match c.action {
+            crate::aws::ChangeAction::Create => 1,
+            crate::aws::ChangeAction::Delete => -1,
+            crate::aws::ChangeAction::Upsert => 0,
+        })
+        .sum()
 }
 
 /// The Route53 changes of the given splits, in order.
@@ -796,10 +824,15 @@ fn log_changes(p: &Pending) {
 /// Group splits' changes into batches within Route53's limits, never splitting one split.
 fn batches(pending: &[Pending], idxs: &[usize]) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
-    let (mut n, mut chars) = (0usize, 0usize);
+    let (mut n, mut elements, mut chars) = (0usize, 0usize, 0usize);
     for &i in idxs {
         let r = pending[i].report.as_ref().expect("has report");
         let cn = r.route53.len();
+        let ce: usize = r
+            .route53
+            .iter()
+            .map(|c| plan::change_elements(&c.change))
+            .sum();
         let cc: usize = r
             .route53
             .iter()
@@ -807,14 +840,15 @@ fn batches(pending: &[Pending], idxs: &[usize]) -> Vec<Vec<usize>> {
             .sum();
         if out.is_empty()
             || n + cn > plan::MAX_CHANGES_PER_BATCH
+            || elements + ce > plan::MAX_RECORD_ELEMENTS_PER_BATCH
             || chars + cc > plan::MAX_VALUE_CHARS_PER_BATCH
         {
             out.push(Vec::new());
-            n = 0;
-            chars = 0;
+            (n, elements, chars) = (0, 0, 0);
         }
         out.last_mut().expect("pushed").push(i);
         n += cn;
+        elements += ce;
         chars += cc;
     }
     out

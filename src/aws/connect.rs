@@ -69,7 +69,9 @@ pub fn from_config(opts: &AwsOptions, config: &SdkConfig) -> Aws {
             .region(Region::new(FALLBACK_REGION))
             .build()
     };
-    let limiter = Arc::new(RateLimiter::new(opts.route53_rps));
+    // A burst of 3 lets a quiet controller list and write without waiting a token interval in
+    // between; the sustained rate stays at route53_rps.
+    let limiter = Arc::new(RateLimiter::with_burst(opts.route53_rps, 3));
     Aws {
         dns: Arc::new(Route53Dns::new(
             aws_sdk_route53::Client::new(&config),
