@@ -457,8 +457,9 @@ pub fn change_chars(c: &Change) -> usize {
     c.record.values.iter().map(|v| v.len()).sum::<usize>() * upsert_factor(c)
 }
 
-/// Route53 weights must agree on type and TTL across the set; check what we are about to write
-/// together with what stays, since moto does not.
+/// Last guard before a batch leaves: every weight within Route53's 0-255, which moto does not
+/// enforce. (Type and TTL agree by construction: `route53_changes` writes every record of a set
+/// from one spec.)
 pub fn check_batch(changes: &[Change]) -> Result<()> {
     for c in changes {
         if let Some(w) = c.record.weight {
