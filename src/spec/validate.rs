@@ -75,9 +75,55 @@ struct Checker {
     problems: Vec<(String, String)>,
 }
 
+/// Where a named list entry is and what it is called.
+struct Entry<'p, 'a> {
+    at: &'p str,
+    what: &'static str,
+    name: &'a str,
+    i: usize,
+}
+
 impl Checker {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push((path.into(), message.into()));
+    }
+
+    /// The checks every named list entry (backend, gate) shares: a valid name, unique in its
+    /// list, exactly one kind.
+    fn entry<'a>(
+        &mut self,
+        e: Entry<'_, 'a>,
+        name_ok: Result<(), &str>,
+        first: &mut HashMap<&'a str, usize>,
+        kinds: &[&str],
+        allowed: &str,
+    ) {
+        let (at, what, name) = (e.at, e.what, e.name);
+        if let Err(rule) = name_ok {
+            self.err(
+                format!("{at}.name"),
+                format!("{what} name '{name}' is invalid: use {rule}"),
+            );
+        }
+        if let Some(j) = first.get(name) {
+            self.err(
+                format!("{at}.name"),
+                format!("duplicate {what} name '{name}' (first at index {j})"),
+            );
+        } else {
+            first.insert(name, e.i);
+        }
+        if kinds.len() != 1 {
+            let found = if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(" and ")
+            };
+            self.err(
+                at.to_string(),
+                format!("{what} '{name}' needs exactly one of {allowed}; found {found}"),
+            );
+        }
     }
 }
 
@@ -228,38 +274,21 @@ fn check_backends(c: &mut Checker, split: &TrafficSplit) {
     let mut first: HashMap<&str, usize> = HashMap::new();
     for (i, b) in backends.iter().enumerate() {
         let at = format!("spec.backends[{i}]");
-        if !is_backend_name(&b.name) {
-            c.err(
-                format!("{at}.name"),
-                format!(
-                    "backend name '{}' is invalid: use 1-128 letters, digits, '-' and '_'",
-                    b.name
-                ),
-            );
-        }
-        if let Some(j) = first.get(b.name.as_str()) {
-            c.err(
-                format!("{at}.name"),
-                format!("duplicate backend name '{}' (first at index {j})", b.name),
-            );
-        } else {
-            first.insert(&b.name, i);
-        }
         let kinds = backend_kinds(b);
-        if kinds.len() != 1 {
-            let found = if kinds.is_empty() {
-                "none".to_string()
-            } else {
-                kinds.join(" and ")
-            };
-            c.err(
-                at.clone(),
-                format!(
-                    "backend '{}' needs exactly one of apiGateway, ecs or target; found {found}",
-                    b.name
-                ),
-            );
-        }
+        c.entry(
+            Entry {
+                at: &at,
+                what: "backend",
+                name: &b.name,
+                i,
+            },
+            is_backend_name(&b.name)
+                .then_some(())
+                .ok_or("1-128 letters, digits, '-' and '_'"),
+            &mut first,
+            &kinds,
+            "apiGateway, ecs or target",
+        );
         if let Some(api) = &b.api_gateway {
             if let Some(problem) = dns_name_problem(&api.domain_name) {
                 c.err(
@@ -561,38 +590,21 @@ fn check_gates(c: &mut Checker, split: &TrafficSplit) {
     let ecs_backend = |name: &str| split.backend(name).is_some_and(|b| b.ecs.is_some());
     for (i, g) in gates.iter().enumerate() {
         let at = format!("spec.gates[{i}]");
-        if !is_lower_name(&g.name) {
-            c.err(
-                format!("{at}.name"),
-                format!(
-                    "gate name '{}' is invalid: use 1-63 lowercase letters, digits and '-'",
-                    g.name
-                ),
-            );
-        }
-        if let Some(j) = first.get(g.name.as_str()) {
-            c.err(
-                format!("{at}.name"),
-                format!("duplicate gate name '{}' (first at index {j})", g.name),
-            );
-        } else {
-            first.insert(&g.name, i);
-        }
         let kinds = gate_kinds(g);
-        if kinds.len() != 1 {
-            let found = if kinds.is_empty() {
-                "none".to_string()
-            } else {
-                kinds.join(" and ")
-            };
-            c.err(
-                at.clone(),
-                format!(
-                    "gate '{}' needs exactly one of cloudwatchAlarm, ecsStable, targetHealth, prometheus or http; found {found}",
-                    g.name
-                ),
-            );
-        }
+        c.entry(
+            Entry {
+                at: &at,
+                what: "gate",
+                name: &g.name,
+                i,
+            },
+            is_lower_name(&g.name)
+                .then_some(())
+                .ok_or("1-63 lowercase letters, digits and '-'"),
+            &mut first,
+            &kinds,
+            "cloudwatchAlarm, ecsStable, targetHealth, prometheus or http",
+        );
         if let Some(cw) = &g.cloudwatch_alarm {
             if cw.alarm_names.is_empty() {
                 c.err(
