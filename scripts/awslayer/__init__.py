@@ -62,7 +62,8 @@ def _parse_bool(value) -> bool:
 
 
 def env_name(name: str) -> str:
-    return "FAULTPROXY_" + name.upper()
+    """FAULTPROXY_ and the flag: --task-start -> FAULTPROXY_TASK_START."""
+    return "FAULTPROXY_" + SETTINGS[name][0][2:].upper().replace("-", "_")
 
 
 def add_arguments(parser):
@@ -216,7 +217,7 @@ class Layer:
     # --- hooks ----------------------------------------------------------------------------------
 
     def context(self, service, operation, method, path, headers, body, protocol, entry) -> Ctx | None:
-        if not self.settings.active:
+        if not (self.settings.active or self.r53.prior_request_budget):
             return None
         ctx = Ctx(service, operation, method, path, headers, body, protocol, entry)
         if service in ("ecs", "application-autoscaling", "elbv2"):
@@ -228,7 +229,7 @@ class Layer:
         """None to forward; else (status, headers, body) already answered by the layer."""
         s = self.settings
         try:
-            if ctx.service == "route53" and s.route53:
+            if ctx.service == "route53" and (s.route53 or self.r53.prior_request_budget):
                 answer = self.r53.before(ctx, roll)
                 if answer is not None:
                     status, headers, body, fault, reason = answer
@@ -240,6 +241,7 @@ class Layer:
                         self.refuse(ctx, reason)
                     self.capacity(ctx)
                     return status, headers, body
+            if ctx.service == "route53":
                 self.capacity(ctx)
             elif ctx.service == "ecs" and s.ecs:
                 self.ecs.before(ctx)

@@ -56,8 +56,10 @@ class Service:
         self.target_groups: list[tuple[str, int]] = []  # (arn, container port)
         self.next_slot = LONG_AGO
         self.failing_since: float | None = None
+        self.short_since: float | None = None  # since when fewer tasks run than desired
         self.unhealthy = False
         self.n_tasks = 0
+        self.n_deps = 0
         self.template: dict = {}
 
     @property
@@ -106,7 +108,7 @@ class EcsModel:
         label = f"{cluster}/{service}"
         now = self.layer.now()
         with self.lock:
-            m = self.modes.setdefault(label, {"failing": False, "unhealthy": False})
+            m = self.modes.setdefault(label, {})
             if mode in ("failing", "normal"):
                 m["failing"] = mode == "failing"
             else:
@@ -117,9 +119,10 @@ class EcsModel:
                     self._advance(svc, now)
 
     def _apply_mode(self, svc: Service, now: float):
+        # POST /__proxy/ecs overrides the flags for its service.
         m = self.modes.get(svc.label) or {}
-        failing = bool(m.get("failing")) or svc.label in self.s.failing_services
-        svc.unhealthy = bool(m.get("unhealthy")) or svc.label in self.s.unhealthy_services
+        failing = m["failing"] if "failing" in m else svc.label in self.s.failing_services
+        svc.unhealthy = m["unhealthy"] if "unhealthy" in m else svc.label in self.s.unhealthy_services
         if failing and svc.failing_since is None:
             svc.failing_since = now
             for dep in svc.deployments:
@@ -168,7 +171,8 @@ class EcsModel:
                     dep.tasks = [Task(self._ip(svc), LONG_AGO) for _ in range(svc.desired)]
                     self._complete(dep, now)
             elif svc.deployments[0].task_definition != td and td:
-                dep = Deployment(self._dep_id(svc, len(svc.deployments) + svc.n_tasks), td, now)
+                svc.n_deps += 1
+                dep = Deployment(self._dep_id(svc, svc.n_deps), td, now)
                 svc.deployments.insert(0, dep)
             self._advance(svc, now)
             return svc
@@ -253,6 +257,7 @@ class EcsModel:
         dep.rollout, dep.reason, dep.updated = "COMPLETED", f"ECS deployment {dep.id} completed.", now
 
     def _advance(self, svc: Service, now: float):
+        self._apply_mode(svc, now)  # flags may have changed through POST /__proxy/config
         primary = svc.deployments[0]
         live = [t for t in primary.tasks if t.stop is None]
         for _ in range(svc.desired - len(live)):
@@ -269,6 +274,13 @@ class EcsModel:
                 svc.next_slot = max(now, svc.next_slot) + self._task_start()
                 t.ready = svc.next_slot
         running = sum(1 for t in primary.tasks if t.running(now) and t.drain is None)
+        if running >= svc.desired:
+            svc.short_since = None
+        elif svc.short_since is None:
+            svc.short_since = now
+        if svc.failing_since is not None and svc.short_since is not None and primary.rollout == "COMPLETED":
+            # Tasks keep failing to start: ECS is deploying again, and its circuit breaker watches.
+            primary.rollout, primary.reason, primary.updated = "IN_PROGRESS", f"ECS deployment {primary.id} in progress.", now
         if primary.rollout == "IN_PROGRESS":
             if running >= svc.desired:
                 # The new deployment is serving: the old ones drain.
@@ -281,7 +293,7 @@ class EcsModel:
                 ):
                     self._complete(primary, now)
             elif svc.failing_since is not None:
-                start = max(primary.created, svc.failing_since)
+                start = max(primary.created, svc.failing_since, svc.short_since)
                 if now >= start + self._circuit_breaker():
                     primary.rollout = "FAILED"
                     primary.reason = "ECS deployment circuit breaker: tasks failed to start."
