@@ -391,6 +391,11 @@ class EcsModel:
             return True
         if ctx.operation in ("UpdateService", "CreateService") and isinstance(doc.get("service"), dict):
             svc = self.observe(doc["service"], ctx.region, created=ctx.operation == "CreateService")
+            if svc and ctx.operation == "UpdateService" and _force(ctx):
+                with self.lock:
+                    svc.n_deps += 1
+                    svc.deployments.insert(0, Deployment(self._dep_id(svc, svc.n_deps), svc.deployments[0].task_definition, now))
+                    self._advance(svc, now)
             if svc:
                 self.render_service(doc["service"], svc, now)
             return True
@@ -537,3 +542,10 @@ class EcsModel:
                     self.autoscale_once(region, akid)
                 except (UpstreamError, OSError, ValueError, KeyError) as exc:
                     self.layer.last_error = f"autoscaling: {exc}"
+
+
+def _force(ctx) -> bool:
+    try:
+        return bool(ctx.json_body().get("forceNewDeployment"))
+    except ValueError:
+        return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import struct
+import threading
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
@@ -156,11 +157,20 @@ def xml_text(el: ET.Element | None, path: str, ns: str, default=None):
     return default if found is None or found.text is None else found.text
 
 
+_XML_LOCK = threading.Lock()
+
+
 def xml_dump(root: ET.Element) -> bytes:
+    """Serialise with the document's namespace as the default one, as AWS writes it (no ns0: prefixes).
+
+    ElementTree keeps one global prefix map, so registering and writing happen under one lock.
+    """
     ns = xml_ns(root)
-    if ns:
-        ET.register_namespace("", ns[1:-1])
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8")
+    with _XML_LOCK:
+        if ns:
+            ET.register_namespace("", ns[1:-1])
+        text = ET.tostring(root, encoding="unicode")
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + text.encode()
 
 
 def form_params(body: bytes, query: str = "") -> dict[str, str]:

@@ -11,6 +11,7 @@ import json
 import time
 import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 
 import botocore.exceptions
 import pytest
@@ -152,6 +153,11 @@ def test_new_task_definition_is_a_second_deployment_that_drains(start_proxy, cli
     (primary,) = s["deployments"]
     assert (primary["taskDefinition"], primary["rolloutState"], primary["runningCount"]) == (td2, "COMPLETED", 2)
     assert s["runningCount"] == 2
+    # forceNewDeployment also starts a deployment, of the same task definition.
+    client("ecs", proxy.url).update_service(cluster=cluster, service="api", forceNewDeployment=True)
+    deps = service(client, proxy.url, cluster)["deployments"]
+    assert [(d["status"], d["taskDefinition"]) for d in deps] == [("PRIMARY", td2), ("ACTIVE", td2)]
+    assert deps[0]["id"] != primary["id"] and deps[1]["id"] == primary["id"]
 
 
 def test_failing_service_never_runs_and_the_circuit_breaker_fails_the_deployment(
@@ -233,6 +239,10 @@ def test_unhealthy_mode(start_proxy, client, moto_url, unique):
     cluster, _, tg = world(client, moto_url, unique, desired=2, target_group={})
     proxy = start_proxy("--fault-rate", "0", "--task-start", "0", "--health-check-seconds", "0")
     assert states(client, proxy.url, tg) == ["healthy", "healthy"]  # already there: serving
+    xml = query(proxy, "elasticloadbalancing", {"Action": "DescribeTargetHealth", "Version": "2015-12-01",
+                                                 "TargetGroupArn": tg})
+    assert xml.count("<State>healthy</State>") == 2 and "ns0:" not in xml
+    assert '<DescribeTargetHealthResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/">' in xml
     proxy.control("ecs", {"cluster": cluster, "service": "api", "mode": "unhealthy"})
     d = client("elbv2", proxy.url).describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
     assert [x["TargetHealth"]["State"] for x in d] == ["unhealthy", "unhealthy"]
@@ -304,6 +314,10 @@ def test_route53_refuses_what_real_route53_refuses(start_proxy, client, moto_url
             ("CREATE", rr(f"w.{name}", SetIdentifier="blue", Weight=10)),
             ("CREATE", rr(f"plain.{name}", values=("192.0.2.7",), ttl=300)),
             ("CREATE", rr(f"c.{name}", typ="CNAME", values=("target.example.com",))),
+            ("CREATE", rr(f"t.{name}", typ="TXT", values=('"owner=a"', '"v=1"'))),
+            ("CREATE", {"Name": f"al.{name}", "Type": "A", "SetIdentifier": "x", "Weight": 0, "AliasTarget": {
+                "HostedZoneId": "Z35SXDOTRQ7X7K", "DNSName": "dualstack.lb-1.us-east-1.elb.amazonaws.com.",
+                "EvaluateTargetHealth": True}}),
         ),
     )
     proxy = start_proxy("--fault-rate", "0", "--route53-validate")
@@ -367,6 +381,11 @@ def test_route53_refuses_what_real_route53_refuses(start_proxy, client, moto_url
             ("DELETE", rr(f"w.{name}", SetIdentifier="blue", Weight=10)),
             ("CREATE", rr(f"w.{name}", SetIdentifier="blue", Weight=255)),
             ("UPSERT", {"Name": f"cf.{name}", "Type": "A", "AliasTarget": dict(cf, EvaluateTargetHealth=False)}),
+            # (moto itself wants a DELETE to repeat the CREATE byte for byte, value order included)
+            ("DELETE", rr(f"t.{name}", typ="TXT", values=('"owner=a"', '"v=1"'))),
+            ("DELETE", {"Name": f"al.{name}", "Type": "A", "SetIdentifier": "x", "Weight": 0, "AliasTarget": {
+                "HostedZoneId": "Z35SXDOTRQ7X7K", "DNSName": "dualstack.lb-1.us-east-1.elb.amazonaws.com.",
+                "EvaluateTargetHealth": True}}),
         ),
     )
     assert refused(proxy) == []
@@ -472,6 +491,20 @@ def test_alarm_held_until_released_also_over_awsquery(start_proxy, client, uniqu
     assert alarm_state(cw, name) == "OK" and query_state() == "OK"
 
 
+def query(proxy, signing: str, params: dict) -> str:
+    """An awsQuery request as the Rust SDK sends it (CloudWatch 1.99, ELBv2)."""
+    req = urllib.request.Request(
+        proxy.url + "/", data=urllib.parse.urlencode(params).encode(), method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": f"AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{signing}/aws4_request, "
+            "SignedHeaders=host, Signature=0",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.read().decode()
+
+
 def test_alb_5xx_metrics_are_absent_without_errors(start_proxy, client, moto_url, unique):
     lb = f"app/rl-{unique}/0123456789abcdef"
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -497,6 +530,23 @@ def test_alb_5xx_metrics_are_absent_without_errors(start_proxy, client, moto_url
     assert values(moto_url) == {"errors": [0.0], "requests": [0.0]}  # moto reports the zero
     proxy = start_proxy("--fault-rate", "0", "--alb-5xx-absent")
     assert values(proxy.url) == {"errors": [], "requests": [0.0]}
+    params = {"Action": "GetMetricData", "Version": "2010-08-01",
+              "StartTime": window["StartTime"].isoformat(), "EndTime": window["EndTime"].isoformat()}
+    for i, q in enumerate(queries, start=1):
+        p = f"MetricDataQueries.member.{i}."
+        m = q["MetricStat"]["Metric"]
+        params.update({p + "Id": q["Id"], p + "MetricStat.Period": "60", p + "MetricStat.Stat": "Sum",
+                       p + "MetricStat.Metric.Namespace": m["Namespace"], p + "MetricStat.Metric.MetricName": m["MetricName"],
+                       p + "MetricStat.Metric.Dimensions.member.1.Name": "LoadBalancer",
+                       p + "MetricStat.Metric.Dimensions.member.1.Value": lb})
+    root = ET.fromstring(query(proxy, "monitoring", params))
+    ns = root.tag[: root.tag.index("}") + 1]
+    by_id = {
+        r.find(f"{ns}Id").text: [float(v.text) for v in r.findall(f"{ns}Values/{ns}member")]
+        for r in root.iter(f"{ns}member")
+        if r.find(f"{ns}Id") is not None
+    }
+    assert by_id == {"errors": [], "requests": [0.0]}, by_id
 
 
 # --- Application Auto Scaling ---------------------------------------------------------------------
