@@ -125,6 +125,11 @@ class Settings:
                     raise ValueError(f"{key} must be >= 0")
             if key == "prior_request_rate" and not 0 <= (value or 0) <= 1:
                 raise ValueError("prior_request_rate must be within [0, 1]")
+            if key == "realistic" and value:
+                # As at start-up: every behaviour not set explicitly takes its real-AWS default.
+                for name, (_, kind, default, _) in SETTINGS.items():
+                    if name not in changes and default is not None and getattr(self, name) in (None, False):
+                        setattr(self, name, default)
             setattr(self, key, value if not (key == "prior_request_rate" and value is None) else 0.0)
 
     @property

@@ -280,7 +280,8 @@ class EcsModel:
             svc.short_since = now
         if svc.failing_since is not None and svc.short_since is not None and primary.rollout == "COMPLETED":
             # Tasks keep failing to start: ECS is deploying again, and its circuit breaker watches.
-            primary.rollout, primary.reason, primary.updated = "IN_PROGRESS", f"ECS deployment {primary.id} in progress.", now
+            primary.rollout, primary.updated = "IN_PROGRESS", now
+            primary.reason = f"ECS deployment {primary.id} in progress."
         if primary.rollout == "IN_PROGRESS":
             if running >= svc.desired:
                 # The new deployment is serving: the old ones drain.
@@ -394,7 +395,8 @@ class EcsModel:
             if svc and ctx.operation == "UpdateService" and _force(ctx):
                 with self.lock:
                     svc.n_deps += 1
-                    svc.deployments.insert(0, Deployment(self._dep_id(svc, svc.n_deps), svc.deployments[0].task_definition, now))
+                    td = svc.deployments[0].task_definition
+                    svc.deployments.insert(0, Deployment(self._dep_id(svc, svc.n_deps), td, now))
                     self._advance(svc, now)
             if svc:
                 self.render_service(doc["service"], svc, now)
@@ -498,7 +500,9 @@ class EcsModel:
             cluster, service = parts[1], parts[2]
             label = f"{cluster}/{service}"
             lo, hi = int(t.get("MinCapacity", 0)), int(t.get("MaxCapacity", 0))
-            out = up.json("ecs", f"{ECS_TARGET}.DescribeServices", {"cluster": cluster, "services": [service]}, region, akid)
+            out = up.json(
+                "ecs", f"{ECS_TARGET}.DescribeServices", {"cluster": cluster, "services": [service]}, region, akid
+            )
             if not out.get("services"):
                 continue
             raw = out["services"][0]

@@ -7,7 +7,6 @@ wait polls with a deadline and says what it waited for.
 from __future__ import annotations
 
 import datetime
-import json
 import time
 import urllib.parse
 import urllib.request
@@ -100,6 +99,10 @@ def test_realistic_turns_everything_on_and_flags_and_env_override(start_proxy, m
     s = start_proxy("--fault-rate", "0").control("layer")["settings"]
     assert s["change_pending"] == 4.0 and s["failing_services"] == ["c/s"] and s["task_start"] is None
     assert proxy.control("config", {"task_start": 5})["layer"]["task_start"] == 5.0
+    off = start_proxy("--fault-rate", "0")
+    on = off.control("config", {"realistic": True, "change_pending": 1})["layer"]
+    assert (on["realistic"], on["task_start"], on["change_pending"], on["route53_rps"]) == (True, 30.0, 1.0, 5.0)
+    assert off.control("config")["fault_rate"] == 0.0  # GET /__proxy/config keeps its old shape
 
 
 # --- ECS ------------------------------------------------------------------------------------------
