@@ -284,15 +284,18 @@ class EcsModel:
             primary.reason = f"ECS deployment {primary.id} in progress."
         if primary.rollout == "IN_PROGRESS":
             if running >= svc.desired:
-                # The new deployment is serving: the old ones drain.
+                # The new deployment is serving since its desired-th task ran: the old ones drain from then,
+                # however late the layer is asked.
+                ready = sorted(t.ready for t in primary.tasks if t.running(now) and t.drain is None)
+                at = max([primary.created] + ready[svc.desired - 1 : svc.desired])
                 for old in svc.deployments[1:]:
                     for t in old.tasks:
                         if t.stop is None:
-                            self._stop(svc, t, now)
-                if len(svc.deployments) == 1 or all(
-                    t.stop is not None for old in svc.deployments[1:] for t in old.tasks
-                ):
-                    self._complete(primary, now)
+                            self._stop(svc, t, at)
+                # Steady (COMPLETED) once the last old task has stopped.
+                done = max([at] + [t.stop for old in svc.deployments[1:] for t in old.tasks])
+                if now >= done:
+                    self._complete(primary, done)
             elif svc.failing_since is not None:
                 start = max(primary.created, svc.failing_since, svc.short_since)
                 if now >= start + self._circuit_breaker():

@@ -148,6 +148,14 @@ def test_new_task_definition_is_a_second_deployment_that_drains(start_proxy, cli
     assert deps[0]["rolloutState"] == "IN_PROGRESS" and deps[1]["runningCount"] == 2
     assert deps[0]["id"] != deps[1]["id"]
 
+    def new_tasks_run():
+        d = service(client, proxy.url, cluster)["deployments"]
+        return d if d[0]["runningCount"] == 2 else None
+
+    # The new tasks run while the old ones still drain: two deployments, still IN_PROGRESS.
+    deps = poll("the new deployment's tasks to run", new_tasks_run, seconds=10, every=0.05)
+    assert len(deps) == 2 and deps[0]["rolloutState"] == "IN_PROGRESS" and deps[1]["desiredCount"] == 0
+
     def one_deployment():
         s = service(client, proxy.url, cluster)
         return s if len(s["deployments"]) == 1 else None
