@@ -18,12 +18,55 @@ The first stdout line is `{"port": N}`. Control endpoints (never faulted, never 
     GET  /__proxy/stats   counts per service.operation and per fault, and the current config
     POST /__proxy/config  JSON: fault_rate, faults, max_delay, post_write_fault_rate, only, seed
     POST /__proxy/reset   zero the counters (and the per-operation sequence used for determinism)
+
+Realistic AWS layer (scripts/awslayer/, same process). Every behaviour is off unless its flag, its
+FAULTPROXY_<NAME> env var or POST /__proxy/config {"<name>": value} turns it on; `--realistic`
+(FAULTPROXY_REALISTIC=1) turns all of them on at real-AWS defaults, and each flag still overrides:
+
+    --task-start S              ECS runningCount follows desiredCount one task per S seconds, pendingCount
+                                in between; a new task definition is a second deployment (PRIMARY + ACTIVE)
+                                whose old tasks drain once the new ones run                      [realistic 30]
+    --failing-service C/S       that service's tasks never reach RUNNING (POST /__proxy/ecs mode=failing)
+    --circuit-breaker S         ... and its primary deployment's rolloutState is FAILED after S  [300]
+    --target-health             DescribeTargetHealth lists the service's running tasks: `initial` for
+                                HealthyThreshold x Interval of the target group, then `healthy`; a stopped
+                                task is `draining` for the deregistration delay                  [on]
+    --health-check-seconds S    `initial` lasts S instead of HealthyThreshold x Interval
+    --deregistration-delay S    draining lasts S instead of deregistration_delay.timeout_seconds
+    --unhealthy-service C/S     that service's targets turn `unhealthy` (POST /__proxy/ecs mode=unhealthy)
+    --change-pending S          Route53 changes get unique ids and GetChange says PENDING for S  [30]
+    --route53-validate          refuse (InvalidChangeBatch / InvalidInput, never forwarded) what Route53
+                                refuses and moto accepts: Weight > 255, EvaluateTargetHealth on a CloudFront
+                                alias, a DELETE that does not match exactly, a CREATE of an existing record,
+                                a CNAME beside other types                                       [on]
+    --route53-rps N             account-wide Route53 rate; above it `Throttling` (HTTP 400)      [5]
+    --prior-request-rate P      PriorRequestNotComplete on a share P of ChangeResourceRecordSets
+                                (or POST /__proxy/route53 {"prior_request_not_complete": N}: the next N)
+    --alarm-insufficient-data S a new alarm reports INSUFFICIENT_DATA for S seconds (<0: until released
+                                by POST /__proxy/alarms {"name", "release": true} or SetAlarmState) [60]
+    --alb-5xx-absent            ALB 5xx metrics have no datapoints (not zeros) when nothing failed [on]
+    --autoscaling               an ECS scalable target with a target-tracking policy moves desiredCount
+                                within [MinCapacity, MaxCapacity]: clamp(ceil(load / TargetValue)), load
+                                from POST /__proxy/load {"cluster","service","load"}             [on]
+    --autoscaling-interval S    seconds between autoscaling evaluations                          [1]
+
+    GET  /__proxy/ecs        layer clock, per service desired/running/pending/deployments/rollout_state
+                             and per target group healthy/initial/draining/unhealthy; autoscaling view
+    POST /__proxy/ecs        {"cluster","service","mode": failing|normal|unhealthy|healthy}
+    GET  /__proxy/refusals   every refused change (also in /__proxy/stats "refusals")
+    GET  /__proxy/layer      settings, clock, last internal error;  GET|POST /__proxy/clock {"advance": S}
+    GET  /__proxy/alarms     alarms the layer holds in INSUFFICIENT_DATA
+
+Log: a refused request has "refused": "<Code>: <message>"; every ChangeResourceRecordSets entry has
+"capacity" (what the layer served at that moment, per CLUSTER/SERVICE) and "layer_time"; an
+autoscaling write is a line with service "layer", operation "autoscaling.SetDesiredCount".
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import http.client
 import http.server
 import json
@@ -35,6 +78,9 @@ import threading
 import time
 import urllib.parse
 import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import awslayer  # noqa: E402 - the realistic layer lives beside this script
 
 FAULT_KINDS = ("throttle", "500", "503", "delay", "drop")
 POST_WRITE_KINDS = ("drop", "500", "503")
@@ -67,12 +113,14 @@ SIGNING_NAMES = {
     "apigateway": "apigateway",
     "sts": "sts",
     "ec2": "ec2",
+    "application-autoscaling": "application-autoscaling",
 }
 
 # X-Amz-Target prefixes (awsJson) to service names, for requests without a usable signature.
 TARGET_PREFIXES = {
     "AmazonEC2ContainerServiceV20141113": "ecs",
     "GraniteServiceVersion20100801": "cloudwatch",
+    "AnyScaleFrontendService": "application-autoscaling",
 }
 
 ROUTE53_ROUTES = [
@@ -367,6 +415,13 @@ class State:
                 self.log.write(json.dumps(entry, sort_keys=True) + "\n")
                 self.log.flush()
 
+    def note(self, entry: dict):
+        """A log line for something the layer did itself; not a request, so not counted."""
+        with self.lock:
+            if self.log:
+                self.log.write(json.dumps(entry, sort_keys=True) + "\n")
+                self.log.flush()
+
     def stats(self) -> dict:
         with self.lock:
             return {
@@ -381,6 +436,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "faultproxy"
     state: State
+    layer: awslayer.Layer
     upstream: urllib.parse.SplitResult
     upstream_timeout = 60.0
 
@@ -443,18 +499,32 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return False
         state = self.state
         try:
+            layer_out = None
             if path == "/__proxy/stats" and self.command == "GET":
                 out = state.stats()
+                out.update(self.layer.stats())
             elif path == "/__proxy/config" and self.command == "GET":
                 out = state.config.as_dict()
             elif path == "/__proxy/config" and self.command == "POST":
                 changes = json.loads(body or b"{}")
+                known = awslayer.SETTINGS.keys() | {"realistic"}
+                layer_changes = {k: v for k, v in changes.items() if k in known}
                 with state.lock:
-                    state.config.update(changes)
+                    state.config.update({k: v for k, v in changes.items() if k not in known})
+                    self.layer.settings.update(layer_changes)
                 out = state.config.as_dict()
+                if layer_changes:
+                    out = dict(out, layer=self.layer.settings.as_dict())
             elif path == "/__proxy/reset" and self.command == "POST":
                 state.reset()
+                self.layer.reset()
                 out = {"reset": True}
+            elif (
+                layer_out := self.layer.control(
+                    self.command, path[len("/__proxy/") :], json.loads(body or b"{}") if self.command == "POST" else None
+                )
+            ) is not None:
+                out = layer_out
             else:
                 self._send(404, {"Content-Type": "application/json"}, b'{"error":"unknown control path"}')
                 return True
@@ -498,10 +568,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         }
         if is_write:
             entry["body"] = body.decode("utf-8", "replace")
+        ctx = self.layer.context(
+            service, operation, self.command, self.path, self.headers, body,
+            protocol_of(service, self.headers, self.path), entry,
+        )
 
         rng = state.draw(f"{service}.{operation}")
         # Draw every value up front so the schedule is the same whatever the config mix.
-        roll, pick, delay_roll, post_roll, post_pick = (rng.random() for _ in range(5))
+        roll, pick, delay_roll, post_roll, post_pick, layer_roll = (rng.random() for _ in range(6))
         fault = None
         if cfg.applies_to(service, operation) and cfg.faults and roll < cfg.fault_rate:
             fault = cfg.faults[int(pick * len(cfg.faults)) % len(cfg.faults)]
@@ -545,6 +619,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send(status, headers, payload)
                 return
 
+            if ctx is not None:
+                answer = self.layer.before(ctx, layer_roll)
+                if answer is not None:
+                    finish()
+                    self._send(*answer)
+                    return
+
             try:
                 status, headers, data = self._forward(body)
             except (OSError, http.client.HTTPException) as exc:
@@ -554,6 +635,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send(502, {"Content-Type": "text/plain"}, f"faultproxy: upstream failed: {exc}".encode())
                 return
             entry["upstream_status"] = status
+            if ctx is not None:
+                # Even a response about to be lost updates what the layer knows (the write happened).
+                data = self.layer.after(ctx, status, data)
 
             if post_fault == "drop":
                 entry["fault"] = "post-write-drop"
@@ -620,6 +704,7 @@ def parse_args(argv=None):
         help="limit faults to these services or service.operation names (comma-separated)",
     )
     p.add_argument("--log", default=None, help="append one JSON line per request to this file")
+    awslayer.add_arguments(p)
     args = p.parse_args(argv)
     for name in ("fault_rate", "post_write_faults"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -638,7 +723,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     state = State(Config(args), args.log)
-    handler = type("BoundHandler", (Handler,), {"state": state, "upstream": args.upstream_parsed})
+    layer = awslayer.Layer(
+        awslayer.Settings(args), args.upstream_parsed, seed_fn=lambda: state.config.seed, note_fn=state.note
+    )
+    handler = type(
+        "BoundHandler", (Handler,), {"state": state, "layer": layer, "upstream": args.upstream_parsed}
+    )
     server = http.server.ThreadingHTTPServer(args.listen_addr, handler)
     server.daemon_threads = True
     print(json.dumps({"port": server.server_address[1]}), flush=True)
