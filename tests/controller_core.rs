@@ -216,7 +216,7 @@ fn adopts_the_plain_record_and_shifts_capacity_first() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("api.yaml"), sc.document("api", 0, 100, "")).unwrap();
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", &["--resync", "2s"]);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", &["--resync", "2s"]);
     c.wait_ready(DEADLINE);
     let w = wait_for("lambda=0 fargate=100 in Route53", DEADLINE, || {
         let w = sc.weights(&moto);
@@ -379,7 +379,7 @@ fn unrelated_records_are_left_untouched() {
         "SOA, NS, www, mx, txt, sub-name, other TXT: {before:?}"
     );
     let dir = config_dir(&sc.document("api", 50, 50, ""));
-    let c = Controller::start(&moto.endpoint, &[dir.path()], "test", &["--resync", "1s"]);
+    let c = Controller::start(moto.aws(), &[dir.path()], "test", &["--resync", "1s"]);
     wait_weights(&sc, &moto, &[("lambda", 50), ("fargate", 50)], DEADLINE);
     // A few more cycles over the converged state.
     let n = reconciles(&c, "api", "success");
@@ -439,7 +439,7 @@ fn foreign_set_ids_and_foreign_owner_are_conflicts_without_writes() {
         other.document("api2", 0, 100, ""),
     )
     .unwrap();
-    let c = Controller::start(&moto.endpoint, &[dir.path()], "test", &["--resync", "1s"]);
+    let c = Controller::start(moto.aws(), &[dir.path()], "test", &["--resync", "1s"]);
     let s = wait_split(&c, "api", "api in Conflict naming blue", |s| {
         s["state"] == "Conflict" && s["lastError"].as_str().is_some_and(|e| e.contains("blue"))
     });
@@ -507,7 +507,7 @@ fn plain_record_without_adopt_existing_is_a_conflict() {
         .replace("adoptExisting: true", "adoptExisting: false");
     assert!(doc.contains("adoptExisting: false"));
     let dir = config_dir(&doc);
-    let c = Controller::start(&moto.endpoint, &[dir.path()], "test", &["--resync", "1s"]);
+    let c = Controller::start(moto.aws(), &[dir.path()], "test", &["--resync", "1s"]);
     wait_split(&c, "api", "Conflict naming adoptExisting", |s| {
         s["state"] == "Conflict"
             && s["lastError"]
@@ -529,7 +529,7 @@ fn drift_is_corrected() {
     let moto = Moto::start();
     let sc = Scenario::provision(&moto, 2);
     let dir = config_dir(&sc.document("api", 30, 70, ""));
-    let c = Controller::start(&moto.endpoint, &[dir.path()], "test", &["--resync", "2s"]);
+    let c = Controller::start(moto.aws(), &[dir.path()], "test", &["--resync", "2s"]);
     wait_weights(&sc, &moto, &[("lambda", 30), ("fargate", 70)], DEADLINE);
     wait_split(&c, "api", "api Complete", |s| s["state"] == "Complete");
 
@@ -654,7 +654,7 @@ fn invalid_documents_change_nothing_and_the_process_stays_up() {
     let sc = Scenario::provision(&moto, 2);
     let dir = config_dir(&sc.document("api", 50, 50, ""));
     let file = dir.path().join("api.yaml");
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", &["--resync", "1s"]);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", &["--resync", "1s"]);
     wait_weights(&sc, &moto, &[("lambda", 50), ("fargate", 50)], DEADLINE);
     wait_split(&c, "api", "api Complete", |s| s["state"] == "Complete");
     let good = sc.records(&moto);
@@ -743,7 +743,7 @@ fn config_changes_are_picked_up_by_the_watch() {
     let gs_path = r.join("repo/splits");
 
     let configs: [&Path; 3] = [&cm_dir, &ed_file, &gs_path];
-    let c = Controller::start(&moto.endpoint, &configs, "test", &["--resync", "300s"]);
+    let c = Controller::start(moto.aws(), &configs, "test", &["--resync", "300s"]);
     for sc in [&cm, &ed, &gs] {
         wait_weights(sc, &moto, &[("lambda", 50), ("fargate", 50)], DEADLINE);
     }

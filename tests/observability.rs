@@ -380,7 +380,7 @@ fn metrics_follow_a_rollout_step_by_step_then_drift() {
         "api",
         &sc.document("api", 0, 100, ROLLOUT_WITH_ECS_GATE),
     );
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "obs", &["--resync", "2s"]);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "obs", &["--resync", "2s"]);
 
     // Sample from the start: the first published values (step 0) only last about a second.
     let started = Instant::now();
@@ -728,7 +728,7 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
         .replace(&api.cluster, "no-such-cluster");
     write_doc(dir.path(), "broken", &broken);
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "obs", &["--resync", "2s"]);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "obs", &["--resync", "2s"]);
     c.wait_ready(DEADLINE);
 
     // rb takes its first step; then its alarm fires and it rolls back.
@@ -1018,7 +1018,7 @@ fn a_real_prometheus_scrapes_the_controller() {
     let sc = Scenario::provision(&moto, 20);
     let dir = tempfile::tempdir().unwrap();
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, ""));
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "obs", &["--resync", "2s"]);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "obs", &["--resync", "2s"]);
     let mut prom = Prometheus::start(&format!("127.0.0.1:{}", c.port));
     c.wait_ready(DEADLINE);
     wait_for("Route53 at lambda=0 fargate=100", DEADLINE, || {
@@ -1083,7 +1083,7 @@ fn status_cli_table_describe_json_yaml_and_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, ""));
     // A long resync: nothing moves between the CLI's fetch and the test's own.
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "obs", &["--resync", "60s"]);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "obs", &["--resync", "60s"]);
     c.wait_ready(DEADLINE);
     wait_for("api Complete in /status", DEADLINE, || {
         let s = c.split("api")?;
@@ -1380,7 +1380,7 @@ fn config_reloads_follow_resync_not_a_loop() {
     let sc = Scenario::provision(&moto, 20);
     let dir = tempfile::tempdir().unwrap();
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, ""));
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "obs", &["--resync", "2s"]);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "obs", &["--resync", "2s"]);
     c.wait_ready(DEADLINE);
     let reloads = |s: &Scrape| {
         s.get(

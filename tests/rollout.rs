@@ -94,12 +94,13 @@ fn now_f64() -> f64 {
 
 const POLLER: &str = r#"
 import json, os, sys, time, boto3
-endpoint, zone, record, cluster, service, out = sys.argv[1:7]
+endpoint, ecs_endpoint, zone, record, cluster, service, out = sys.argv[1:8]
 parent = os.getppid()
-def client(name):
-    return boto3.client(name, endpoint_url=endpoint, region_name="us-east-1",
+def client(name, url):
+    return boto3.client(name, endpoint_url=url, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")
-r53, ecs = client("route53"), client("ecs")
+# Route53 as moto holds it; ECS as the AWS layer serves it (running tasks that really started).
+r53, ecs = client("route53", endpoint), client("ecs", ecs_endpoint)
 txt_name = "_trafficshift." + record
 f = open(out, "a", buffering=1)
 while os.getppid() == parent:
@@ -135,7 +136,14 @@ impl Timeline {
         let path = std::env::temp_dir().join(format!("{}.jsonl", unique("timeline")));
         std::fs::write(&path, "").unwrap();
         let child = Command::new(python())
-            .args(["-c", POLLER, &moto.endpoint, &sc.zone_id, &sc.record])
+            .args([
+                "-c",
+                POLLER,
+                &moto.endpoint,
+                moto.aws(),
+                &sc.zone_id,
+                &sc.record,
+            ])
             .args([&sc.cluster, &sc.service])
             .arg(&path)
             .envs(moto.aws_env())
@@ -432,7 +440,7 @@ fn a_full_rollout_shows_every_step_in_order_each_held_for_the_interval() {
         .replace("minTasks: 2", "minTasks: 20");
     write_doc(dir.path(), "api", &doc);
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     tl.wait_split((0, 100), DEADLINE);
     let txt = tl
@@ -479,7 +487,7 @@ fn an_alarm_rolls_back_after_three_failing_checks_and_stays_rolled_back() {
     ) + &alarm_gate(&alarm);
     let doc = write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     tl.wait_split((75, 25), DEADLINE);
     set_alarm(&moto, &alarm, "ALARM");
@@ -614,7 +622,7 @@ fn a_failing_gate_with_hold_degrades_in_place_and_resumes() {
     ) + &alarm_gate(&alarm);
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     tl.wait_split((75, 25), DEADLINE);
     set_alarm(&moto, &alarm, "ALARM");
@@ -675,7 +683,7 @@ fn paused_holds_the_step_corrects_drift_and_resumes() {
         &sc.document("api", 0, 100, &rollout_block(steps, "2s", "")),
     );
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     tl.wait_split((80, 20), DEADLINE);
     write_atomic(
@@ -762,7 +770,7 @@ fn a_document_change_mid_rollout_replans_from_the_current_split() {
     let block = rollout_block("[20, 40, 60, 80, 100]", "3s", "");
     let doc = write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     let at = tl.wait_split((60, 40), DEADLINE);
     let old_gen = at.txt_field("gen").expect("gen in the TXT");
@@ -838,11 +846,11 @@ fn a_restart_after_kill_9_resumes_at_the_same_step_without_skipping_the_hold() {
     let block = rollout_block("[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]", "4s", "");
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     let s3 = tl.wait_split((70, 30), DEADLINE);
     c.kill9();
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     let restarted = now_f64();
     let since: f64 = s3
         .txt_field("since")
@@ -960,7 +968,7 @@ fn capacity_comes_before_every_step_and_an_unstable_service_holds_the_step() {
         &b.document("b", 0, 100, &rollout_block("[10, 100]", "2s", "")),
     );
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
 
     // b: adopted at the start split, then held while its service is unstable.
@@ -1047,7 +1055,7 @@ fn a_prometheus_gate_without_data_never_moves_and_rolls_back() {
         &passing.document("passing", 0, 100, &block("max(up)", 1.5)),
     );
 
-    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     let failing = wait_for("the nodata gate failing with no data", DEADLINE, || {
         c.split("nodata").filter(|s| {

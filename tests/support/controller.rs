@@ -514,6 +514,13 @@ impl FaultProxy {
             ])
             .args(["--faults", faults, "--log"])
             .arg(&log)
+            // Real Route53 refuses what moto accepts; every test must make only valid changes.
+            .args(["--route53-validate", "true"])
+            .args(if super::realistic() {
+                super::REALISTIC_FLAGS
+            } else {
+                &[]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -536,6 +543,38 @@ impl FaultProxy {
         }
     }
 
+    /// Changes the layer refused because real Route53 would (GET /__proxy/refusals).
+    pub fn refusals(&self) -> Vec<Value> {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                &format!("{}/__proxy/refusals", self.endpoint),
+            ])
+            .output()
+            .expect("curl");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "GET /__proxy/refusals answered {:?}: {e}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        v["refusals"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("GET /__proxy/refusals: no refusals list in {v}"))
+    }
+
+    /// What the layer serves for ECS right now (GET /__proxy/ecs).
+    pub fn ecs_view(&self) -> Value {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", &format!("{}/__proxy/ecs", self.endpoint)])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     /// GET /__proxy/stats.
     pub fn stats(&self) -> Value {
         let out = Command::new("curl")
@@ -548,13 +587,24 @@ impl FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
+        // A change real Route53 would refuse fails the test that made it.
+        let refused = if std::thread::panicking() {
+            vec![]
+        } else {
+            self.refusals()
+        };
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && refused.is_empty() {
             let _ = std::fs::remove_file(&self.log);
         } else {
             eprintln!("--- fault proxy log kept at {} ---", self.log.display());
         }
+        assert!(
+            refused.is_empty(),
+            "the AWS layer refused {} change(s) that real Route53 would refuse: {refused:#?}",
+            refused.len()
+        );
     }
 }
 

@@ -35,12 +35,45 @@ pub fn python() -> PathBuf {
     venv_tool("python", "python3")
 }
 
+/// Whether this run judges the controller against the realistic AWS layer
+/// (`TRAFFICSHIFT_TEST_AWS=realistic`, as `scripts/test` sets for its realistic-mode step): ECS
+/// tasks start one a second, new ALB targets stay `initial`, Route53 changes stay PENDING, Route53
+/// throttles above its account rate, alarms start in INSUFFICIENT_DATA, Application Auto Scaling
+/// moves counts on its own. Otherwise the layer only checks what real Route53 would refuse.
+pub fn realistic() -> bool {
+    std::env::var("TRAFFICSHIFT_TEST_AWS").is_ok_and(|v| v == "realistic")
+}
+
+/// The layer's flags in realistic mode: every real-AWS behaviour on, with delays short enough for
+/// CI (each still far from moto's zero). Route53 keeps a rate above the controllers' test setting
+/// of 50/s only where a test says so; here the account allows 10/s.
+pub const REALISTIC_FLAGS: &[&str] = &[
+    "--realistic",
+    "--task-start",
+    "1",
+    "--health-check-seconds",
+    "2",
+    "--deregistration-delay",
+    "3",
+    "--change-pending",
+    "2",
+    "--alarm-insufficient-data",
+    "2",
+    "--circuit-breaker",
+    "20",
+    "--route53-rps",
+    "10",
+];
+
 /// A moto server on a free local port, killed when dropped.
 pub struct Moto {
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`: moto itself. Read results back here (what AWS holds); give the
+    /// controller `aws()` instead.
     pub endpoint: String,
     child: Child,
     log: PathBuf,
+    /// The AWS layer in front of moto that the controller talks to, started on first use.
+    layer: std::sync::OnceLock<controller::FaultProxy>,
 }
 
 impl Moto {
@@ -85,6 +118,7 @@ impl Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
             child,
             log,
+            layer: std::sync::OnceLock::new(),
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -106,6 +140,21 @@ impl Moto {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The endpoint the controller under test talks to: `scripts/faultproxy.py` in front of this
+    /// moto, which refuses what real Route53 refuses (the test fails on drop if it refused
+    /// anything) and, in realistic mode, behaves like real AWS with short delays.
+    pub fn aws(&self) -> &str {
+        &self
+            .layer
+            .get_or_init(|| controller::FaultProxy::start(&self.endpoint, 1, 0.0, "500", &[]))
+            .endpoint
+    }
+
+    /// The layer behind `aws()`, once started.
+    pub fn layer(&self) -> Option<&controller::FaultProxy> {
+        self.layer.get()
     }
 
     /// The last lines moto wrote, for failure messages.
