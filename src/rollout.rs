@@ -864,6 +864,291 @@ mod tests {
         );
     }
 
+    impl World {
+        /// Persist what a decision wrote, without touching ECS (the test moves it).
+        fn apply(&mut self, d: &Decision) {
+            if let Some(wr) = &d.write {
+                self.observed = Some(wr.clone());
+                self.stored = Some(d.state.clone());
+            }
+        }
+    }
+
+    fn issue_split() -> TrafficSplit {
+        TrafficSplit::test()
+            .with_steps(&[25, 50, 100], 4)
+            .with_gate(Gate::ecs_stable("fargate-stable", "fargate"))
+    }
+
+    /// Issue 9's reproduction: steps [25, 50, 100], interval 4s, one task starting every 4 s. The
+    /// controller scaled 2 -> 5 ahead of the 25% step, then 2 s later back to 2 because the step
+    /// waited on its (own-scale-up-failing) gate. The scale-up must stay while the step waits.
+    #[test]
+    fn a_scale_up_ahead_of_a_step_stays_while_the_step_waits() {
+        let mut world = World::new(issue_split());
+        world.ecs = lb(2, 2, Some(2));
+        let d = world.decide();
+        assert_eq!(d.ecs_desired["fargate"], 5, "5 tasks for 25% of 20");
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(
+            d.waiting_for.as_deref(),
+            Some("capacity: fargate 2/5 tasks running (desired 2) for 25% (waiting 0s of 10m)")
+        );
+        assert_eq!(d.state.capacity_since, Some(1_000), "the wait start is persisted");
+        world.apply(&d);
+        world.ecs = lb(5, 2, None);
+        // Whatever the gates say while the step waits, the count stays at 5.
+        let summaries = [
+            ("failing", failing("fargate-stable")),
+            (
+                "waiting",
+                GateSummary {
+                    waiting: vec!["fargate-stable: waiting".into()],
+                    ..GateSummary::default()
+                },
+            ),
+            (
+                "tripped with hold",
+                GateSummary {
+                    tripped: Some(("fargate-stable".into(), "bad".into())),
+                    ..failing("fargate-stable")
+                },
+            ),
+        ];
+        for (what, gates) in summaries {
+            for dt in [2, 4, 6] {
+                world.now = 1_000 + dt;
+                world.gates = gates.clone();
+                world.split.spec.rollout.as_mut().unwrap().on_gate_failure = OnGateFailure::Hold;
+                let d = world.decide();
+                assert_eq!(d.ecs_desired["fargate"], 5, "gates {what}, t+{dt}s");
+                assert_eq!(d.state.step, 0, "gates {what}, t+{dt}s");
+            }
+        }
+        world.split.spec.rollout.as_mut().unwrap().paused = true;
+        world.gates = GateSummary::none();
+        assert_eq!(world.decide().ecs_desired["fargate"], 5, "paused");
+        world.split.spec.rollout.as_mut().unwrap().paused = false;
+
+        // Running, target health not read: the decision asks for it (and only then).
+        world.now = 1_012;
+        world.ecs = lb(5, 5, None);
+        let d = world.decide();
+        assert_eq!(d.needs_target_health, vec!["fargate".to_string()]);
+        assert_eq!(d.state.step, 0);
+        world.ecs = lb(5, 5, Some(3));
+        let d = world.decide();
+        assert!(d.needs_target_health.is_empty());
+        assert_eq!(
+            d.waiting_for.as_deref(),
+            Some("capacity: fargate 3/5 healthy targets in tg api-tg for 25% (waiting 12s of 10m)")
+        );
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        world.ecs = lb(5, 5, Some(5));
+        let d = world.decide();
+        assert_eq!(d.write, Some(w(&[("lambda", 75), ("fargate", 25)])));
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.state.capacity_since, None, "cleared with the step's write");
+        assert_eq!(d.ecs_desired["fargate"], 5);
+        world.apply(&d);
+        // Steady at the step during its hold: no target health needed, nothing lowered.
+        world.now = 1_014;
+        let d = world.decide();
+        assert!(d.needs_target_health.is_empty());
+        assert_eq!(d.ecs_desired["fargate"], 5);
+        assert_eq!(d.write, world.observed.clone());
+        assert_eq!(Some(&d.state), world.stored.as_ref(), "nothing new to write");
+    }
+
+    /// What a load-balanced service must show before a weight rises (25% of 20 tasks = 5).
+    #[test]
+    fn serving_capacity_needs_running_tasks_one_deployment_and_healthy_targets() {
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 4);
+        let obs = |desired: i32, running: i32, deployments: usize, healthy: Option<u32>, failed: bool| EcsObs {
+            desired,
+            running,
+            stable: desired == running && deployments == 1 && !failed,
+            deployments,
+            rollout_failed: failed,
+            load_balanced: true,
+            healthy: healthy.map(|h| ("api-tg".to_string(), h)),
+        };
+        // (observation, waiting_for, rises, needs target health, rolled back)
+        let table = [
+            (obs(5, 5, 1, Some(5), false), None, true, false, false),
+            (obs(9, 5, 1, Some(5), false), None, true, false, false),
+            (
+                obs(5, 4, 1, Some(5), false),
+                Some("capacity: fargate 4/5 tasks running (desired 5) for 25% (waiting 0s of 10m)"),
+                false,
+                false,
+                false,
+            ),
+            (
+                obs(5, 5, 2, Some(5), false),
+                Some("capacity: fargate to finish its deployment (2 deployments) for 25% (waiting 0s of 10m)"),
+                false,
+                false,
+                false,
+            ),
+            (
+                obs(5, 5, 1, Some(4), false),
+                Some("capacity: fargate 4/5 healthy targets in tg api-tg for 25% (waiting 0s of 10m)"),
+                false,
+                false,
+                false,
+            ),
+            (obs(5, 5, 1, None, false), None, false, true, false),
+            (obs(5, 1, 1, None, true), None, false, false, true),
+        ];
+        for (o, waiting, rises, needs, rolled_back) in table {
+            let mut world = World::new(split.clone());
+            world.ecs = [("fargate".to_string(), o.clone())].into();
+            let d = world.decide();
+            let label = format!("{o:?}");
+            assert_eq!(d.state.step == 1, rises, "{label}");
+            assert_eq!(d.needs_target_health.len() == 1, needs, "{label}");
+            assert_eq!(d.rolled_back, rolled_back, "{label}");
+            if !needs {
+                assert_eq!(d.waiting_for.as_deref(), waiting, "{label}");
+            }
+        }
+    }
+
+    #[test]
+    fn rollout_state_failed_fails_the_step_at_once() {
+        let mut world = World::new(issue_split());
+        world.ecs = lb(5, 1, None);
+        world.ecs.get_mut("fargate").unwrap().rollout_failed = true;
+        let d = world.decide();
+        assert!(d.rolled_back);
+        assert_eq!(d.status, SplitState::RolledBack);
+        assert!(
+            d.notes.iter().any(|n| n.reason == "RolloutFailed"
+                && n.message
+                    == "capacity: ECS service prod/api of fargate: deployment rolloutState FAILED (1 of 5 tasks running)"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    /// Capacity that never serves fails the step at progressDeadline (default 10m), not before:
+    /// rollback by default, Degraded in place with `onGateFailure: hold`. The wait's start comes
+    /// from the stored state, so a restart does not reset it.
+    #[test]
+    fn capacity_not_serving_by_the_progress_deadline_fails_the_step() {
+        for hold in [false, true] {
+            let mut split = issue_split();
+            if hold {
+                split = split.with_rollout(|r| r.on_gate_failure = OnGateFailure::Hold);
+            }
+            let mut world = World::new(split);
+            world.ecs = lb(2, 2, Some(2));
+            let d = world.decide();
+            world.apply(&d);
+            world.ecs = lb(5, 2, None);
+            world.now = 1_599;
+            let d = world.decide();
+            assert_eq!(d.status, SplitState::Progressing, "hold={hold}");
+            assert_eq!(
+                d.waiting_for.as_deref(),
+                Some("capacity: fargate 2/5 tasks running (desired 5) for 25% (waiting 9m 59s of 10m)")
+            );
+            // A restarted controller knows only the stored state: same answer.
+            let mut restarted = World::new(world.split.clone());
+            restarted.stored = world.stored.clone();
+            restarted.observed = world.observed.clone();
+            restarted.ecs = world.ecs.clone();
+            restarted.now = 1_600;
+            let d = restarted.decide();
+            let why = "capacity: fargate 2/5 tasks running (desired 5) for 25% not serving after 10m (progressDeadline 10m)";
+            if hold {
+                assert_eq!(d.status, SplitState::Degraded);
+                assert_eq!(
+                    d.waiting_for.as_deref(),
+                    Some(format!("{why}; holding (onGateFailure: hold)").as_str())
+                );
+                assert_eq!(d.ecs_desired["fargate"], 5, "still asking for the capacity");
+                assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+            } else {
+                assert!(d.rolled_back);
+                assert_eq!(d.status, SplitState::RolledBack);
+                assert_eq!(d.state.capacity_since, None);
+                assert!(
+                    d.notes
+                        .iter()
+                        .any(|n| n.reason == "ProgressDeadlineExceeded" && n.message == why),
+                    "{:?}",
+                    d.notes
+                );
+            }
+        }
+    }
+
+    /// A failing gate stops the clock: the hold interval counts from its latest failed check. The
+    /// first failure of a run moves the stored `since` (one write), later ones do not.
+    #[test]
+    fn a_failed_check_restarts_the_hold_interval() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 300));
+        world.ecs = ecs(20, 20, true);
+        let d = world.cycle();
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.state.since, 1_000);
+        // (now, new_failure, last_failure, stored since after, waiting_for, step)
+        let table: [(u64, Option<u64>, Option<u64>, u64, &str, usize); 5] = [
+            (1_100, Some(1_100), Some(1_100), 1_100, "hold interval at step 1/2", 1),
+            (1_250, None, Some(1_250), 1_100, "hold interval at step 1/2", 1),
+            (1_500, None, Some(1_250), 1_100, "hold interval at step 1/2", 1),
+            (1_549, None, Some(1_250), 1_100, "hold interval at step 1/2", 1),
+            (1_550, None, Some(1_250), 1_550, "", 2),
+        ];
+        for (now, new_failure, last_failure, since, waiting, step) in table {
+            world.now = now;
+            let still_failing = new_failure.is_some() || now == 1_250;
+            world.gates = GateSummary {
+                new_failure,
+                last_failure,
+                ..if still_failing {
+                    failing("alarm")
+                } else {
+                    GateSummary::none()
+                }
+            };
+            let d = world.cycle();
+            assert_eq!(d.state.since, since, "t={now}");
+            assert_eq!(d.state.step, step, "t={now}");
+            assert!(
+                d.waiting_for.as_deref().unwrap_or("").starts_with(waiting),
+                "t={now}: {:?}",
+                d.waiting_for
+            );
+        }
+    }
+
+    /// Waiting gates (INSUFFICIENT_DATA, capacity the controller asked for) hold the step without
+    /// counting as failures: no rollback, no clock restart.
+    #[test]
+    fn waiting_gates_hold_the_step_without_failing_it() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 10));
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        world.now = 1_010;
+        world.gates = GateSummary {
+            waiting: vec!["no-5xx: api-5xx INSUFFICIENT_DATA (onInsufficientData: wait)".into()],
+            ..GateSummary::default()
+        };
+        let d = world.cycle();
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.status, SplitState::Progressing);
+        assert_eq!(
+            d.waiting_for.as_deref(),
+            Some("gates to pass: no-5xx: api-5xx INSUFFICIENT_DATA (onInsufficientData: wait)")
+        );
+        assert_eq!(d.state.since, 1_000, "a wait does not restart the clock");
+        world.gates = GateSummary::none();
+        assert_eq!(world.cycle().state.step, 2);
+    }
+
     proptest! {
         /// Whatever the steps and start, every written split sums to 100, no step moves more than
         /// its configured size (plus rounding), the rollout ends at the target, and re-deciding at
