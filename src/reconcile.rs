@@ -467,6 +467,26 @@ fn awaits_capacity(split: &TrafficSplit, obs: &Observed, now: u64) -> bool {
         && now < since + split.spec.progress_deadline().as_secs()
 }
 
+/// The gates whose next check is due at `now`.
+fn due_gates<'a>(
+    split: &'a TrafficSplit,
+    records: &BTreeMap<String, GateRecord>,
+    now: u64,
+) -> Vec<&'a crate::spec::Gate> {
+    let every = split.spec.gate_interval().as_secs();
+    split
+        .spec
+        .gates
+        .iter()
+        .filter(|g| {
+            records
+                .get(&g.name)
+                .and_then(|r| r.last_check)
+                .is_none_or(|at| now >= at + every)
+        })
+        .collect()
+}
+
 /// Check the gates that are due: each runs every `rollout.gateInterval` (and at once when it has
 /// never been checked by this process), so `failureThreshold` x `gateInterval` is a time.
 async fn check_gates(
@@ -477,18 +497,7 @@ async fn check_gates(
     services: &BTreeMap<String, EcsService>,
     now: u64,
 ) -> Vec<Note> {
-    let every = split.spec.gate_interval().as_secs();
-    let due: Vec<&crate::spec::Gate> = split
-        .spec
-        .gates
-        .iter()
-        .filter(|g| {
-            records
-                .get(&g.name)
-                .and_then(|r| r.last_check)
-                .is_none_or(|at| now >= at + every)
-        })
-        .collect();
+    let due = due_gates(split, records, now);
     let results = join_all(due.iter().map(|g| ctx.gates.check(split, g))).await;
     let mut notes = Vec::new();
     for (g, mut r) in due.into_iter().zip(results) {
@@ -976,4 +985,112 @@ async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change])
     plan::check_batch(changes)?;
     let id = ctx.aws.dns.change(zone_id, comment, changes).await?;
     ctx.aws.dns.wait_insync(&id, ctx.insync_timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Gate;
+
+    fn split() -> TrafficSplit {
+        TrafficSplit::test()
+            .with_steps(&[50, 100], 60)
+            .with_gate(Gate::ecs_stable("a", "fargate"))
+            .with_gate(Gate::ecs_stable("b", "fargate"))
+    }
+
+    fn checked(at: u64, passing: bool, failures: u32) -> GateRecord {
+        GateRecord {
+            passing: Some(passing),
+            consecutive_failures: failures,
+            last_check: Some(at),
+            last_failure: (!passing).then_some(at),
+            message: if passing { "ok" } else { "bad" }.into(),
+            ..GateRecord::default()
+        }
+    }
+
+    #[test]
+    fn gates_run_on_their_own_clock() {
+        // gateInterval 30s (default). (records of a and b, now, gates due)
+        let never = BTreeMap::new();
+        let a_at_100: BTreeMap<String, GateRecord> = [("a".to_string(), checked(100, true, 0))].into();
+        let both_at_100: BTreeMap<String, GateRecord> = [
+            ("a".to_string(), checked(100, true, 0)),
+            ("b".to_string(), checked(110, false, 1)),
+        ]
+        .into();
+        let table: [(&BTreeMap<String, GateRecord>, u64, Vec<&str>); 6] = [
+            (&never, 0, vec!["a", "b"]),
+            (&a_at_100, 101, vec!["b"]),
+            (&a_at_100, 129, vec!["b"]),
+            (&a_at_100, 130, vec!["a", "b"]),
+            (&both_at_100, 135, vec!["a"]),
+            (&both_at_100, 140, vec!["a", "b"]),
+        ];
+        let s = split();
+        for (records, now, want) in table {
+            let due: Vec<&str> = due_gates(&s, records, now)
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect();
+            assert_eq!(due, want, "t={now}");
+        }
+        let mut s = split();
+        s.spec.rollout.as_mut().unwrap().gate_interval =
+            crate::spec::HumanDuration(Duration::from_secs(5));
+        let due: Vec<&str> = due_gates(&s, &a_at_100, 105)
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        assert_eq!(due, vec!["a", "b"], "gateInterval 5s");
+    }
+
+    #[test]
+    fn summary_separates_waits_from_failures() {
+        let s = split();
+        let waiting = GateRecord {
+            waiting: true,
+            ..checked(100, false, 0)
+        };
+        let records: BTreeMap<String, GateRecord> =
+            [("a".to_string(), waiting), ("b".to_string(), checked(100, true, 0))].into();
+        let sum = summarize(&s, &records, 100);
+        assert!(!sum.all_passing);
+        assert_eq!(sum.waiting, vec!["a: bad".to_string()]);
+        assert!(sum.failing.is_empty());
+        assert_eq!((sum.tripped, sum.new_failure), (None, None));
+
+        // b fails for the first time at 130 (a new run), then a third time in a row.
+        let records: BTreeMap<String, GateRecord> = [
+            ("a".to_string(), checked(100, true, 0)),
+            ("b".to_string(), checked(130, false, 1)),
+        ]
+        .into();
+        let sum = summarize(&s, &records, 130);
+        assert_eq!(sum.new_failure, Some(130));
+        assert_eq!(sum.last_failure, Some(130));
+        assert_eq!(sum.tripped, None);
+        let sum = summarize(&s, &records, 131);
+        assert_eq!(sum.new_failure, None, "only the cycle that checked it");
+        let records: BTreeMap<String, GateRecord> =
+            [("b".to_string(), checked(190, false, 3))].into();
+        let sum = summarize(&s, &records, 190);
+        assert_eq!(sum.tripped, Some(("b".to_string(), "bad".to_string())));
+        assert_eq!(sum.failing, vec!["a: not checked yet", "b: bad"]);
+    }
+
+    #[test]
+    fn target_group_names_for_messages() {
+        let table = [
+            (
+                "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/api-tg/73e2d6bc24d8a067",
+                "api-tg",
+            ),
+            ("api-tg", "api-tg"),
+        ];
+        for (arn, name) in table {
+            assert_eq!(tg_name(arn), name);
+        }
+    }
 }

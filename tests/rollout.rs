@@ -475,7 +475,7 @@ fn an_alarm_rolls_back_after_three_failing_checks_and_stays_rolled_back() {
     let block = rollout_block(
         "[25, 50, 75, 100]",
         "3s",
-        "    failureThreshold: 3\n    onGateFailure: rollback\n",
+        "    failureThreshold: 3\n    onGateFailure: rollback\n    gateInterval: 1s\n",
     ) + &alarm_gate(&alarm);
     let doc = write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
@@ -610,7 +610,7 @@ fn a_failing_gate_with_hold_degrades_in_place_and_resumes() {
     let block = rollout_block(
         "[25, 50, 75, 100]",
         "3s",
-        "    failureThreshold: 2\n    onGateFailure: hold\n",
+        "    failureThreshold: 2\n    onGateFailure: hold\n    gateInterval: 1s\n",
     ) + &alarm_gate(&alarm);
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
@@ -971,11 +971,11 @@ fn capacity_comes_before_every_step_and_an_unstable_service_holds_the_step() {
         "b adopted at the start split, no step onto its unstable service:\n{}",
         tlb.describe()
     );
-    let st = wait_for("b waiting for a stable service", DEADLINE, || {
+    let st = wait_for("b waiting for running tasks", DEADLINE, || {
         c.split("b").filter(|s| {
             s["waitingFor"]
                 .as_str()
-                .is_some_and(|w| w.contains("not stable"))
+                .is_some_and(|w| w.starts_with("capacity: fargate 0/2 tasks running"))
         })
     });
     assert_eq!(st["step"], 0, "{st}");
@@ -1033,7 +1033,7 @@ fn a_prometheus_gate_without_data_never_moves_and_rolls_back() {
         rollout_block(
             "[50, 100]",
             "2s",
-            "    failureThreshold: 2\n    onGateFailure: rollback\n",
+            "    failureThreshold: 2\n    onGateFailure: rollback\n    gateInterval: 1s\n",
         ) + &prometheus_gate(&prom.address, query, max)
     };
     write_doc(
