@@ -673,7 +673,10 @@ spec:
         );
         let g = alarm_gate(&["api-fargate-5xx", "ok", "x", "new"]);
         let o = c.check(&split(), &g).await;
-        assert!(!o.passing && !o.waiting, "a real failure is not a wait: {o:?}");
+        assert!(
+            !o.passing && !o.waiting,
+            "a real failure is not a wait: {o:?}"
+        );
         assert_eq!(o.message, "api-fargate-5xx is ALARM; alarm x not found");
         let o = c
             .check(&split(), &with_no_data(g, OnInsufficientData::Fail))

@@ -1014,7 +1014,8 @@ mod tests {
     fn gates_run_on_their_own_clock() {
         // gateInterval 30s (default). (records of a and b, now, gates due)
         let never = BTreeMap::new();
-        let a_at_100: BTreeMap<String, GateRecord> = [("a".to_string(), checked(100, true, 0))].into();
+        let a_at_100: BTreeMap<String, GateRecord> =
+            [("a".to_string(), checked(100, true, 0))].into();
         let both_at_100: BTreeMap<String, GateRecord> = [
             ("a".to_string(), checked(100, true, 0)),
             ("b".to_string(), checked(110, false, 1)),
@@ -1053,8 +1054,11 @@ mod tests {
             waiting: true,
             ..checked(100, false, 0)
         };
-        let records: BTreeMap<String, GateRecord> =
-            [("a".to_string(), waiting), ("b".to_string(), checked(100, true, 0))].into();
+        let records: BTreeMap<String, GateRecord> = [
+            ("a".to_string(), waiting),
+            ("b".to_string(), checked(100, true, 0)),
+        ]
+        .into();
         let sum = summarize(&s, &records, 100);
         assert!(!sum.all_passing);
         assert_eq!(sum.waiting, vec!["a: bad".to_string()]);

@@ -351,7 +351,11 @@ pub fn decide(i: &Inputs) -> Decision {
                 }
                 let hold_from = st.since.max(i.gates.last_failure.unwrap_or(0));
                 // The first step leaves the start split at once; later ones hold for the interval.
-                let due = if st.step == 0 { 0 } else { hold_from + interval };
+                let due = if st.step == 0 {
+                    0
+                } else {
+                    hold_from + interval
+                };
                 if now < due {
                     waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
                     next_step_at = Some(due);
@@ -894,7 +898,11 @@ mod tests {
             d.waiting_for.as_deref(),
             Some("capacity: fargate 2/5 tasks running (desired 2) for 25% (waiting 0s of 10m)")
         );
-        assert_eq!(d.state.capacity_since, Some(1_000), "the wait start is persisted");
+        assert_eq!(
+            d.state.capacity_since,
+            Some(1_000),
+            "the wait start is persisted"
+        );
         world.apply(&d);
         world.ecs = lb(5, 2, None);
         // Whatever the gates say while the step waits, the count stays at 5.
@@ -948,7 +956,10 @@ mod tests {
         let d = world.decide();
         assert_eq!(d.write, Some(w(&[("lambda", 75), ("fargate", 25)])));
         assert_eq!(d.state.step, 1);
-        assert_eq!(d.state.capacity_since, None, "cleared with the step's write");
+        assert_eq!(
+            d.state.capacity_since, None,
+            "cleared with the step's write"
+        );
         assert_eq!(d.ecs_desired["fargate"], 5);
         world.apply(&d);
         // Steady at the step during its hold: no target health needed, nothing lowered.
@@ -957,22 +968,29 @@ mod tests {
         assert!(d.needs_target_health.is_empty());
         assert_eq!(d.ecs_desired["fargate"], 5);
         assert_eq!(d.write, world.observed.clone());
-        assert_eq!(Some(&d.state), world.stored.as_ref(), "nothing new to write");
+        assert_eq!(
+            Some(&d.state),
+            world.stored.as_ref(),
+            "nothing new to write"
+        );
     }
 
     /// What a load-balanced service must show before a weight rises (25% of 20 tasks = 5).
     #[test]
     fn serving_capacity_needs_running_tasks_one_deployment_and_healthy_targets() {
         let split = TrafficSplit::test().with_steps(&[25, 50, 100], 4);
-        let obs = |desired: i32, running: i32, deployments: usize, healthy: Option<u32>, failed: bool| EcsObs {
-            desired,
-            running,
-            stable: desired == running && deployments == 1 && !failed,
-            deployments,
-            rollout_failed: failed,
-            load_balanced: true,
-            healthy: healthy.map(|h| ("api-tg".to_string(), h)),
-        };
+        let obs =
+            |desired: i32, running: i32, deployments: usize, healthy: Option<u32>, failed: bool| {
+                EcsObs {
+                    desired,
+                    running,
+                    stable: desired == running && deployments == 1 && !failed,
+                    deployments,
+                    rollout_failed: failed,
+                    load_balanced: true,
+                    healthy: healthy.map(|h| ("api-tg".to_string(), h)),
+                }
+            };
         // (observation, waiting_for, rises, needs target health, rolled back)
         let table = [
             (obs(5, 5, 1, Some(5), false), None, true, false, false),
@@ -1095,11 +1113,40 @@ mod tests {
         assert_eq!(d.state.step, 1);
         assert_eq!(d.state.since, 1_000);
         // (now, new_failure, last_failure, stored since after, waiting_for, step)
-        let table: [(u64, Option<u64>, Option<u64>, u64, &str, usize); 5] = [
-            (1_100, Some(1_100), Some(1_100), 1_100, "hold interval at step 1/2", 1),
-            (1_250, None, Some(1_250), 1_100, "hold interval at step 1/2", 1),
-            (1_500, None, Some(1_250), 1_100, "hold interval at step 1/2", 1),
-            (1_549, None, Some(1_250), 1_100, "hold interval at step 1/2", 1),
+        type Row = (u64, Option<u64>, Option<u64>, u64, &'static str, usize);
+        let table: [Row; 5] = [
+            (
+                1_100,
+                Some(1_100),
+                Some(1_100),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
+            (
+                1_250,
+                None,
+                Some(1_250),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
+            (
+                1_500,
+                None,
+                Some(1_250),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
+            (
+                1_549,
+                None,
+                Some(1_250),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
             (1_550, None, Some(1_250), 1_550, "", 2),
         ];
         for (now, new_failure, last_failure, since, waiting, step) in table {
