@@ -183,6 +183,7 @@ fn capacity_gap(
     ecs: &BTreeMap<String, EcsObs>,
     unknown: &mut Vec<String>,
 ) -> Option<Gap> {
+    let mut pending = None;
     for b in &split.spec.backends {
         let Some(cfg) = &b.ecs else { continue };
         let w = want.get(&b.name).copied().unwrap_or(0);
@@ -237,8 +238,13 @@ fn capacity_gap(
         }
         match &o.healthy {
             None => {
+                // Go on: every backend whose health is needed is named in one pass, so a split
+                // with several rising ECS backends gets all of them read in the same cycle.
                 unknown.push(b.name.clone());
-                return gap(format!("{} target health to be read", b.name));
+                pending.get_or_insert_with(|| Gap {
+                    what: format!("{} target health to be read for {w}%", b.name),
+                    failed: false,
+                });
             }
             Some((tg, healthy)) if *healthy < need => {
                 return gap(format!(
@@ -249,7 +255,7 @@ fn capacity_gap(
             Some(_) => {}
         }
     }
-    None
+    pending
 }
 
 /// `40s`, `3m20s`: whole seconds, for status messages.
@@ -1031,6 +1037,36 @@ mod tests {
                 assert_eq!(d.waiting_for.as_deref(), waiting, "{label}");
             }
         }
+    }
+
+    #[test]
+    fn every_rising_backend_gets_its_target_health_read_in_one_pass() {
+        let mut split =
+            TrafficSplit::test().with_weights(&[("lambda", 0), ("fargate", 50), ("green", 50)]);
+        let mut green = split.spec.backends[1].clone();
+        green.name = "green".into();
+        green.ecs.as_mut().unwrap().service = "green".into();
+        split.spec.backends.push(green);
+        let mut world = World::new(split);
+        world.observed = Some(w(&[("lambda", 100), ("fargate", 0), ("green", 0)]));
+        let mut both = lb(10, 10, None);
+        both.insert("green".into(), both["fargate"].clone());
+        world.ecs = both.clone();
+        let d = world.decide();
+        assert_eq!(
+            d.needs_target_health,
+            vec!["fargate".to_string(), "green".to_string()]
+        );
+        for o in both.values_mut() {
+            o.healthy = Some(("api-tg".into(), 10));
+        }
+        world.ecs = both;
+        let d = world.decide();
+        assert!(d.needs_target_health.is_empty());
+        assert_eq!(
+            d.write,
+            Some(w(&[("lambda", 0), ("fargate", 50), ("green", 50)]))
+        );
     }
 
     #[test]
