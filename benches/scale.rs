@@ -451,6 +451,8 @@ for page in c.get_paginator("list_hosted_zones").paginate():
     /// - ECS DescribeServices: ceil(services / 10) per cluster, every cycle.
     /// - API Gateway GetDomainName, ELBv2 DescribeTargetGroups and DescribeLoadBalancers: one per
     ///   domain / target group on a cold cache.
+    /// - ELBv2 DescribeTargetHealth: one per target group of an ECS backend whose weight rises in
+    ///   the cycle (first convergence of a scenario: 0% -> 50%), none in a steady state.
     ///
     /// `records` are the zones' record counts when the cycle lists them; `value_chars` per zone are
     /// those of the writes the cycle made (the change contents are the controller's; their number is
@@ -496,6 +498,7 @@ for page in c.get_paginator("list_hosted_zones").paginate():
                     add("apigateway.GetDomainName", 1);
                     add("elbv2.DescribeTargetGroups", 1);
                     add("elbv2.DescribeLoadBalancers", 1);
+                    add("elbv2.DescribeTargetHealth", 1);
                 }
             }
         }

@@ -213,6 +213,20 @@ def ensure_ecs(ecs, cluster: str, service: str, tasks: int, net: dict, tg_arn: s
     }
 
 
+def ensure_targets(elb, tg_arn: str, n: int):
+    """Register n IP targets, which moto reports `healthy` at once.
+
+    moto never registers ECS tasks in their target groups, and trafficshift raises an ECS weight
+    only when enough targets are healthy. Without a realistic AWS layer in front of moto (which
+    derives targets from running tasks), a fixed pool of healthy targets stands in for the
+    service's tasks, as moto's instant scaling stands in for task starts.
+    """
+    have = len(elb.describe_target_health(TargetGroupArn=tg_arn)["TargetHealthDescriptions"])
+    if have < n:
+        targets = [{"Id": f"10.0.{200 + i // 250}.{1 + i % 250}", "Port": 80} for i in range(have, n)]
+        elb.register_targets(TargetGroupArn=tg_arn, Targets=targets)
+
+
 def upsert(r53, zone_id: str, rrset: dict):
     r53.change_resource_record_sets(
         HostedZoneId=zone_id,
@@ -235,6 +249,8 @@ def cmd_scenario(args) -> dict:
     out.update(
         ensure_ecs(ecs, args.cluster, args.service, args.tasks, out, out["target_group_arn"], not args.leave_pending)
     )
+    if args.healthy_targets:
+        ensure_targets(elb, out["target_group_arn"], args.healthy_targets)
 
     record = fqdn(args.record)
     if args.record_target == "apigw":
@@ -390,6 +406,13 @@ def parse_args(argv=None):
     s.add_argument("--unrelated-type", default="CNAME", choices=["CNAME", "A"])
     s.add_argument("--unrelated-value", default=None)
     s.add_argument("--tasks", type=int, default=2, help="initial desiredCount of the ECS service")
+    s.add_argument(
+        "--healthy-targets",
+        type=int,
+        default=40,
+        help="healthy IP targets to register in the service's target group (moto registers none "
+        "for ECS tasks; 0 = none). Default 40, the examples' maxTasks",
+    )
     s.add_argument(
         "--leave-pending",
         action="store_true",

@@ -125,6 +125,8 @@ fn poll_interval(doc: &SplitDoc, resync: Duration) -> Duration {
     let third = doc.split.spec.interval() / 3;
     third
         .clamp(Duration::from_secs(1), Duration::from_secs(10))
+        // Gates run on their own clock; a short gateInterval must not wait for a slow poll.
+        .min(doc.split.spec.gate_interval().max(Duration::from_secs(1)))
         .min(resync)
 }
 
@@ -548,7 +550,9 @@ fn update_conditions(m: &mut Managed) {
     };
     set_condition(m, "Ready", ready, reason, msg);
     let (prog, reason) = match state {
-        "Progressing" if waiting.contains("ECS") => (true, "WaitingForCapacity"),
+        "Progressing" if waiting.starts_with("capacity") || waiting.contains("ECS") => {
+            (true, "WaitingForCapacity")
+        }
         "Progressing" if waiting.contains("gates") => (true, "WaitingForGates"),
         "Progressing" if waiting.contains("interval") => (true, "HoldInterval"),
         "Progressing" => (true, "Advancing"),
@@ -562,10 +566,13 @@ fn update_conditions(m: &mut Managed) {
     let degraded =
         matches!(state, "Degraded" | "RolledBack" | "Conflict" | "Invalid") || err.is_some();
     let (reason, msg) = match state {
+        "Degraded" if waiting.starts_with("capacity") => {
+            ("ProgressDeadlineExceeded", waiting.clone())
+        }
         "Degraded" => ("GateFailing", waiting.clone()),
         "RolledBack" => (
             "RolledBack",
-            "a gate failed; rolled back to the start split until the document changes".into(),
+            "a gate failed or capacity did not serve in time (see events); rolled back to the start split until the document changes".into(),
         ),
         "Conflict" => ("Conflict", err.clone().unwrap_or_default()),
         "Invalid" => ("InvalidDocument", m.rejected.clone().unwrap_or_default()),

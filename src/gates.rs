@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::aws::Aws;
 use crate::spec::{
-    BackendRef, CloudwatchAlarmGate, Gate, HttpGate, OnNoData, PrometheusGate, TargetHealthGate,
-    TrafficSplit,
+    BackendRef, CloudwatchAlarmGate, Gate, HttpGate, OnInsufficientData, OnNoData, PrometheusGate,
+    TargetHealthGate, TrafficSplit,
 };
 
 /// Prometheus answers larger than this are refused: a gate query returns one sample.
@@ -22,6 +22,9 @@ const HTTP_BODY_CAP: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateOutcome {
     pub passing: bool,
+    /// Neither pass nor failure: the step waits and no failure is counted (e.g. an alarm with
+    /// INSUFFICIENT_DATA under `onInsufficientData: wait`). `passing` is false.
+    pub waiting: bool,
     /// The measured value, for gates that measure one (Prometheus sample, healthy target percent).
     pub value: Option<f64>,
     /// What was seen, in words; says why when failing.
@@ -32,6 +35,7 @@ impl GateOutcome {
     fn pass(message: impl Into<String>) -> Self {
         GateOutcome {
             passing: true,
+            waiting: false,
             value: None,
             message: message.into(),
         }
@@ -40,6 +44,16 @@ impl GateOutcome {
     fn fail(message: impl Into<String>) -> Self {
         GateOutcome {
             passing: false,
+            waiting: false,
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn wait(message: impl Into<String>) -> Self {
+        GateOutcome {
+            passing: false,
+            waiting: true,
             value: None,
             message: message.into(),
         }
@@ -97,20 +111,33 @@ impl GateChecker {
             Err(e) => return GateOutcome::fail(format!("cannot read alarm states: {e}")),
         };
         let mut problems = Vec::new();
+        let mut no_data = Vec::new();
         for name in &g.alarm_names {
             match states.iter().find(|(n, _)| n == name) {
                 None => problems.push(format!("alarm {name} not found")),
+                Some((_, state)) if state == "INSUFFICIENT_DATA" => match g.on_insufficient_data {
+                    OnInsufficientData::Pass => {}
+                    OnInsufficientData::Wait => no_data.push(name.as_str()),
+                    OnInsufficientData::Fail => problems.push(format!(
+                        "{name} is INSUFFICIENT_DATA (onInsufficientData: fail)"
+                    )),
+                },
                 Some((_, state)) if state != "OK" => problems.push(format!("{name} is {state}")),
                 Some(_) => {}
             }
         }
-        if problems.is_empty() {
+        if !problems.is_empty() {
+            GateOutcome::fail(problems.join("; "))
+        } else if !no_data.is_empty() {
+            GateOutcome::wait(format!(
+                "{} INSUFFICIENT_DATA (onInsufficientData: wait)",
+                no_data.join(", ")
+            ))
+        } else {
             match g.alarm_names.as_slice() {
                 [one] => GateOutcome::pass(format!("{one} is OK")),
                 many => GateOutcome::pass(format!("all {} alarms OK", many.len())),
             }
-        } else {
-            GateOutcome::fail(problems.join("; "))
         }
     }
 
@@ -598,6 +625,7 @@ spec:
         Gate {
             cloudwatch_alarm: Some(CloudwatchAlarmGate {
                 alarm_names: names.iter().map(|s| s.to_string()).collect(),
+                on_insufficient_data: OnInsufficientData::Wait,
             }),
             ..gate("alarms")
         }
@@ -624,8 +652,16 @@ spec:
         assert_eq!(o.message, "all 2 alarms OK");
     }
 
+    fn with_no_data(mut g: Gate, on: OnInsufficientData) -> Gate {
+        g.cloudwatch_alarm
+            .as_mut()
+            .expect("alarm gate")
+            .on_insufficient_data = on;
+        g
+    }
+
     #[tokio::test]
-    async fn alarms_in_alarm_missing_or_insufficient_fail() {
+    async fn alarms_in_alarm_or_missing_fail_whatever_insufficient_data_means() {
         let c = checker(
             FakeEcs::default(),
             FakeTargets::default(),
@@ -635,19 +671,61 @@ spec:
                 ("new", "INSUFFICIENT_DATA"),
             ]),
         );
+        let g = alarm_gate(&["api-fargate-5xx", "ok", "x", "new"]);
+        let o = c.check(&split(), &g).await;
+        assert!(
+            !o.passing && !o.waiting,
+            "a real failure is not a wait: {o:?}"
+        );
+        assert_eq!(o.message, "api-fargate-5xx is ALARM; alarm x not found");
         let o = c
-            .check(
-                &split(),
-                &alarm_gate(&["api-fargate-5xx", "ok", "x", "new"]),
-            )
+            .check(&split(), &with_no_data(g, OnInsufficientData::Fail))
             .await;
-        assert!(!o.passing);
+        assert!(!o.passing && !o.waiting);
         assert_eq!(
             o.message,
-            "api-fargate-5xx is ALARM; alarm x not found; new is INSUFFICIENT_DATA"
+            "api-fargate-5xx is ALARM; alarm x not found; new is INSUFFICIENT_DATA (onInsufficientData: fail)"
         );
         let o = c.check(&split(), &alarm_gate(&[])).await;
         assert!(!o.passing, "an empty alarm list must not pass");
+    }
+
+    #[tokio::test]
+    async fn insufficient_data_waits_passes_or_fails_as_configured() {
+        let c = checker(
+            FakeEcs::default(),
+            FakeTargets::default(),
+            alarms(&[("ok", "OK"), ("new", "INSUFFICIENT_DATA")]),
+        );
+        let g = alarm_gate(&["ok", "new"]);
+        // (setting, passing, waiting, message)
+        let table = [
+            (
+                OnInsufficientData::Wait,
+                false,
+                true,
+                "new INSUFFICIENT_DATA (onInsufficientData: wait)",
+            ),
+            (OnInsufficientData::Pass, true, false, "all 2 alarms OK"),
+            (
+                OnInsufficientData::Fail,
+                false,
+                false,
+                "new is INSUFFICIENT_DATA (onInsufficientData: fail)",
+            ),
+        ];
+        for (on, passing, waiting, message) in table {
+            let o = c.check(&split(), &with_no_data(g.clone(), on)).await;
+            assert_eq!(
+                (o.passing, o.waiting, o.message.as_str()),
+                (passing, waiting, message),
+                "{on:?}"
+            );
+        }
+        // The default is wait.
+        let parsed: CloudwatchAlarmGate =
+            serde_json::from_str(r#"{"alarmNames": ["new"]}"#).expect("parses");
+        assert_eq!(parsed.on_insufficient_data, OnInsufficientData::Wait);
     }
 
     fn ecs_gate() -> Gate {

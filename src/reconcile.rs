@@ -101,10 +101,14 @@ impl Context {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateRecord {
     pub passing: Option<bool>,
+    /// The latest check said to wait (not a pass, not a failure); `passing` is then false.
+    pub waiting: bool,
     pub consecutive_failures: u32,
     pub value: Option<f64>,
     pub message: String,
     pub last_check: Option<u64>,
+    /// Unix time of the latest failed check (a failing gate stops the step's clock).
+    pub last_failure: Option<u64>,
 }
 
 /// A split to reconcile with its gate memory.
@@ -450,20 +454,81 @@ fn gates_matter(split: &TrafficSplit, obs: &Observed) -> bool {
     }
 }
 
+/// Whether an ECS gate's failure is the controller's own doing: it is waiting for capacity it
+/// asked for (the stored state of this rollout says since when) and `progressDeadline` has not
+/// passed. A deployment whose rolloutState is FAILED is never waited for.
+fn awaits_capacity(split: &TrafficSplit, obs: &Observed, now: u64) -> bool {
+    let Some(s) = &obs.state else { return false };
+    let Some(since) = s.capacity_since else {
+        return false;
+    };
+    s.generation == rollout::generation(split)
+        && s.phase == Phase::Progressing
+        && now < since + split.spec.progress_deadline().as_secs()
+}
+
+/// The gates whose next check is due at `now`.
+fn due_gates<'a>(
+    split: &'a TrafficSplit,
+    records: &BTreeMap<String, GateRecord>,
+    now: u64,
+) -> Vec<&'a crate::spec::Gate> {
+    let every = split.spec.gate_interval().as_secs();
+    split
+        .spec
+        .gates
+        .iter()
+        .filter(|g| {
+            records
+                .get(&g.name)
+                .and_then(|r| r.last_check)
+                .is_none_or(|at| now >= at + every)
+        })
+        .collect()
+}
+
+/// Check the gates that are due: each runs every `rollout.gateInterval` (and at once when it has
+/// never been checked by this process), so `failureThreshold` x `gateInterval` is a time.
 async fn check_gates(
     ctx: &Context,
     split: &TrafficSplit,
     records: &mut BTreeMap<String, GateRecord>,
+    capacity_wait: bool,
+    services: &BTreeMap<String, EcsService>,
     now: u64,
 ) -> Vec<Note> {
-    let results = join_all(split.spec.gates.iter().map(|g| ctx.gates.check(split, g))).await;
+    let due = due_gates(split, records, now);
+    let results = join_all(due.iter().map(|g| ctx.gates.check(split, g))).await;
     let mut notes = Vec::new();
-    for (g, r) in split.spec.gates.iter().zip(results) {
+    for (g, mut r) in due.into_iter().zip(results) {
+        // The controller's own scale-up makes ecsStable and targetHealth fail until the tasks
+        // serve; that is a wait (bounded by progressDeadline), not a failure.
+        let backend = g
+            .ecs_stable
+            .as_ref()
+            .map(|e| &e.backend)
+            .or(g.target_health.as_ref().map(|t| &t.backend));
+        if let Some(b) = backend {
+            let failed_rollout = services
+                .get(b)
+                .is_some_and(|s| s.rollout_state.as_deref() == Some("FAILED"));
+            if capacity_wait && !r.passing && !failed_rollout {
+                r = crate::gates::GateOutcome {
+                    waiting: true,
+                    message: format!(
+                        "waiting for the capacity trafficshift asked for: {}",
+                        r.message
+                    ),
+                    ..r
+                };
+            }
+        }
         let rec = records.entry(g.name.clone()).or_default();
         if r.passing {
             rec.consecutive_failures = 0;
-        } else {
+        } else if !r.waiting {
             rec.consecutive_failures += 1;
+            rec.last_failure = Some(now);
             notes.push(Note {
                 warning: true,
                 reason: "GateFailed",
@@ -474,6 +539,7 @@ async fn check_gates(
             });
         }
         rec.passing = Some(r.passing);
+        rec.waiting = r.waiting;
         rec.value = r.value;
         rec.message = r.message;
         rec.last_check = Some(now);
@@ -481,7 +547,11 @@ async fn check_gates(
     notes
 }
 
-fn summarize(split: &TrafficSplit, records: &BTreeMap<String, GateRecord>) -> GateSummary {
+fn summarize(
+    split: &TrafficSplit,
+    records: &BTreeMap<String, GateRecord>,
+    now: u64,
+) -> GateSummary {
     let threshold = split
         .spec
         .rollout
@@ -491,17 +561,23 @@ fn summarize(split: &TrafficSplit, records: &BTreeMap<String, GateRecord>) -> Ga
         .max(1);
     let mut s = GateSummary {
         all_passing: true,
-        failing: vec![],
-        tripped: None,
+        ..GateSummary::default()
     };
     for g in &split.spec.gates {
         match records.get(&g.name) {
             Some(r) if r.passing == Some(true) => {}
+            Some(r) if r.waiting => {
+                s.all_passing = false;
+                s.waiting.push(format!("{}: {}", g.name, r.message));
+            }
             Some(r) => {
                 s.all_passing = false;
                 s.failing.push(format!("{}: {}", g.name, r.message));
                 if r.consecutive_failures >= threshold && s.tripped.is_none() {
                     s.tripped = Some((g.name.clone(), r.message.clone()));
+                }
+                if r.consecutive_failures == 1 && r.last_check == Some(now) {
+                    s.new_failure = Some(now);
                 }
             }
             None => {
@@ -509,8 +585,31 @@ fn summarize(split: &TrafficSplit, records: &BTreeMap<String, GateRecord>) -> Ga
                 s.failing.push(format!("{}: not checked yet", g.name));
             }
         }
+        if let Some(t) = records.get(&g.name).and_then(|r| r.last_failure) {
+            s.last_failure = Some(s.last_failure.map_or(t, |x: u64| x.max(t)));
+        }
     }
     s
+}
+
+/// The short name of a target group ARN (`arn:...:targetgroup/api-tg/73e2d6bc24d8a067` ->
+/// `api-tg`), for status messages.
+fn tg_name(arn: &str) -> &str {
+    arn.split_once(":targetgroup/")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or(arn)
+}
+
+/// The target group of `svc` with the fewest healthy targets: (name, healthy).
+async fn least_healthy(ctx: &Context, svc: &EcsService) -> Result<(String, u32)> {
+    let mut least: Option<(String, u32)> = None;
+    for tg in &svc.target_groups {
+        let (healthy, _total) = ctx.aws.targets.target_health(tg).await?;
+        if least.as_ref().is_none_or(|(_, h)| healthy < *h) {
+            least = Some((tg_name(tg).to_string(), healthy));
+        }
+    }
+    Ok(least.unwrap_or_default())
 }
 
 async fn plan_split(
@@ -547,12 +646,6 @@ async fn plan_split_inner(
     {
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
-    let mut notes = Vec::new();
-    if gates_matter(&split, &obs) {
-        notes.extend(check_gates(ctx, &split, &mut p.work.gates, now).await);
-    }
-    let summary = summarize(&split, &p.work.gates);
-
     let mut ecs_obs = BTreeMap::new();
     let mut ecs_live = BTreeMap::new();
     for b in &split.spec.backends {
@@ -564,6 +657,10 @@ async fn plan_split_inner(
                         desired: s.desired,
                         running: s.running,
                         stable: s.is_stable(),
+                        deployments: s.deployments,
+                        rollout_failed: s.rollout_state.as_deref() == Some("FAILED"),
+                        load_balanced: !s.target_groups.is_empty(),
+                        healthy: None,
                     },
                 );
                 ecs_live.insert(b.name.clone(), s.clone());
@@ -571,15 +668,45 @@ async fn plan_split_inner(
         }
     }
 
-    let d: Decision = rollout::decide(&rollout::Inputs {
-        split: &split,
-        owner: &ctx.owner,
-        stored: obs.state.as_ref(),
-        observed: obs.weights.as_ref(),
-        ecs: &ecs_obs,
-        gates: &summary,
-        now_ms,
-    });
+    let mut notes = Vec::new();
+    if gates_matter(&split, &obs) {
+        let capacity_wait = awaits_capacity(&split, &obs, now);
+        notes.extend(
+            check_gates(
+                ctx,
+                &split,
+                &mut p.work.gates,
+                capacity_wait,
+                &ecs_live,
+                now,
+            )
+            .await,
+        );
+    }
+    let summary = summarize(&split, &p.work.gates, now);
+
+    let decide = |ecs: &BTreeMap<String, EcsObs>| {
+        rollout::decide(&rollout::Inputs {
+            split: &split,
+            owner: &ctx.owner,
+            stored: obs.state.as_ref(),
+            observed: obs.weights.as_ref(),
+            ecs,
+            gates: &summary,
+            now_ms,
+        })
+    };
+    let mut d: Decision = decide(&ecs_obs);
+    // Target health costs a call per target group: read it only for the backends whose weight
+    // is about to rise (the decision says which), then decide again with it.
+    if !d.needs_target_health.is_empty() {
+        for b in &d.needs_target_health {
+            if let (Some(o), Some(s)) = (ecs_obs.get_mut(b), ecs_live.get(b)) {
+                o.healthy = Some(least_healthy(ctx, s).await?);
+            }
+        }
+        d = decide(&ecs_obs);
+    }
     notes.extend(d.notes.iter().cloned());
 
     let intended = obs
@@ -858,4 +985,116 @@ async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change])
     plan::check_batch(changes)?;
     let id = ctx.aws.dns.change(zone_id, comment, changes).await?;
     ctx.aws.dns.wait_insync(&id, ctx.insync_timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Gate;
+
+    fn split() -> TrafficSplit {
+        TrafficSplit::test()
+            .with_steps(&[50, 100], 60)
+            .with_gate(Gate::ecs_stable("a", "fargate"))
+            .with_gate(Gate::ecs_stable("b", "fargate"))
+    }
+
+    fn checked(at: u64, passing: bool, failures: u32) -> GateRecord {
+        GateRecord {
+            passing: Some(passing),
+            consecutive_failures: failures,
+            last_check: Some(at),
+            last_failure: (!passing).then_some(at),
+            message: if passing { "ok" } else { "bad" }.into(),
+            ..GateRecord::default()
+        }
+    }
+
+    #[test]
+    fn gates_run_on_their_own_clock() {
+        // gateInterval 30s (default). (records of a and b, now, gates due)
+        let never = BTreeMap::new();
+        let a_at_100: BTreeMap<String, GateRecord> =
+            [("a".to_string(), checked(100, true, 0))].into();
+        let both_at_100: BTreeMap<String, GateRecord> = [
+            ("a".to_string(), checked(100, true, 0)),
+            ("b".to_string(), checked(110, false, 1)),
+        ]
+        .into();
+        let table: [(&BTreeMap<String, GateRecord>, u64, Vec<&str>); 6] = [
+            (&never, 0, vec!["a", "b"]),
+            (&a_at_100, 101, vec!["b"]),
+            (&a_at_100, 129, vec!["b"]),
+            (&a_at_100, 130, vec!["a", "b"]),
+            (&both_at_100, 135, vec!["a"]),
+            (&both_at_100, 140, vec!["a", "b"]),
+        ];
+        let s = split();
+        for (records, now, want) in table {
+            let due: Vec<&str> = due_gates(&s, records, now)
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect();
+            assert_eq!(due, want, "t={now}");
+        }
+        let mut s = split();
+        s.spec.rollout.as_mut().unwrap().gate_interval =
+            crate::spec::HumanDuration(Duration::from_secs(5));
+        let due: Vec<&str> = due_gates(&s, &a_at_100, 105)
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        assert_eq!(due, vec!["a", "b"], "gateInterval 5s");
+    }
+
+    #[test]
+    fn summary_separates_waits_from_failures() {
+        let s = split();
+        let waiting = GateRecord {
+            waiting: true,
+            ..checked(100, false, 0)
+        };
+        let records: BTreeMap<String, GateRecord> = [
+            ("a".to_string(), waiting),
+            ("b".to_string(), checked(100, true, 0)),
+        ]
+        .into();
+        let sum = summarize(&s, &records, 100);
+        assert!(!sum.all_passing);
+        assert_eq!(sum.waiting, vec!["a: bad".to_string()]);
+        assert!(sum.failing.is_empty());
+        assert_eq!((sum.tripped, sum.new_failure), (None, None));
+
+        // b fails for the first time at 130 (a new run), then a third time in a row.
+        let records: BTreeMap<String, GateRecord> = [
+            ("a".to_string(), checked(100, true, 0)),
+            ("b".to_string(), checked(130, false, 1)),
+        ]
+        .into();
+        let sum = summarize(&s, &records, 130);
+        assert_eq!(sum.new_failure, Some(130));
+        assert_eq!(sum.last_failure, Some(130));
+        assert_eq!(sum.tripped, None);
+        let sum = summarize(&s, &records, 131);
+        assert_eq!(sum.new_failure, None, "only the cycle that checked it");
+        let records: BTreeMap<String, GateRecord> =
+            [("b".to_string(), checked(190, false, 3))].into();
+        let sum = summarize(&s, &records, 190);
+        assert_eq!(sum.tripped, Some(("b".to_string(), "bad".to_string())));
+        assert_eq!(sum.failing, vec!["a: not checked yet", "b: bad"]);
+    }
+
+    #[test]
+    fn target_group_names_for_messages() {
+        let table = [
+            (
+                "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/api-tg/73e2d6bc24d8a067",
+                "api-tg",
+            ),
+            ("api-tg", "api-tg"),
+        ];
+        for (arn, name) in table {
+            assert_eq!(tg_name(arn), name);
+        }
+    }
 }

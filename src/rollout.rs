@@ -10,11 +10,21 @@ use crate::state::{Drain, Phase, RolloutState};
 use crate::weights::{interpolate, tasks_for};
 
 /// A live ECS service, as the step machine needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EcsObs {
     pub desired: i32,
     pub running: i32,
+    /// The SDKs' ServicesStable: one deployment, running == desired, rollout not FAILED.
     pub stable: bool,
+    /// Entries in the service's `deployments` (2 while a new task definition rolls out).
+    pub deployments: usize,
+    /// The PRIMARY deployment's rolloutState is FAILED: the circuit breaker gave up on its tasks.
+    pub rollout_failed: bool,
+    /// The service registers its tasks in target groups (its `loadBalancers` list is not empty).
+    pub load_balanced: bool,
+    /// The target group with the fewest `healthy` targets, as (name, healthy count); None when
+    /// target health was not read this cycle (it is read only for a weight about to rise).
+    pub healthy: Option<(String, u32)>,
 }
 
 /// Gate results, summarised by the controller's gate tracker.
@@ -24,16 +34,24 @@ pub struct GateSummary {
     pub all_passing: bool,
     /// Gates whose latest check failed or that were never checked, with why.
     pub failing: Vec<String>,
+    /// Gates whose latest check said to wait (capacity trafficshift asked for is still coming,
+    /// an alarm has INSUFFICIENT_DATA), with why. They hold the step but are not failures.
+    pub waiting: Vec<String>,
     /// A gate that failed `failureThreshold` times in a row: (name, message).
     pub tripped: Option<(String, String)>,
+    /// Unix time of the latest failed check of any gate: a failing gate stops the step's clock,
+    /// so the hold interval counts from here.
+    pub last_failure: Option<u64>,
+    /// Unix time of a check that began a run of failures (the first failure in a row) made this
+    /// cycle. The step machine persists the restart of the hold interval then, once per run.
+    pub new_failure: Option<u64>,
 }
 
 impl GateSummary {
     pub fn none() -> Self {
         GateSummary {
             all_passing: true,
-            failing: vec![],
-            tripped: None,
+            ..GateSummary::default()
         }
     }
 }
@@ -99,6 +117,9 @@ pub struct Decision {
     pub progress: f64,
     pub rolled_back: bool,
     pub notes: Vec<Note>,
+    /// ECS backends whose target health this decision needed but `Inputs::ecs` did not carry:
+    /// read it and decide again (the decision is only valid when this is empty).
+    pub needs_target_health: Vec<String>,
 }
 
 /// Hash of what defines a rollout: target weights, steps and backend names. Editing gates, the
@@ -141,36 +162,105 @@ fn usable(split: &TrafficSplit, w: &Weights) -> Option<Weights> {
     (out.values().sum::<u32>() == 100).then_some(out)
 }
 
-/// Why capacity for `want` is not in place yet, for backends whose weight rises above `baseline`.
+/// Why capacity for `want` is not serving yet, for a backend whose weight rises above `baseline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Gap {
+    /// What is missing, in words (`fargate 3/5 healthy targets in tg api-tg`).
+    what: String,
+    /// Waiting cannot help: the deployment's rolloutState is FAILED.
+    failed: bool,
+}
+
+/// The first ECS backend whose weight rises from `baseline` to `want` without the capacity to
+/// serve it. An ECS service behind target groups serves `need` tasks when it has one deployment,
+/// at least `need` running tasks and at least `need` healthy targets in each target group; one
+/// without load balancers only has its counts (desired, running, stable). Backends whose target
+/// health is needed but not observed are added to `unknown`.
 fn capacity_gap(
     split: &TrafficSplit,
     want: &Weights,
     baseline: &Weights,
     ecs: &BTreeMap<String, EcsObs>,
-) -> Option<String> {
+    unknown: &mut Vec<String>,
+) -> Option<Gap> {
+    let mut pending = None;
     for b in &split.spec.backends {
         let Some(cfg) = &b.ecs else { continue };
         let w = want.get(&b.name).copied().unwrap_or(0);
         if w <= baseline.get(&b.name).copied().unwrap_or(0) {
             continue;
         }
-        let need = tasks_for(cfg, w) as i32;
-        let what = format!("ECS service {}/{}", cfg.cluster, cfg.service);
-        match ecs.get(&b.name) {
-            None => return Some(format!("{what} to exist")),
-            Some(o) if o.desired < need || o.running < need || !o.stable => {
-                return Some(format!(
-                    "{what} stable at {need} tasks before raising {} to {w}% (desired {}, running {}{})",
+        let need = tasks_for(cfg, w);
+        let gap = |what: String| {
+            Some(Gap {
+                what: format!("{what} for {w}%"),
+                failed: false,
+            })
+        };
+        let Some(o) = ecs.get(&b.name) else {
+            return gap(format!(
+                "ECS service {}/{} of {} to exist",
+                cfg.cluster, cfg.service, b.name
+            ));
+        };
+        if o.rollout_failed {
+            return Some(Gap {
+                what: format!(
+                    "ECS service {}/{} of {}: deployment rolloutState FAILED ({} of {need} tasks running)",
+                    cfg.cluster, cfg.service, b.name, o.running
+                ),
+                failed: true,
+            });
+        }
+        let running = u32::try_from(o.running).unwrap_or(0);
+        let desired = u32::try_from(o.desired).unwrap_or(0);
+        if !o.load_balanced {
+            if desired < need || running < need || !o.stable {
+                return gap(format!(
+                    "{} stable at {need} tasks (desired {desired}, running {running}{})",
                     b.name,
-                    o.desired,
-                    o.running,
                     if o.stable { "" } else { ", not stable" }
+                ));
+            }
+            continue;
+        }
+        if o.deployments != 1 {
+            return gap(format!(
+                "{} to finish its deployment ({} deployments)",
+                b.name, o.deployments
+            ));
+        }
+        if desired < need || running < need {
+            return gap(format!(
+                "{} {running}/{need} tasks running (desired {desired})",
+                b.name
+            ));
+        }
+        match &o.healthy {
+            None => {
+                // Go on: every backend whose health is needed is named in one pass, so a split
+                // with several rising ECS backends gets all of them read in the same cycle.
+                unknown.push(b.name.clone());
+                pending.get_or_insert_with(|| Gap {
+                    what: format!("{} target health to be read for {w}%", b.name),
+                    failed: false,
+                });
+            }
+            Some((tg, healthy)) if *healthy < need => {
+                return gap(format!(
+                    "{} {healthy}/{need} healthy targets in tg {tg}",
+                    b.name
                 ));
             }
             Some(_) => {}
         }
     }
-    None
+    pending
+}
+
+/// `40s`, `3m20s`: whole seconds, for status messages.
+fn secs(n: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(n)).to_string()
 }
 
 pub fn decide(i: &Inputs) -> Decision {
@@ -221,55 +311,62 @@ pub fn decide(i: &Inputs) -> Decision {
                 current: start.clone(),
                 start,
                 drains: i.stored.map(|s| s.drains.clone()).unwrap_or_default(),
+                capacity_since: None,
             }
         }
     };
 
     let rollout = split.spec.rollout.as_ref();
+    let on_failure = rollout.map(|r| r.on_gate_failure).unwrap_or_default();
     let interval = split.spec.interval().as_secs();
+    let deadline = split.spec.progress_deadline().as_secs();
     let mut waiting_for = None;
     let mut next_step_at = None;
+    // Weights whose capacity this cycle asks ECS for ahead of the step that needs them.
     let mut prescale: Option<Weights> = None;
     let mut rolled_back = false;
-    let status = match st.phase {
+    let mut unknown = Vec::new();
+    // A step that cannot be taken: (event reason, why, what a hold waits for). It rolls back or
+    // holds per onGateFailure.
+    let mut failure: Option<(&'static str, String, String)> = None;
+    let mut status = match st.phase {
         Phase::Complete => SplitState::Complete,
         Phase::RolledBack => SplitState::RolledBack,
         Phase::Progressing => {
             if let Some((gate, msg)) = &i.gates.tripped {
-                match rollout.map(|r| r.on_gate_failure).unwrap_or_default() {
-                    OnGateFailure::Rollback => {
-                        rolled_back = true;
-                        notes.push(Note {
-                            warning: true,
-                            reason: "RolledBack",
-                            message: format!(
-                                "gate {gate} failed ({msg}); rolling back from {} to {}",
-                                crate::weights::show(&st.current),
-                                crate::weights::show(&st.start)
-                            ),
-                        });
-                        st.current = st.start.clone();
-                        st.phase = Phase::RolledBack;
-                        st.since = stamp;
-                        SplitState::RolledBack
-                    }
-                    OnGateFailure::Hold => {
-                        waiting_for = Some(format!("gate {gate} to pass ({msg})"));
-                        SplitState::Degraded
-                    }
-                }
+                failure = Some((
+                    "GateFailed",
+                    format!("gate {gate} failed ({msg})"),
+                    format!("gate {gate} to pass ({msg})"),
+                ));
+                SplitState::Degraded
             } else if rollout.is_some_and(|r| r.paused) {
                 waiting_for = Some("rollout.paused to be false".to_string());
                 SplitState::Paused
             } else {
                 let next = interpolate(&st.start, &target, steps[st.step.min(n - 1)]);
+                // A failing gate stops the clock: the hold interval counts from its latest failed
+                // check. The first failure of a run is written down (with the state, one Route53
+                // write per run, not per check) so a restart cannot cut the hold short; later
+                // failures of the run extend it in memory only, and a restart makes every gate
+                // pass a fresh check before the next step anyway.
+                if st.step > 0 {
+                    if let Some(t) = i.gates.new_failure {
+                        st.since = st.since.max(t);
+                    }
+                }
+                let hold_from = st.since.max(i.gates.last_failure.unwrap_or(0));
                 // The first step leaves the start split at once; later ones hold for the interval.
-                let due = if st.step == 0 { 0 } else { st.since + interval };
+                let due = if st.step == 0 {
+                    0
+                } else {
+                    hold_from + interval
+                };
                 if now < due {
                     waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
                     next_step_at = Some(due);
                     SplitState::Progressing
-                } else if !i.gates.all_passing {
+                } else if !i.gates.failing.is_empty() {
                     waiting_for = Some(format!("gates to pass: {}", i.gates.failing.join("; ")));
                     SplitState::Progressing
                 } else {
@@ -283,10 +380,37 @@ pub fn decide(i: &Inputs) -> Decision {
                             )
                         })
                         .collect();
-                    match capacity_gap(split, &next, &baseline, i.ecs) {
+                    match capacity_gap(split, &next, &baseline, i.ecs, &mut unknown) {
                         Some(gap) => {
-                            waiting_for = Some(gap);
                             prescale = Some(next);
+                            let since = *st.capacity_since.get_or_insert(stamp);
+                            let waited = now.saturating_sub(since);
+                            if gap.failed {
+                                let why = format!("capacity: {}", gap.what);
+                                let hold = format!("{why}; holding (onGateFailure: hold)");
+                                failure = Some(("RolloutFailed", why, hold));
+                            } else if waited >= deadline {
+                                let why = format!(
+                                    "capacity: {} not serving after {} (progressDeadline {})",
+                                    gap.what,
+                                    secs(waited),
+                                    secs(deadline)
+                                );
+                                let hold = format!("{why}; holding (onGateFailure: hold)");
+                                failure = Some(("ProgressDeadlineExceeded", why, hold));
+                            } else {
+                                waiting_for = Some(format!(
+                                    "capacity: {} (waiting {} of {})",
+                                    gap.what,
+                                    secs(waited),
+                                    secs(deadline)
+                                ));
+                            }
+                            SplitState::Progressing
+                        }
+                        None if !i.gates.waiting.is_empty() => {
+                            waiting_for =
+                                Some(format!("gates to pass: {}", i.gates.waiting.join("; ")));
                             SplitState::Progressing
                         }
                         None => {
@@ -304,6 +428,7 @@ pub fn decide(i: &Inputs) -> Decision {
                             });
                             st.current = next;
                             st.since = stamp;
+                            st.capacity_since = None;
                             if st.step >= n {
                                 st.phase = Phase::Complete;
                                 SplitState::Complete
@@ -317,14 +442,47 @@ pub fn decide(i: &Inputs) -> Decision {
             }
         }
     };
+    if let Some((reason, why, hold)) = failure {
+        match on_failure {
+            OnGateFailure::Rollback => {
+                rolled_back = true;
+                notes.push(Note {
+                    warning: true,
+                    reason: "RolledBack",
+                    message: format!(
+                        "{why}; rolling back from {} to {}",
+                        crate::weights::show(&st.current),
+                        crate::weights::show(&st.start)
+                    ),
+                });
+                if reason != "GateFailed" {
+                    notes.push(Note {
+                        warning: true,
+                        reason,
+                        message: why,
+                    });
+                }
+                st.current = st.start.clone();
+                st.phase = Phase::RolledBack;
+                st.since = stamp;
+                st.capacity_since = None;
+                prescale = None;
+                status = SplitState::RolledBack;
+            }
+            OnGateFailure::Hold => {
+                waiting_for = Some(hold);
+                status = SplitState::Degraded;
+            }
+        }
+    }
 
     // Capacity before traffic also guards drift corrections and rollbacks: never raise a weight
     // above what Route53 shows until the ECS service can carry it.
     let want = st.current.clone();
-    let write = match capacity_gap(split, &want, &observed_or_zero, i.ecs) {
+    let write = match capacity_gap(split, &want, &observed_or_zero, i.ecs, &mut unknown) {
         None => Some(want.clone()),
         Some(gap) => {
-            waiting_for.get_or_insert(gap);
+            waiting_for.get_or_insert(format!("capacity: {}", gap.what));
             None
         }
     };
@@ -363,6 +521,13 @@ pub fn decide(i: &Inputs) -> Decision {
         }
     }
 
+    // A scale-up made ahead of a step stays while the step waits (on its interval, its gates,
+    // a pause or a hold): while the rollout is in progress no count drops below what the next
+    // step needs, up to what the service already has. Counts drop only through drains, after a
+    // weight really dropped.
+    let ahead = (st.phase == Phase::Progressing)
+        .then(|| interpolate(&st.start, &target, steps[st.step.min(n - 1)]));
+
     let mut ecs_desired = BTreeMap::new();
     for b in &split.spec.backends {
         let Some(cfg) = &b.ecs else { continue };
@@ -380,7 +545,13 @@ pub fn decide(i: &Inputs) -> Decision {
         if let Some(p) = &prescale {
             share = share.max(p.get(&b.name).copied().unwrap_or(0));
         }
-        ecs_desired.insert(b.name.clone(), tasks_for(cfg, share));
+        let mut count = tasks_for(cfg, share);
+        if let (Some(next), Some(o)) = (&ahead, i.ecs.get(&b.name)) {
+            let live = u32::try_from(o.desired).unwrap_or(0);
+            let ahead_need = tasks_for(cfg, next.get(&b.name).copied().unwrap_or(0));
+            count = count.max(live.min(ahead_need));
+        }
+        ecs_desired.insert(b.name.clone(), count);
     }
 
     let progress = match st.phase {
@@ -401,6 +572,11 @@ pub fn decide(i: &Inputs) -> Decision {
         progress,
         rolled_back,
         notes,
+        needs_target_health: {
+            unknown.sort();
+            unknown.dedup();
+            unknown
+        },
     }
 }
 
@@ -414,6 +590,7 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 
+    /// A service without load balancers: only its counts matter.
     fn ecs(desired: i32, running: i32, stable: bool) -> BTreeMap<String, EcsObs> {
         [(
             "fargate".to_string(),
@@ -421,9 +598,37 @@ mod tests {
                 desired,
                 running,
                 stable,
+                deployments: 1,
+                ..EcsObs::default()
             },
         )]
         .into()
+    }
+
+    /// A service behind target groups, `healthy` targets in the least healthy one (None: not
+    /// read), one deployment.
+    fn lb(desired: i32, running: i32, healthy: Option<u32>) -> BTreeMap<String, EcsObs> {
+        [(
+            "fargate".to_string(),
+            EcsObs {
+                desired,
+                running,
+                stable: desired == running,
+                deployments: 1,
+                rollout_failed: false,
+                load_balanced: true,
+                healthy: healthy.map(|h| ("api-tg".to_string(), h)),
+            },
+        )]
+        .into()
+    }
+
+    fn failing(gate: &str) -> GateSummary {
+        GateSummary {
+            all_passing: false,
+            failing: vec![format!("{gate}: failing")],
+            ..GateSummary::default()
+        }
     }
 
     struct World {
@@ -512,7 +717,6 @@ mod tests {
     #[test]
     fn steps_hold_for_the_interval_and_never_jump_after_restart() {
         let mut world = World::new(TrafficSplit::test().with_steps(&[5, 25, 50, 100], 300));
-        world.ecs = ecs(40, 40, true);
         let d = world.cycle();
         assert_eq!(d.write, Some(w(&[("lambda", 95), ("fargate", 5)])));
         assert_eq!(d.next_step_at, Some(1_300));
@@ -553,7 +757,7 @@ mod tests {
         world.gates = GateSummary {
             all_passing: false,
             failing: vec!["stable: not stable".into()],
-            tripped: None,
+            ..GateSummary::default()
         };
         let d = world.cycle();
         assert_eq!(d.state.step, 1, "no advance while a gate fails");
@@ -597,10 +801,12 @@ mod tests {
             all_passing: false,
             failing: vec!["x".into()],
             tripped: Some(("x".into(), "bad".into())),
+            ..GateSummary::default()
         };
         let d = world.cycle();
         assert_eq!(d.status, SplitState::Degraded);
         assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        world.ecs = ecs(10, 10, true);
         world.gates = GateSummary::none();
         assert!(world
             .cycle()
@@ -632,6 +838,8 @@ mod tests {
         let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 100));
         world.ecs = ecs(20, 20, true);
         world.cycle();
+        // The service scaled back to what 50% needs (10 tasks), e.g. by hand.
+        world.ecs = ecs(10, 10, true);
         world.split = world
             .split
             .clone()
@@ -639,6 +847,7 @@ mod tests {
         let d = world.cycle();
         assert_eq!(d.state.start, w(&[("lambda", 50), ("fargate", 50)]));
         assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        assert_eq!(d.ecs_desired["fargate"], 13, "capacity for 65% first");
         let d = world.cycle();
         assert_eq!(d.write, Some(w(&[("lambda", 35), ("fargate", 65)])));
         // Gate or interval edits do not restart the rollout.
@@ -663,6 +872,364 @@ mod tests {
             world.decide().write,
             Some(w(&[("lambda", 0), ("fargate", 100)]))
         );
+    }
+
+    impl World {
+        /// Persist what a decision wrote, without touching ECS (the test moves it).
+        fn apply(&mut self, d: &Decision) {
+            if let Some(wr) = &d.write {
+                self.observed = Some(wr.clone());
+                self.stored = Some(d.state.clone());
+            }
+        }
+    }
+
+    fn issue_split() -> TrafficSplit {
+        TrafficSplit::test()
+            .with_steps(&[25, 50, 100], 4)
+            .with_gate(Gate::ecs_stable("fargate-stable", "fargate"))
+    }
+
+    /// Issue 9's reproduction: steps [25, 50, 100], interval 4s, one task starting every 4 s. The
+    /// controller scaled 2 -> 5 ahead of the 25% step, then 2 s later back to 2 because the step
+    /// waited on its (own-scale-up-failing) gate. The scale-up must stay while the step waits.
+    #[test]
+    fn a_scale_up_ahead_of_a_step_stays_while_the_step_waits() {
+        let mut world = World::new(issue_split());
+        world.ecs = lb(2, 2, Some(2));
+        let d = world.decide();
+        assert_eq!(d.ecs_desired["fargate"], 5, "5 tasks for 25% of 20");
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(
+            d.waiting_for.as_deref(),
+            Some("capacity: fargate 2/5 tasks running (desired 2) for 25% (waiting 0s of 10m)")
+        );
+        assert_eq!(
+            d.state.capacity_since,
+            Some(1_000),
+            "the wait start is persisted"
+        );
+        world.apply(&d);
+        world.ecs = lb(5, 2, None);
+        // Whatever the gates say while the step waits, the count stays at 5.
+        let summaries = [
+            ("failing", failing("fargate-stable")),
+            (
+                "waiting",
+                GateSummary {
+                    waiting: vec!["fargate-stable: waiting".into()],
+                    ..GateSummary::default()
+                },
+            ),
+            (
+                "tripped with hold",
+                GateSummary {
+                    tripped: Some(("fargate-stable".into(), "bad".into())),
+                    ..failing("fargate-stable")
+                },
+            ),
+        ];
+        for (what, gates) in summaries {
+            for dt in [2, 4, 6] {
+                world.now = 1_000 + dt;
+                world.gates = gates.clone();
+                world.split.spec.rollout.as_mut().unwrap().on_gate_failure = OnGateFailure::Hold;
+                let d = world.decide();
+                assert_eq!(d.ecs_desired["fargate"], 5, "gates {what}, t+{dt}s");
+                assert_eq!(d.state.step, 0, "gates {what}, t+{dt}s");
+            }
+        }
+        world.split.spec.rollout.as_mut().unwrap().paused = true;
+        world.gates = GateSummary::none();
+        assert_eq!(world.decide().ecs_desired["fargate"], 5, "paused");
+        world.split.spec.rollout.as_mut().unwrap().paused = false;
+
+        // Running, target health not read: the decision asks for it (and only then).
+        world.now = 1_012;
+        world.ecs = lb(5, 5, None);
+        let d = world.decide();
+        assert_eq!(d.needs_target_health, vec!["fargate".to_string()]);
+        assert_eq!(d.state.step, 0);
+        world.ecs = lb(5, 5, Some(3));
+        let d = world.decide();
+        assert!(d.needs_target_health.is_empty());
+        assert_eq!(
+            d.waiting_for.as_deref(),
+            Some("capacity: fargate 3/5 healthy targets in tg api-tg for 25% (waiting 12s of 10m)")
+        );
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        world.ecs = lb(5, 5, Some(5));
+        let d = world.decide();
+        assert_eq!(d.write, Some(w(&[("lambda", 75), ("fargate", 25)])));
+        assert_eq!(d.state.step, 1);
+        assert_eq!(
+            d.state.capacity_since, None,
+            "cleared with the step's write"
+        );
+        assert_eq!(d.ecs_desired["fargate"], 5);
+        world.apply(&d);
+        // Steady at the step during its hold: no target health needed, nothing lowered.
+        world.now = 1_014;
+        let d = world.decide();
+        assert!(d.needs_target_health.is_empty());
+        assert_eq!(d.ecs_desired["fargate"], 5);
+        assert_eq!(d.write, world.observed.clone());
+        assert_eq!(
+            Some(&d.state),
+            world.stored.as_ref(),
+            "nothing new to write"
+        );
+    }
+
+    /// What a load-balanced service must show before a weight rises (25% of 20 tasks = 5).
+    #[test]
+    fn serving_capacity_needs_running_tasks_one_deployment_and_healthy_targets() {
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 4);
+        let obs =
+            |desired: i32, running: i32, deployments: usize, healthy: Option<u32>, failed: bool| {
+                EcsObs {
+                    desired,
+                    running,
+                    stable: desired == running && deployments == 1 && !failed,
+                    deployments,
+                    rollout_failed: failed,
+                    load_balanced: true,
+                    healthy: healthy.map(|h| ("api-tg".to_string(), h)),
+                }
+            };
+        // (observation, waiting_for, rises, needs target health, rolled back)
+        let table = [
+            (obs(5, 5, 1, Some(5), false), None, true, false, false),
+            (obs(9, 5, 1, Some(5), false), None, true, false, false),
+            (
+                obs(5, 4, 1, Some(5), false),
+                Some("capacity: fargate 4/5 tasks running (desired 5) for 25% (waiting 0s of 10m)"),
+                false,
+                false,
+                false,
+            ),
+            (
+                obs(5, 5, 2, Some(5), false),
+                Some("capacity: fargate to finish its deployment (2 deployments) for 25% (waiting 0s of 10m)"),
+                false,
+                false,
+                false,
+            ),
+            (
+                obs(5, 5, 1, Some(4), false),
+                Some("capacity: fargate 4/5 healthy targets in tg api-tg for 25% (waiting 0s of 10m)"),
+                false,
+                false,
+                false,
+            ),
+            (obs(5, 5, 1, None, false), None, false, true, false),
+            (obs(5, 1, 1, None, true), None, false, false, true),
+        ];
+        for (o, waiting, rises, needs, rolled_back) in table {
+            let mut world = World::new(split.clone());
+            world.ecs = [("fargate".to_string(), o.clone())].into();
+            let d = world.decide();
+            let label = format!("{o:?}");
+            assert_eq!(d.state.step == 1, rises, "{label}");
+            assert_eq!(d.needs_target_health.len() == 1, needs, "{label}");
+            assert_eq!(d.rolled_back, rolled_back, "{label}");
+            if !needs {
+                assert_eq!(d.waiting_for.as_deref(), waiting, "{label}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_rising_backend_gets_its_target_health_read_in_one_pass() {
+        let mut split =
+            TrafficSplit::test().with_weights(&[("lambda", 0), ("fargate", 50), ("green", 50)]);
+        let mut green = split.spec.backends[1].clone();
+        green.name = "green".into();
+        green.ecs.as_mut().unwrap().service = "green".into();
+        split.spec.backends.push(green);
+        let mut world = World::new(split);
+        world.observed = Some(w(&[("lambda", 100), ("fargate", 0), ("green", 0)]));
+        let mut both = lb(10, 10, None);
+        both.insert("green".into(), both["fargate"].clone());
+        world.ecs = both.clone();
+        let d = world.decide();
+        assert_eq!(
+            d.needs_target_health,
+            vec!["fargate".to_string(), "green".to_string()]
+        );
+        for o in both.values_mut() {
+            o.healthy = Some(("api-tg".into(), 10));
+        }
+        world.ecs = both;
+        let d = world.decide();
+        assert!(d.needs_target_health.is_empty());
+        assert_eq!(
+            d.write,
+            Some(w(&[("lambda", 0), ("fargate", 50), ("green", 50)]))
+        );
+    }
+
+    #[test]
+    fn rollout_state_failed_fails_the_step_at_once() {
+        let mut world = World::new(issue_split());
+        world.ecs = lb(5, 1, None);
+        world.ecs.get_mut("fargate").unwrap().rollout_failed = true;
+        let d = world.decide();
+        assert!(d.rolled_back);
+        assert_eq!(d.status, SplitState::RolledBack);
+        assert!(
+            d.notes.iter().any(|n| n.reason == "RolloutFailed"
+                && n.message
+                    == "capacity: ECS service prod/api of fargate: deployment rolloutState FAILED (1 of 5 tasks running)"),
+            "{:?}",
+            d.notes
+        );
+    }
+
+    /// Capacity that never serves fails the step at progressDeadline (default 10m), not before:
+    /// rollback by default, Degraded in place with `onGateFailure: hold`. The wait's start comes
+    /// from the stored state, so a restart does not reset it.
+    #[test]
+    fn capacity_not_serving_by_the_progress_deadline_fails_the_step() {
+        for hold in [false, true] {
+            let mut split = issue_split();
+            if hold {
+                split = split.with_rollout(|r| r.on_gate_failure = OnGateFailure::Hold);
+            }
+            let mut world = World::new(split);
+            world.ecs = lb(2, 2, Some(2));
+            let d = world.decide();
+            world.apply(&d);
+            world.ecs = lb(5, 2, None);
+            world.now = 1_599;
+            let d = world.decide();
+            assert_eq!(d.status, SplitState::Progressing, "hold={hold}");
+            assert_eq!(
+                d.waiting_for.as_deref(),
+                Some("capacity: fargate 2/5 tasks running (desired 5) for 25% (waiting 9m 59s of 10m)")
+            );
+            // A restarted controller knows only the stored state: same answer.
+            let mut restarted = World::new(world.split.clone());
+            restarted.stored = world.stored.clone();
+            restarted.observed = world.observed.clone();
+            restarted.ecs = world.ecs.clone();
+            restarted.now = 1_600;
+            let d = restarted.decide();
+            let why = "capacity: fargate 2/5 tasks running (desired 5) for 25% not serving after 10m (progressDeadline 10m)";
+            if hold {
+                assert_eq!(d.status, SplitState::Degraded);
+                assert_eq!(
+                    d.waiting_for.as_deref(),
+                    Some(format!("{why}; holding (onGateFailure: hold)").as_str())
+                );
+                assert_eq!(d.ecs_desired["fargate"], 5, "still asking for the capacity");
+                assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+            } else {
+                assert!(d.rolled_back);
+                assert_eq!(d.status, SplitState::RolledBack);
+                assert_eq!(d.state.capacity_since, None);
+                assert!(
+                    d.notes
+                        .iter()
+                        .any(|n| n.reason == "ProgressDeadlineExceeded" && n.message == why),
+                    "{:?}",
+                    d.notes
+                );
+            }
+        }
+    }
+
+    /// A failing gate stops the clock: the hold interval counts from its latest failed check. The
+    /// first failure of a run moves the stored `since` (one write), later ones do not.
+    #[test]
+    fn a_failed_check_restarts_the_hold_interval() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 300));
+        world.ecs = ecs(20, 20, true);
+        let d = world.cycle();
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.state.since, 1_000);
+        // (now, new_failure, last_failure, stored since after, waiting_for, step)
+        type Row = (u64, Option<u64>, Option<u64>, u64, &'static str, usize);
+        let table: [Row; 5] = [
+            (
+                1_100,
+                Some(1_100),
+                Some(1_100),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
+            (
+                1_250,
+                None,
+                Some(1_250),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
+            (
+                1_500,
+                None,
+                Some(1_250),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
+            (
+                1_549,
+                None,
+                Some(1_250),
+                1_100,
+                "hold interval at step 1/2",
+                1,
+            ),
+            (1_550, None, Some(1_250), 1_550, "", 2),
+        ];
+        for (now, new_failure, last_failure, since, waiting, step) in table {
+            world.now = now;
+            let still_failing = new_failure.is_some() || now == 1_250;
+            world.gates = GateSummary {
+                new_failure,
+                last_failure,
+                ..if still_failing {
+                    failing("alarm")
+                } else {
+                    GateSummary::none()
+                }
+            };
+            let d = world.cycle();
+            assert_eq!(d.state.since, since, "t={now}");
+            assert_eq!(d.state.step, step, "t={now}");
+            assert!(
+                d.waiting_for.as_deref().unwrap_or("").starts_with(waiting),
+                "t={now}: {:?}",
+                d.waiting_for
+            );
+        }
+    }
+
+    /// Waiting gates (INSUFFICIENT_DATA, capacity the controller asked for) hold the step without
+    /// counting as failures: no rollback, no clock restart.
+    #[test]
+    fn waiting_gates_hold_the_step_without_failing_it() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 10));
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        world.now = 1_010;
+        world.gates = GateSummary {
+            waiting: vec!["no-5xx: api-5xx INSUFFICIENT_DATA (onInsufficientData: wait)".into()],
+            ..GateSummary::default()
+        };
+        let d = world.cycle();
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.status, SplitState::Progressing);
+        assert_eq!(
+            d.waiting_for.as_deref(),
+            Some("gates to pass: no-5xx: api-5xx INSUFFICIENT_DATA (onInsufficientData: wait)")
+        );
+        assert_eq!(d.state.since, 1_000, "a wait does not restart the clock");
+        world.gates = GateSummary::none();
+        assert_eq!(world.cycle().state.step, 2);
     }
 
     proptest! {

@@ -61,6 +61,10 @@ pub struct RolloutState {
     pub current: Weights,
     /// ECS backends still draining after their weight dropped.
     pub drains: BTreeMap<String, Drain>,
+    /// Unix time the current step started waiting for the ECS capacity trafficshift asked for
+    /// (TXT key `capwait`, written only while set; older TXTs have none). Kept here so
+    /// `rollout.progressDeadline` counts from the first wait even across restarts.
+    pub capacity_since: Option<u64>,
 }
 
 fn weights_str(w: &Weights) -> String {
@@ -91,7 +95,7 @@ impl RolloutState {
             .map(|(k, d)| format!("{k}:{}@{}", d.share, d.until))
             .collect::<Vec<_>>()
             .join(";");
-        format!(
+        let mut out = format!(
             "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={}",
             self.owner,
             self.split,
@@ -102,7 +106,11 @@ impl RolloutState {
             weights_str(&self.start),
             weights_str(&self.current),
             drains
-        )
+        );
+        if let Some(t) = self.capacity_since {
+            out.push_str(&format!(",capwait={t}"));
+        }
+        out
     }
 
     /// Parse a TXT payload; None if it is not ours or is malformed.
@@ -142,6 +150,10 @@ impl RolloutState {
             start: parse_weights(kv.get("start")?)?,
             current: parse_weights(kv.get("cur")?)?,
             drains,
+            capacity_since: match kv.get("capwait") {
+                None => None,
+                Some(v) => Some(v.parse().ok()?),
+            },
         })
     }
 
@@ -223,6 +235,7 @@ mod tests {
                 },
             )]
             .into(),
+            capacity_since: None,
         }
     }
 
@@ -233,6 +246,23 @@ mod tests {
         assert!(values[0].starts_with("\"heritage=trafficshift,"));
         let back = RolloutState::decode(&from_txt_values(&values)).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn capacity_wait_is_an_optional_key() {
+        // A TXT written before `capwait` existed (this exact text) still decodes.
+        let old = "heritage=trafficshift,owner=prod-eu,split=api,gen=abc123def456,phase=progressing,step=2,since=1764000000,start=fargate:0;lambda:100,cur=fargate:25;lambda:75,drain=fargate:50@1764000120";
+        assert_eq!(RolloutState::decode(old), Some(sample()));
+        assert_eq!(sample().encode(), old, "no key while no wait");
+        let mut s = sample();
+        s.capacity_since = Some(1_764_000_030);
+        assert_eq!(s.encode(), format!("{old},capwait=1764000030"));
+        assert_eq!(RolloutState::decode(&s.encode()), Some(s));
+        assert_eq!(
+            RolloutState::decode(&format!("{old},capwait=soon")),
+            None,
+            "a malformed value is not ours to guess"
+        );
     }
 
     #[test]

@@ -679,6 +679,7 @@ fn alarm_rollout(alarm: &str) -> String {
     steps: [50, 100]
     interval: 60s
     failureThreshold: 1
+    gateInterval: 1s
   gates:
     - name: no-errors
       cloudwatchAlarm:

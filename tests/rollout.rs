@@ -483,7 +483,7 @@ fn an_alarm_rolls_back_after_three_failing_checks_and_stays_rolled_back() {
     let block = rollout_block(
         "[25, 50, 75, 100]",
         "3s",
-        "    failureThreshold: 3\n    onGateFailure: rollback\n",
+        "    failureThreshold: 3\n    onGateFailure: rollback\n    gateInterval: 1s\n",
     ) + &alarm_gate(&alarm);
     let doc = write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
@@ -618,7 +618,7 @@ fn a_failing_gate_with_hold_degrades_in_place_and_resumes() {
     let block = rollout_block(
         "[25, 50, 75, 100]",
         "3s",
-        "    failureThreshold: 2\n    onGateFailure: hold\n",
+        "    failureThreshold: 2\n    onGateFailure: hold\n    gateInterval: 1s\n",
     ) + &alarm_gate(&alarm);
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
 
@@ -979,11 +979,11 @@ fn capacity_comes_before_every_step_and_an_unstable_service_holds_the_step() {
         "b adopted at the start split, no step onto its unstable service:\n{}",
         tlb.describe()
     );
-    let st = wait_for("b waiting for a stable service", DEADLINE, || {
+    let st = wait_for("b waiting for running tasks", DEADLINE, || {
         c.split("b").filter(|s| {
             s["waitingFor"]
                 .as_str()
-                .is_some_and(|w| w.contains("not stable"))
+                .is_some_and(|w| w.starts_with("capacity: fargate 0/2 tasks running"))
         })
     });
     assert_eq!(st["step"], 0, "{st}");
@@ -1041,7 +1041,7 @@ fn a_prometheus_gate_without_data_never_moves_and_rolls_back() {
         rollout_block(
             "[50, 100]",
             "2s",
-            "    failureThreshold: 2\n    onGateFailure: rollback\n",
+            "    failureThreshold: 2\n    onGateFailure: rollback\n    gateInterval: 1s\n",
         ) + &prometheus_gate(&prom.address, query, max)
     };
     write_doc(
@@ -1111,4 +1111,92 @@ fn a_prometheus_gate_without_data_never_moves_and_rolls_back() {
     );
     assert_eq!(shown(&tlp).last(), Some(&(0, 100)));
     assert_sums_to_100(&tlp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Capacity that never serves (no healthy target): the scale-up made ahead of the step stays,
+// the controller's own wait is no gate failure, and the step fails at progressDeadline, not before.
+
+#[test]
+fn targets_that_never_turn_healthy_fail_the_step_at_the_progress_deadline() {
+    let moto = Moto::start();
+    let sc = Scenario::provision(&moto, 2);
+    // Take away the healthy targets provision.py registered: nothing will ever serve.
+    let left = moto.py(
+        r#"
+elb = client("elbv2")
+tg = input["tg"]
+ts = [{"Id": d["Target"]["Id"], "Port": d["Target"]["Port"]}
+      for d in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]]
+if ts:
+    elb.deregister_targets(TargetGroupArn=tg, Targets=ts)
+out = len(elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"])
+"#,
+        json!({"tg": sc.info["target_group_arn"]}),
+    );
+    assert_eq!(left, json!(0), "no target left in the target group");
+    let tl = Timeline::start(&moto, &sc);
+    let dir = tempfile::tempdir().unwrap();
+    let block = rollout_block(
+        "[25, 50, 100]",
+        "2s",
+        "    progressDeadline: 8s\n    gateInterval: 1s\n    failureThreshold: 3\n    onGateFailure: rollback\n",
+    ) + "  gates:\n    - name: fargate-stable\n      ecsStable:\n        backend: fargate\n";
+    write_doc(dir.path(), "api", &sc.document("api", 0, 100, &block));
+
+    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "test", RESYNC);
+    c.wait_ready(DEADLINE);
+    let st = wait_for("status waiting for healthy targets", DEADLINE, || {
+        c.split("api").filter(|s| {
+            s["waitingFor"].as_str().is_some_and(|w| {
+                w.starts_with("capacity: fargate 0/5 healthy targets in tg ")
+                    && w.contains("for 25% (waiting ")
+                    && w.ends_with(" of 8s)")
+            })
+        })
+    });
+    assert_eq!(st["state"], "Progressing", "{st}");
+    let rolled = wait_state(&c, "api", "RolledBack");
+    tl.wait("the rolled-back TXT", DEADLINE, |s| {
+        s.txt_field("phase").as_deref() == Some("rolledback")
+    });
+
+    let snaps = tl.snaps();
+    assert!(
+        snaps.iter().all(|s| s.split().is_none_or(|(_, f)| f == 0)),
+        "fargate never got a weight without healthy targets:\n{}",
+        tl.describe()
+    );
+    let up = snaps
+        .iter()
+        .position(|s| s.desired == 5)
+        .unwrap_or_else(|| panic!("desiredCount raised to 5 for 25%:\n{}", tl.describe()));
+    let back = snaps
+        .iter()
+        .position(|s| s.txt_field("phase").as_deref() == Some("rolledback"))
+        .expect("rolled-back snapshot");
+    assert!(up < back, "{}", tl.describe());
+    // The scale-up happened before snaps[up].t1; the rollback after snaps[back - 1].t0.
+    let waited = snaps[back - 1].t0 - snaps[up].t1;
+    assert!(
+        waited >= 7.0,
+        "rolled back {waited:.2}s after the scale-up, before progressDeadline 8s:\n{}",
+        tl.describe()
+    );
+    assert!(
+        snaps[up..back].iter().all(|s| s.desired == 5),
+        "the count raised ahead of the step stayed while it waited:\n{}",
+        tl.describe()
+    );
+    let events: Vec<&str> = rolled["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        events.contains(&"ProgressDeadlineExceeded") && !events.contains(&"GateFailed"),
+        "{events:?}"
+    );
+    assert_eq!(rolled["gates"][0]["consecutiveFailures"], 0, "{rolled}");
 }

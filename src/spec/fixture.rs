@@ -63,6 +63,8 @@ impl TrafficSplit {
             failure_threshold: 3,
             on_gate_failure: OnGateFailure::Rollback,
             paused: false,
+            progress_deadline: HumanDuration(Duration::from_secs(600)),
+            gate_interval: HumanDuration(Duration::from_secs(30)),
         });
         self
     }

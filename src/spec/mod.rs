@@ -230,10 +230,28 @@ pub struct Rollout {
     /// Hold at the current step. Drift is still corrected.
     #[serde(default)]
     pub paused: bool,
+    /// How long a step may wait for the ECS capacity trafficshift asked for (tasks running and
+    /// healthy in every target group of the service) before the step fails: the split reports
+    /// Degraded, then `onGateFailure` rolls back or holds. Fargate tasks take 30-90 s to start and
+    /// new ALB targets stay `initial` for HealthyThreshold x Interval, so allow several minutes.
+    /// Default 10m.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: HumanDuration,
+    /// How often each gate is checked while the rollout may move (e.g. `30s`), so that
+    /// `failureThreshold` x `gateInterval` is the time a gate must keep failing before
+    /// `onGateFailure` acts. Default 30s.
+    #[serde(default = "default_gate_interval")]
+    pub gate_interval: HumanDuration,
 }
 
 fn default_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
+}
+fn default_progress_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_gate_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 fn default_failure_threshold() -> u32 {
     3
@@ -277,8 +295,26 @@ pub struct Gate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CloudwatchAlarmGate {
-    /// Alarm names; each must exist and be OK (INSUFFICIENT_DATA fails).
+    /// Alarm names; each must exist and be OK.
     pub alarm_names: Vec<String>,
+    /// What an alarm in INSUFFICIENT_DATA means (a new alarm starts there, and an ALB 5xx metric
+    /// is absent while there are no errors): `wait` (default: the step waits and no failure is
+    /// counted), `pass` or `fail`.
+    #[serde(default)]
+    pub on_insufficient_data: OnInsufficientData,
+}
+
+/// What a CloudWatch alarm in INSUFFICIENT_DATA means to its gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnInsufficientData {
+    /// The step waits; no failure is counted toward `failureThreshold`.
+    #[default]
+    Wait,
+    /// The alarm counts as OK.
+    Pass,
+    /// The alarm counts as failing.
+    Fail,
 }
 
 /// Reference to an ECS backend of this split.
@@ -401,6 +437,22 @@ impl SplitSpec {
             .as_ref()
             .map(|r| r.interval.get())
             .unwrap_or_default()
+    }
+
+    /// How long a step may wait for capacity: `rollout.progressDeadline`, 10m without a rollout.
+    pub fn progress_deadline(&self) -> Duration {
+        self.rollout
+            .as_ref()
+            .map(|r| r.progress_deadline.get())
+            .unwrap_or_else(|| default_progress_deadline().get())
+    }
+
+    /// How often gates are checked: `rollout.gateInterval`, 30s without a rollout.
+    pub fn gate_interval(&self) -> Duration {
+        self.rollout
+            .as_ref()
+            .map(|r| r.gate_interval.get())
+            .unwrap_or_else(|| default_gate_interval().get())
     }
 
     /// Wait after a backend's weight drops before scaling it down: `rollout.drainDelay`, else

@@ -18,6 +18,11 @@ pub const MAX_STEPS: usize = 100;
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 const MIN_GATE_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_GATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Short deadlines and gate intervals are allowed so tests against emulated AWS stay fast; the
+/// reference explains why production wants minutes.
+const MIN_PROGRESS_DEADLINE: Duration = Duration::from_secs(1);
+const MIN_GATE_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_GATE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// `parent.key`, quoting keys that are not plain names so that the path stays parseable.
 pub fn join_key(parent: &str, key: &str) -> String {
@@ -523,6 +528,27 @@ fn check_rollout(c: &mut Checker, split: &TrafficSplit) {
             );
         }
     }
+    // A gate interval under a second would only burn AWS calls (a reconcile takes about that).
+    let deadline = rollout.progress_deadline.get();
+    if !(MIN_PROGRESS_DEADLINE..=MAX_WAIT).contains(&deadline) {
+        c.err(
+            "spec.rollout.progressDeadline",
+            format!(
+                "progressDeadline {} is out of range 1s-24h",
+                rollout.progress_deadline
+            ),
+        );
+    }
+    let gate_interval = rollout.gate_interval.get();
+    if !(MIN_GATE_INTERVAL..=MAX_GATE_INTERVAL).contains(&gate_interval) {
+        c.err(
+            "spec.rollout.gateInterval",
+            format!(
+                "gateInterval {} is out of range 1s-1h",
+                rollout.gate_interval
+            ),
+        );
+    }
     if !(1..=100).contains(&rollout.failure_threshold) {
         c.err(
             "spec.rollout.failureThreshold",
@@ -775,6 +801,8 @@ spec:
                     failure_threshold: 3,
                     on_gate_failure: OnGateFailure::Rollback,
                     paused: false,
+                    progress_deadline: HumanDuration(Duration::from_secs(600)),
+                    gate_interval: HumanDuration(Duration::from_secs(30)),
                 })
             })
         }
@@ -822,6 +850,7 @@ spec:
         Gate {
             cloudwatch_alarm: Some(CloudwatchAlarmGate {
                 alarm_names: vec!["a".into()],
+                on_insufficient_data: Default::default(),
             }),
             ..gate(name)
         }
@@ -1162,6 +1191,25 @@ spec:
         f().with_rollout(None, Some(10))
             .with(|s| s.spec.rollout.as_mut().unwrap().drain_delay = Some(HumanDuration(day * 2)))
             .expect("spec.rollout.drainDelay", "longer than 24h");
+        let secs = |n: u64| HumanDuration(Duration::from_secs(n));
+        f().with_rollout(None, Some(10))
+            .with(|s| s.spec.rollout.as_mut().unwrap().progress_deadline = secs(0))
+            .expect("spec.rollout.progressDeadline", "out of range 1s-24h");
+        f().with_rollout(None, Some(10))
+            .with(|s| s.spec.rollout.as_mut().unwrap().progress_deadline = secs(86_401))
+            .expect("spec.rollout.progressDeadline", "out of range 1s-24h");
+        f().with_rollout(None, Some(10))
+            .with(|s| s.spec.rollout.as_mut().unwrap().progress_deadline = secs(1))
+            .expect_valid();
+        f().with_rollout(None, Some(10))
+            .with(|s| s.spec.rollout.as_mut().unwrap().gate_interval = secs(0))
+            .expect("spec.rollout.gateInterval", "out of range 1s-1h");
+        f().with_rollout(None, Some(10))
+            .with(|s| s.spec.rollout.as_mut().unwrap().gate_interval = secs(3601))
+            .expect("spec.rollout.gateInterval", "out of range 1s-1h");
+        f().with_rollout(None, Some(10))
+            .with(|s| s.spec.rollout.as_mut().unwrap().gate_interval = secs(3600))
+            .expect_valid();
         f().with_rollout(None, Some(10))
             .with(|s| s.spec.rollout.as_mut().unwrap().failure_threshold = 0)
             .expect("spec.rollout.failureThreshold", "out of range 1-100");
@@ -1194,6 +1242,7 @@ spec:
         f().with_gate(Gate {
             cloudwatch_alarm: Some(CloudwatchAlarmGate {
                 alarm_names: vec![],
+                on_insufficient_data: Default::default(),
             }),
             ..gate("g")
         })

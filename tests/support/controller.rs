@@ -633,6 +633,10 @@ lb = elb.create_load_balancer(Name="fleet-alb", Subnets=subnets, SecurityGroups=
 tg = elb.create_target_group(Name="fleet-tg", Protocol="HTTP", Port=80, VpcId=vpc, TargetType="ip")["TargetGroups"][0]
 elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                     DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
+# moto never registers ECS tasks as targets; trafficshift raises an ECS weight only onto healthy
+# targets, so a pool of 40 (moto reports registered IPs healthy) stands in for the tasks.
+elb.register_targets(TargetGroupArn=tg["TargetGroupArn"],
+                     Targets=[{"Id": f"10.0.9.{i}", "Port": 80} for i in range(1, 41)])
 if input["services"]:
     ecs.create_cluster(clusterName=input["cluster"])
     td = ecs.register_task_definition(
