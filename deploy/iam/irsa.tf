@@ -28,6 +28,12 @@ variable "cluster_oidc_issuer_url" {
   type        = string
 }
 
+variable "role_name" {
+  description = "Name of the IAM role (and its inline policy). One per cluster/account pair, e.g. trafficshift-prod."
+  type        = string
+  default     = "trafficshift"
+}
+
 variable "namespace" {
   description = "Namespace of the trafficshift ServiceAccount."
   type        = string
@@ -46,9 +52,35 @@ variable "hosted_zones" {
   # e.g. { "Z0123456789ABCDEFGHIJ" = ["api.example.com"] }
 }
 
-variable "ecs_service_arns" {
-  description = "ARNs of the ECS services trafficshift scales (arn:aws:ecs:<region>:<account>:service/<cluster>/<service>)."
+variable "adopting_records" {
+  description = <<-EOT
+    Record names (from hosted_zones) whose split sets spec.record.adoptExisting: true. Only these
+    get DELETE: adoption deletes the plain record the weighted set replaces, and nothing else the
+    controller does deletes a record. Remove a name once its split has adopted it. While an
+    adoption is pending, a zone batch that mixes it with other splits is refused and retried split
+    by split, which the controller does on its own.
+  EOT
   type        = list(string)
+  default     = []
+}
+
+variable "ecs_service_arns" {
+  description = "ARNs of the ECS services trafficshift scales (arn:aws:ecs:<region>:<account>:service/<cluster>/<service>; `service/<cluster>/*` is safe only with ecs_update_service_tag)."
+  type        = list(string)
+}
+
+variable "ecs_update_service_tag" {
+  description = <<-EOT
+    When set, ecs:UpdateService is allowed only on services carrying this tag (aws:ResourceTag
+    condition), e.g. { key = "trafficshift.dev/managed", value = "true" }: the role then cannot
+    scale an untagged service even when ecs_service_arns names a whole cluster. Services must use
+    the long ARN format, which ECS requires for tags.
+  EOT
+  type = object({
+    key   = string
+    value = string
+  })
+  default = null
 }
 
 variable "apigateway_domain_names" {
@@ -64,12 +96,37 @@ variable "region" {
 
 locals {
   oidc_host = replace(var.cluster_oidc_issuer_url, "https://", "")
-  # Route53 compares normalized names: lower case, no trailing dot. Each weighted record comes
-  # with its ownership TXT record `_trafficshift.<name>`.
-  managed_names = {
-    for zone, names in var.hosted_zones : zone => flatten([
-      for n in names : [lower(trimsuffix(n, ".")), "_trafficshift.${lower(trimsuffix(n, "."))}"]
+  # Route53 compares normalized names: lower case, no trailing dot, and every character outside
+  # [a-z0-9_.-] as a three-digit octal escape, so a wildcard `*` is written `\052`. Each weighted
+  # record comes with its ownership TXT record `_trafficshift.<name>`.
+  adopting = toset([for n in var.adopting_records : lower(trimsuffix(n, "."))])
+  record_names = {
+    for zone, names in var.hosted_zones : zone => {
+      for n in names : lower(trimsuffix(n, ".")) => [
+        replace(lower(trimsuffix(n, ".")), "*", "\\052"),
+        "_trafficshift.${replace(lower(trimsuffix(n, ".")), "*", "\\052")}",
+      ]
+    }
+  }
+  # Per zone, the records only written (CREATE, UPSERT) and those being adopted (DELETE too).
+  write_names = {
+    for zone, recs in local.record_names : zone => flatten([
+      for n, pair in recs : pair if !contains(local.adopting, n)
     ])
+  }
+  adopt_names = {
+    for zone, recs in local.record_names : zone => flatten([
+      for n, pair in recs : pair if contains(local.adopting, n)
+    ])
+  }
+}
+
+check "adopting_records_are_managed" {
+  assert {
+    condition = alltrue([
+      for n in local.adopting : anytrue([for zone, recs in local.record_names : contains(keys(recs), n)])
+    ])
+    error_message = "Every name in adopting_records must also be listed under hosted_zones."
   }
 }
 
@@ -96,9 +153,34 @@ data "aws_iam_policy_document" "trust" {
 data "aws_iam_policy_document" "trafficshift" {
   # One statement per zone: each zone may only change its own records.
   dynamic "statement" {
-    for_each = local.managed_names
+    for_each = { for zone, names in local.write_names : zone => names if length(names) > 0 }
     content {
       sid       = "Route53WriteManagedRecords${replace(statement.key, "/[^A-Za-z0-9]/", "")}"
+      actions   = ["route53:ChangeResourceRecordSets"]
+      resources = ["arn:aws:route53:::hostedzone/${statement.key}"]
+      condition {
+        test     = "ForAllValues:StringEquals"
+        variable = "route53:ChangeResourceRecordSetsNormalizedRecordNames"
+        values   = statement.value
+      }
+      condition {
+        test     = "ForAllValues:StringEquals"
+        variable = "route53:ChangeResourceRecordSetsRecordTypes"
+        values   = ["A", "AAAA", "CNAME", "TXT"]
+      }
+      condition {
+        test     = "ForAllValues:StringEquals"
+        variable = "route53:ChangeResourceRecordSetsActions"
+        values   = ["CREATE", "UPSERT"]
+      }
+    }
+  }
+
+  # Records a split adopts: the same, plus DELETE of the plain record being replaced.
+  dynamic "statement" {
+    for_each = { for zone, names in local.adopt_names : zone => names if length(names) > 0 }
+    content {
+      sid       = "Route53AdoptExistingRecords${replace(statement.key, "/[^A-Za-z0-9]/", "")}"
       actions   = ["route53:ChangeResourceRecordSets"]
       resources = ["arn:aws:route53:::hostedzone/${statement.key}"]
       condition {
@@ -139,7 +221,21 @@ data "aws_iam_policy_document" "trafficshift" {
 
   statement {
     sid       = "EcsScaleTheManagedServices"
-    actions   = ["ecs:UpdateService", "ecs:DescribeServices"]
+    actions   = ["ecs:UpdateService"]
+    resources = var.ecs_service_arns
+    dynamic "condition" {
+      for_each = var.ecs_update_service_tag == null ? [] : [var.ecs_update_service_tag]
+      content {
+        test     = "StringEquals"
+        variable = "aws:ResourceTag/${condition.value.key}"
+        values   = [condition.value.value]
+      }
+    }
+  }
+
+  statement {
+    sid       = "EcsReadTheManagedServices"
+    actions   = ["ecs:DescribeServices"]
     resources = var.ecs_service_arns
   }
 
@@ -170,13 +266,13 @@ data "aws_iam_policy_document" "trafficshift" {
 }
 
 resource "aws_iam_role" "trafficshift" {
-  name               = "trafficshift"
+  name               = var.role_name
   description        = "trafficshift controller (IRSA ${var.namespace}/${var.service_account})"
   assume_role_policy = data.aws_iam_policy_document.trust.json
 }
 
 resource "aws_iam_role_policy" "trafficshift" {
-  name   = "trafficshift"
+  name   = var.role_name
   role   = aws_iam_role.trafficshift.id
   policy = data.aws_iam_policy_document.trafficshift.json
 }

@@ -94,19 +94,52 @@ symlink, so a commit is seen whole) or the ConfigMap mount.
 {{- end }}
 
 {{/*
-The hardened container securityContext shared by every container of the pod.
+git-sync image: pulled by digest when one is given (the tag stays in the reference for readers;
+the kubelet resolves the digest alone), else by tag.
 */}}
-{{- define "trafficshift.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-readOnlyRootFilesystem: true
-allowPrivilegeEscalation: false
-capabilities:
-  drop:
-    - ALL
-seccompProfile:
-  type: RuntimeDefault
+{{- define "trafficshift.gitSyncImage" -}}
+{{- with .Values.gitSync.image }}
+{{- if .digest }}
+{{- printf "%s:%s@%s" .repository .tag .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Owner id (--owner-id). Empty derives `<namespace>.<release>`, unique per cluster, so two releases
+never write as the same owner. It must pass the binary's own rule, 1-63 characters of
+[A-Za-z0-9._-] (src/cli.rs parse_owner): namespaces and release names use only [a-z0-9.-], and
+a longer id is cut to 54 characters plus `-` and 8 hex digits of its sha256, so two long names
+that share a prefix still differ.
+*/}}
+{{- define "trafficshift.ownerId" -}}
+{{- if .Values.ownerId }}
+{{- .Values.ownerId }}
+{{- else }}
+{{- $id := printf "%s.%s" .Release.Namespace .Release.Name }}
+{{- if gt (len $id) 63 }}
+{{- $id = printf "%s-%s" (trunc 54 $id) (trunc 8 (sha256sum $id)) }}
+{{- end }}
+{{- $id }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the IPv4 CIDR given contains 169.254.169.254 (instance metadata), so the
+NetworkPolicy can except it: Kubernetes refuses an `except` outside its `cidr`.
+*/}}
+{{- define "trafficshift.containsMetadataIp" -}}
+{{- $parts := splitList "/" . }}
+{{- $o := splitList "." (first $parts) }}
+{{- $net := add (mul (atoi (index $o 0)) 16777216) (mul (atoi (index $o 1)) 65536) (mul (atoi (index $o 2)) 256) (atoi (index $o 3)) }}
+{{- $size := 1 }}
+{{- range until (sub 32 (atoi (last $parts)) | int) }}
+{{- $size = mul $size 2 }}
+{{- end }}
+{{- /* 169.254.169.254 = 2852039166 */}}
+{{- if eq (div $net $size) (div 2852039166 $size) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -131,4 +164,21 @@ git-sync container environment (v4 GITSYNC_* variables). Argument: the root cont
 {{- with .Values.gitSync.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+Any address but the instance metadata service: a gate URL or a compromised dependency must
+not reach the node's IAM credentials, whatever the gate validation lets through. In-cluster
+pods are listed separately because some CNIs (Cilium) never match pod IPs by ipBlock.
+*/}}
+{{- define "trafficshift.anyButMetadata" -}}
+- namespaceSelector: {}
+- ipBlock:
+    cidr: 0.0.0.0/0
+    except:
+      - 169.254.169.254/32
+- ipBlock:
+    cidr: ::/0
+    except:
+      - fd00:ec2::254/128
 {{- end }}
