@@ -456,9 +456,16 @@ async fn check_gates(
     records: &mut BTreeMap<String, GateRecord>,
     now: u64,
 ) -> Vec<Note> {
-    let results = join_all(split.spec.gates.iter().map(|g| ctx.gates.check(split, g))).await;
+    // Gates the checker leaves alone (plan without --with-gates) stay "not checked yet".
+    let checked: Vec<_> = split
+        .spec
+        .gates
+        .iter()
+        .filter(|g| ctx.gates.will_check(g))
+        .collect();
+    let results = join_all(checked.iter().map(|g| ctx.gates.check(split, g))).await;
     let mut notes = Vec::new();
-    for (g, r) in split.spec.gates.iter().zip(results) {
+    for (g, r) in checked.into_iter().zip(results) {
         let rec = records.entry(g.name.clone()).or_default();
         if r.passing {
             rec.consecutive_failures = 0;

@@ -44,18 +44,34 @@ pub struct StatusOptions {
     pub exit_code: bool,
 }
 
-/// Run the command; returns the process exit code. Errors (unreachable controller, unknown split)
-/// are for the caller to print and exit 1.
+/// Run the command; returns the process exit code: 0; 1 with `--exit-code` when a shown split is
+/// unhealthy; 69 (EX_UNAVAILABLE) when no status could be read from the controller; 64 for a bad
+/// `--endpoint`. Other errors (unknown split) are for the caller to print and exit 1.
 pub async fn run(opts: StatusOptions) -> Result<i32> {
+    use crate::cli::exit;
     let client = reqwest::Client::builder()
         .user_agent(concat!("trafficshift/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| Error::Http(format!("cannot build an HTTP client: {e}")))?;
-    let url = status_url(&opts.endpoint)?;
+    let url = match status_url(&opts.endpoint) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
 
     if !opts.watch {
-        let status = fetch(&client, &url).await?;
+        // Unreachable is not unhealthy: a monitor must tell "the controller is down" from "a
+        // split is degraded".
+        let status = match fetch(&client, &url).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::UNAVAILABLE);
+            }
+        };
         let text = render(&status, &opts, crate::status::now_unix())?;
         print_flush(&text);
         return Ok(result_code(&status, &opts));
@@ -91,7 +107,9 @@ pub async fn run(opts: StatusOptions) -> Result<i32> {
             _ = &mut ctrl_c => break,
         }
     }
-    Ok(last.map(|s| result_code(&s, &opts)).unwrap_or(1))
+    Ok(last
+        .map(|s| result_code(&s, &opts))
+        .unwrap_or(exit::UNAVAILABLE))
 }
 
 fn print_flush(text: &str) {
@@ -128,26 +146,31 @@ fn status_url(endpoint: &str) -> Result<reqwest::Url> {
     } else {
         format!("http://{endpoint}/status")
     };
-    reqwest::Url::parse(&full)
-        .map_err(|e| Error::Http(format!("invalid --endpoint {endpoint:?}: {e}")))
+    reqwest::Url::parse(&full).map_err(|e| {
+        Error::Http(format!(
+            "invalid --endpoint {:?}: {e}",
+            crate::sanitize::redact_url(endpoint)
+        ))
+    })
 }
 
 async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<ControllerStatus> {
+    let shown = crate::sanitize::redact_url(url.as_str());
     let resp = client.get(url.clone()).send().await.map_err(|e| {
         Error::Other(format!(
-            "cannot reach trafficshift at {url}: {}; is the controller running? use --endpoint",
+            "cannot reach trafficshift at {shown}: {}; is the controller running? use --endpoint",
             reason(&e)
         ))
     })?;
     let code = resp.status();
     if !code.is_success() {
         let body = resp.text().await.unwrap_or_default();
-        let body: String = body.trim().chars().take(200).collect();
-        return Err(Error::Other(format!("{url} answered {code}: {body}")));
+        let body = crate::sanitize::clean(body.trim(), 200);
+        return Err(Error::Other(format!("{shown} answered {code}: {body}")));
     }
     resp.json::<ControllerStatus>().await.map_err(|e| {
         Error::Other(format!(
-            "{url} did not answer a trafficshift status ({}); is --endpoint the controller's HTTP address?",
+            "{shown} did not answer a trafficshift status ({}); is --endpoint the controller's HTTP address?",
             crate::gates::root_cause(&e)
         ))
     })

@@ -408,7 +408,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             field, expected, ..
         } => {
             let mut msg = format!(
-                "unknown field `{field}` in {}; allowed fields: {}",
+                "unknown field `{}` in {}; allowed fields: {}",
+                sanitize(field),
                 context(&found, true),
                 expected.join(", ")
             );
@@ -436,14 +437,18 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             expected,
             ..
         } if found.as_ref().is_some_and(|f| f.path.is_empty()) => {
-            format!("a TrafficSplit document must be a mapping, found {unexpected} (expected {expected})")
+            format!(
+                "a TrafficSplit document must be a mapping, found {} (expected {expected})",
+                sanitize(unexpected)
+            )
         }
         E::SerdeInvalidType {
             unexpected,
             expected,
             ..
         } => prefix(format!(
-            "invalid type: {unexpected}, expected {}",
+            "invalid type: {}, expected {}",
+            sanitize(unexpected),
             friendly_type(expected)
         )),
         E::SerdeInvalidValue {
@@ -451,7 +456,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             expected,
             ..
         } => prefix(format!(
-            "invalid value: {unexpected}, expected {}",
+            "invalid value: {}, expected {}",
+            sanitize(unexpected),
             friendly_type(expected)
         )),
         E::InvalidScalar { ty, .. } => match value {
@@ -464,7 +470,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
         E::SerdeUnknownVariant {
             variant, expected, ..
         } => prefix(format!(
-            "unknown value `{variant}`, expected one of {}",
+            "unknown value `{}`, expected one of {}",
+            sanitize(variant),
             expected.join(", ")
         )),
         E::NullIntoString { .. } => {
@@ -472,7 +479,10 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
         }
         E::DuplicateMappingKey { key, .. } => match key {
             Some(key) => {
-                format!("duplicate key `{key}`: each key may appear only once in a mapping")
+                format!(
+                    "duplicate key `{}`: each key may appear only once in a mapping",
+                    sanitize(key)
+                )
             }
             None => "duplicate key: each key may appear only once in a mapping".to_string(),
         },
@@ -500,7 +510,7 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             "too many YAML alias expansions (an alias bomb?); refusing to expand the document"
                 .to_string()
         }
-        E::Message { msg, .. } => prefix(sanitize(msg)),
+        E::Message { msg, .. } => prefix(crate::sanitize::message(msg)),
         // The typed pass wanted a collection and found something else.
         E::Unexpected { expected, .. }
             if expected.ends_with(" start") || expected.contains("scalar") =>
@@ -526,7 +536,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             }
         }
         other => {
-            let text = sanitize(&serde_saphyr::UserMessageFormatter.format_message(other));
+            let text =
+                crate::sanitize::message(&serde_saphyr::UserMessageFormatter.format_message(other));
             let text = if text.contains("recursion limit") {
                 return (
                     loc,
@@ -557,11 +568,10 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
     (loc, message)
 }
 
-/// Replace control characters: messages end up in terminals and logs.
+/// Echoed input without control characters and bounded: messages end up in terminals, logs and
+/// `/status`, and a 100 KB key must not come back whole.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    crate::sanitize::echo(s)
 }
 
 /// The allowed name closest to a misspelt one, if it is close enough to be a likely typo.
