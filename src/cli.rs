@@ -199,7 +199,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Plan(a) => plan(a).await,
         Command::Status(a) => {
-            status_cli::run(StatusOptions {
+            let result = status_cli::run(StatusOptions {
                 endpoint: a.endpoint,
                 name: a.name,
                 output: match a.output {
@@ -211,7 +211,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 watch: a.watch,
                 exit_code: a.exit_code,
             })
-            .await
+            .await;
+            match result {
+                Err(e @ Error::Unreachable(_)) => {
+                    eprintln!("error: {e}");
+                    Ok(exit::UNAVAILABLE)
+                }
+                other => other,
+            }
         }
         Command::Run(a) => run_controller(a).await,
     }

@@ -81,6 +81,11 @@ pub enum Error {
     #[error("http: {0}")]
     Http(String),
 
+    /// `trafficshift status` got no status from the controller (down, wrong address, not a
+    /// trafficshift endpoint).
+    #[error("{0}")]
+    Unreachable(String),
+
     #[error("{0}")]
     Other(String),
 }
@@ -108,6 +113,7 @@ impl Error {
             Error::Unsafe(_) => "unsafe",
             Error::Gate { .. } => "gate",
             Error::Http(_) => "http",
+            Error::Unreachable(_) => "unreachable",
             Error::Other(_) => "other",
         }
     }

@@ -44,34 +44,21 @@ pub struct StatusOptions {
     pub exit_code: bool,
 }
 
-/// Run the command; returns the process exit code: 0; 1 with `--exit-code` when a shown split is
-/// unhealthy; 69 (EX_UNAVAILABLE) when no status could be read from the controller; 64 for a bad
-/// `--endpoint`. Other errors (unknown split) are for the caller to print and exit 1.
+/// Run the command; returns the process exit code: 0, or 1 with `--exit-code` when a shown split
+/// is unhealthy. When no status could be read from the controller the error is
+/// `Error::Unreachable` (the caller exits 69: a monitor must tell "the controller is down" from "a
+/// split is degraded"); other errors (unknown split, bad `--endpoint`) are for the caller to print
+/// and exit 1.
 pub async fn run(opts: StatusOptions) -> Result<i32> {
-    use crate::cli::exit;
     let client = reqwest::Client::builder()
         .user_agent(concat!("trafficshift/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| Error::Http(format!("cannot build an HTTP client: {e}")))?;
-    let url = match status_url(&opts.endpoint) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(exit::USAGE);
-        }
-    };
+    let url = status_url(&opts.endpoint)?;
 
     if !opts.watch {
-        // Unreachable is not unhealthy: a monitor must tell "the controller is down" from "a
-        // split is degraded".
-        let status = match fetch(&client, &url).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(exit::UNAVAILABLE);
-            }
-        };
+        let status = fetch(&client, &url).await?;
         let text = render(&status, &opts, crate::status::now_unix())?;
         print_flush(&text);
         return Ok(result_code(&status, &opts));
@@ -109,7 +96,7 @@ pub async fn run(opts: StatusOptions) -> Result<i32> {
     }
     Ok(last
         .map(|s| result_code(&s, &opts))
-        .unwrap_or(exit::UNAVAILABLE))
+        .unwrap_or(crate::cli::exit::UNAVAILABLE))
 }
 
 fn print_flush(text: &str) {
@@ -157,7 +144,7 @@ fn status_url(endpoint: &str) -> Result<reqwest::Url> {
 async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<ControllerStatus> {
     let shown = crate::sanitize::redact_url(url.as_str());
     let resp = client.get(url.clone()).send().await.map_err(|e| {
-        Error::Other(format!(
+        Error::Unreachable(format!(
             "cannot reach trafficshift at {shown}: {}; is the controller running? use --endpoint",
             reason(&e)
         ))
@@ -166,10 +153,12 @@ async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<Controlle
     if !code.is_success() {
         let body = resp.text().await.unwrap_or_default();
         let body = crate::sanitize::clean(body.trim(), 200);
-        return Err(Error::Other(format!("{shown} answered {code}: {body}")));
+        return Err(Error::Unreachable(format!(
+            "{shown} answered {code}: {body}"
+        )));
     }
     resp.json::<ControllerStatus>().await.map_err(|e| {
-        Error::Other(format!(
+        Error::Unreachable(format!(
             "{shown} did not answer a trafficshift status ({}); is --endpoint the controller's HTTP address?",
             crate::gates::root_cause(&e)
         ))
