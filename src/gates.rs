@@ -1010,6 +1010,16 @@ spec:
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 json(vector(&["1"]))
             }
+            "noisy" => {
+                // Just under the 1 MiB cap: escape sequences and newlines in a long error.
+                let noise = format!("\x1b[2J{}", "x\n".repeat(300_000));
+                (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"status": "error", "errorType": "bad_data", "error": noise})
+                        .to_string(),
+                )
+                    .into_response()
+            }
             q if q == SPECIAL_QUERY => json(vector(&["42"])),
             _ => (StatusCode::BAD_REQUEST, "unexpected query").into_response(),
         }
@@ -1052,18 +1062,6 @@ spec:
             .route(
                 "/redirect",
                 get(|| async { axum::response::Redirect::temporary("/code/200") }),
-            )
-            .route(
-                "/noisy",
-                get(|| async {
-                    let noise = format!("\x1b[2J{}", "x\n".repeat(600_000));
-                    (
-                        StatusCode::BAD_REQUEST,
-                        [("content-type", "application/json")],
-                        serde_json::json!({"status": "error", "errorType": "bad_data", "error": noise})
-                            .to_string(),
-                    )
-                }),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -1371,6 +1371,84 @@ fn readyz_waits_for_the_first_reconcile_and_sigterm_exits_0() {
     assert_eq!(get(&c.endpoint, "/healthz"), None, "the server is gone");
 }
 
+#[test]
+fn counters_exist_at_zero_from_the_first_ready_scrape() {
+    let moto = Moto::start();
+    let sc = Scenario::provision(&moto, 20);
+    let dir = tempfile::tempdir().unwrap();
+    // Paused: nothing moves, so every counter must still be 0, and present.
+    let extra = "  rollout:
+    steps: [50, 100]
+    interval: 60s
+    paused: true
+  gates:
+    - name: no-errors
+      cloudwatchAlarm:
+        alarmNames: [api-5xx]
+";
+    write_doc(dir.path(), "api", &sc.document("api", 50, 50, extra));
+    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "obs", &[]);
+    c.wait_ready(DEADLINE);
+    let s = scrape(&c).expect("metrics");
+    let api = ("split", "api");
+    let zero: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("trafficshift_drift_corrections_total", vec![api]),
+        ("trafficshift_rollbacks_total", vec![api]),
+        (
+            "trafficshift_reconciles_total",
+            vec![api, ("result", "error")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "aws_throttled")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "aws_transient")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "aws_permanent")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "conflict")],
+        ),
+        (
+            "trafficshift_gate_failures_total",
+            vec![api, ("gate", "no-errors")],
+        ),
+        (
+            "trafficshift_aws_requests_total",
+            vec![
+                ("service", "route53"),
+                ("operation", "ChangeResourceRecordSets"),
+                ("outcome", "throttled"),
+            ],
+        ),
+        (
+            "trafficshift_aws_requests_total",
+            vec![
+                ("service", "ecs"),
+                ("operation", "UpdateService"),
+                ("outcome", "error"),
+            ],
+        ),
+        (
+            "trafficshift_aws_requests_total",
+            vec![
+                ("service", "elbv2"),
+                ("operation", "DescribeTargetHealth"),
+                ("outcome", "throttled"),
+            ],
+        ),
+    ];
+    for (name, labels) in &zero {
+        assert_eq!(s.must(name, labels), 0.0, "{name}{labels:?}");
+    }
+    promtool_check_metrics(&s.text);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Config reloads are counted per real load: the resync tick and file changes, not a loop.
 

@@ -131,9 +131,23 @@ async fn metrics_in_prometheus_text_format() {
         body.contains("# TYPE trafficshift_build_info gauge"),
         "{body}"
     );
+    let build = body
+        .lines()
+        .find(|l| l.starts_with("trafficshift_build_info{"))
+        .unwrap_or_else(|| panic!("no build_info series:\n{body}"));
     assert!(
-        body.contains("trafficshift_build_info{version=\""),
-        "{body}"
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    // A git checkout (where tests run) names the commit: hex digits, never empty.
+    let rev = build
+        .split("revision=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no revision label: {build}"));
+    assert!(
+        rev.len() >= 7 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+        "revision {rev:?} is not a git hash: {build}"
     );
     server.stop().await.expect("clean shutdown");
 }
