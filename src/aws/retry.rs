@@ -129,7 +129,8 @@ where
             let kind = match d.as_connector_error() {
                 Some(c) if c.is_timeout() => "timed out",
                 Some(c) if c.is_io() => "connection failed",
-                _ => "request not sent",
+                Some(c) if c.is_user() => "request not sent",
+                _ => "connection lost",
             };
             format!("{kind}: {}", crate::gates::root_cause(err))
         }
