@@ -34,7 +34,10 @@ fn main() {
         watch.push(Path::new(&dir).join("HEAD"));
     }
     if let Some(dir) = git(&["rev-parse", "--git-common-dir"]) {
-        watch.push(Path::new(&dir).join("refs/heads"));
+        // Only the checked-out branch: commits on other branches (worktrees) change nothing here.
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watch.push(Path::new(&dir).join(branch));
+        }
         watch.push(Path::new(&dir).join("packed-refs"));
     }
     for p in watch.iter().filter(|p| p.exists()) {
