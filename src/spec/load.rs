@@ -105,9 +105,11 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
                     split: doc.split,
                 });
             } else {
+                // Problems quote names and values from the document: cleaned and bounded like
+                // every other echo of input.
                 errors.extend(problems.into_iter().map(|(path, message)| Invalid {
                     pos: at(&path),
-                    message,
+                    message: crate::sanitize::message(&message),
                 }));
             }
         }
@@ -901,5 +903,23 @@ mod tests {
             Some("weights")
         );
         assert_eq!(closest("zzz", &["name"]), None);
+    }
+
+    #[test]
+    fn echoed_input_is_clean_and_bounded() {
+        let key = format!("x\\u001b[2J{}", "k".repeat(1000));
+        let text = format!(
+            "apiVersion: trafficshift.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: api}}\n\
+             \"{key}\": 1\n"
+        );
+        let (_, errors) = parse_file(Path::new("t.yaml"), &text);
+        let e = errors.first().expect("an unknown-field error");
+        assert!(
+            e.message.contains("unknown field `x[2Jkkk"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
+        assert!(e.message.len() < 700, "{} bytes", e.message.len());
     }
 }
