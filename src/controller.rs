@@ -269,8 +269,11 @@ impl Controller {
                 continue;
             };
             for (g, r) in &o.gates {
-                let before = m.gates.get(g).map_or(0, |r| r.consecutive_failures);
-                if r.consecutive_failures > before {
+                // A check ran this cycle if the record moved; it failed if it says so.
+                let checked = m.gates.get(g).is_none_or(|b| {
+                    b.last_check != r.last_check || b.consecutive_failures != r.consecutive_failures
+                });
+                if checked && r.last_check.is_some() && r.passing == Some(false) {
                     METRICS
                         .gate_check_failures
                         .with_label_values(&[&o.name, g])

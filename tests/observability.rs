@@ -749,6 +749,7 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
     );
     let gate = [("split", "rb"), ("gate", "no-errors")];
     assert_eq!(s.must("trafficshift_gate_passing", &gate), 1.0);
+    assert_eq!(s.must("trafficshift_gate_failures_total", &gate), 0.0);
     set_alarm(&moto, &alarm, "ALARM");
     let s = wait_for("rb RolledBack", DEADLINE, || {
         let s = scrape(&c)?;
@@ -760,6 +761,8 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
     );
     assert_eq!(s.must("trafficshift_gate_passing", &gate), 0.0);
     assert!(s.must("trafficshift_gate_consecutive_failures", &gate) >= 1.0);
+    // failureThreshold 1: the one failing check that tripped the rollback.
+    assert_eq!(s.must("trafficshift_gate_failures_total", &gate), 1.0);
     assert_eq!(
         s.must(
             "trafficshift_observed_weight_ratio",
