@@ -410,14 +410,20 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some((ip, why)) = addrs
-                .iter()
-                .find_map(|a| refused_address(a.ip(), allow_loopback).map(|why| (a.ip(), why)))
-            {
-                return Err(format!("refused: {host} resolves to {ip}, which is {why}").into());
-            }
+            vet(&host, &addrs, allow_loopback)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+/// Refuse the answer for `host` if any of its addresses is one a gate must not reach.
+fn vet(host: &str, addrs: &[SocketAddr], allow_loopback: bool) -> Result<(), String> {
+    match addrs
+        .iter()
+        .find_map(|a| refused_address(a.ip(), allow_loopback).map(|why| (a.ip(), why)))
+    {
+        Some((ip, why)) => Err(format!("refused: {host} resolves to {ip}, which is {why}")),
+        None => Ok(()),
     }
 }
 
@@ -1403,6 +1409,31 @@ spec:
             "loopback flag does not open metadata"
         );
         assert!(!refused("10.1.2.3", false));
+    }
+
+    #[test]
+    fn a_name_resolving_to_metadata_is_refused() {
+        let addr = |s: &str| SocketAddr::new(s.parse().expect("ip"), 0);
+        let e = vet(
+            "metadata.attacker.example",
+            &[addr("10.0.0.1"), addr("169.254.169.254")],
+            true,
+        )
+        .expect_err("one link-local address refuses the name");
+        assert_eq!(
+            e,
+            "refused: metadata.attacker.example resolves to 169.254.169.254, which is link-local \
+             (instance metadata); gates never call it"
+        );
+        assert!(vet("v6.example", &[addr("fd00:ec2::254")], true).is_err());
+        assert!(vet("local.example", &[addr("127.0.0.1")], false).is_err());
+        assert!(vet("local.example", &[addr("127.0.0.1")], true).is_ok());
+        assert!(vet(
+            "ok.example",
+            &[addr("10.0.0.1"), addr("2001:db8::1")],
+            false
+        )
+        .is_ok());
     }
 
     #[tokio::test]
