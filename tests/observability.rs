@@ -1452,6 +1452,71 @@ fn counters_exist_at_zero_from_the_first_ready_scrape() {
     promtool_check_metrics(&s.text);
 }
 
+/// An HTTP endpoint on 127.0.0.1 that answers 200 and counts the requests it gets.
+fn counting_endpoint() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/healthz", listener.local_addr().expect("addr"));
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            if stream.read(&mut buf).is_ok_and(|n| n > 0) {
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        }
+    });
+    (url, hits)
+}
+
+/// `plan` in CI must not hit production endpoints: HTTP gates are called only with
+/// `--with-gates`, and loopback ones only with `--allow-loopback-gates` too. Judged by the
+/// endpoint's own request count.
+#[test]
+fn plan_calls_http_gates_only_when_asked() {
+    let moto = Moto::start();
+    let sc = Scenario::provision(&moto, 20);
+    let (url, hits) = counting_endpoint();
+    let extra = format!(
+        "  rollout:\n    steps: [50, 100]\n    interval: 60s\n  gates:\n    - name: smoke\n      \
+         http:\n        url: {url}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_doc(dir.path(), "api", &sc.document("api", 0, 100, &extra));
+    let d = dir.path().to_str().unwrap();
+    let plan = |more: &[&str]| {
+        let mut args = vec!["plan", "--owner-id", "obs", d];
+        args.extend_from_slice(more);
+        let (code, out, err) = support::controller::run_cli(&moto.endpoint, &args);
+        assert!(
+            code == 0 || code == 2,
+            "plan {more:?} exit {code}:\n{out}\n{err}"
+        );
+        out
+    };
+    plan(&[]);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "plan called an HTTP gate unasked"
+    );
+    plan(&["--with-gates"]);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a loopback gate was called without --allow-loopback-gates"
+    );
+    plan(&["--with-gates", "--allow-loopback-gates"]);
+    assert!(
+        hits.load(Ordering::SeqCst) >= 1,
+        "plan --with-gates did not call the gate"
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Config reloads are counted per real load: the resync tick and file changes, not a loop.
 
