@@ -262,8 +262,12 @@ impl Metrics {
             ),
             registry: r,
         };
+        // Set by build.rs; a build without it (sources copied without build.rs) still compiles.
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TRAFFICSHIFT_GIT_REVISION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("TRAFFICSHIFT_GIT_REVISION").unwrap_or("unknown"),
+            ])
             .set(1);
         for (service, operation) in AWS_OPERATIONS {
             for outcome in AWS_OUTCOMES {
