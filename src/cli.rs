@@ -1,5 +1,5 @@
 //! The command line: `run`, `validate`, `plan`, `schema`, `status`. Each returns the process exit
-//! code; `main` only maps errors to 1.
+//! code; `main` only maps errors to 1 and usage errors to 64.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::aws::connect::{connect, AwsOptions};
 use crate::controller::{Controller, Options};
+use crate::gates::{GateChecker, GateOptions};
 use crate::reconcile::{self, Context, Report, Work};
 use crate::server::{self, AppState};
 use crate::spec::{load_paths, HumanDuration};
@@ -20,6 +21,22 @@ use crate::status_cli::{self, Output, StatusOptions};
 use crate::telemetry::LogFormat;
 use crate::weights::show;
 use crate::{Error, Result};
+
+/// Process exit codes. Usage errors follow sysexits.h so that no command confuses a typo with one
+/// of its answers (`plan` uses 2 for "there are changes").
+pub mod exit {
+    /// Success; for `plan`, no changes.
+    pub const OK: i32 = 0;
+    /// An error (invalid document, AWS failure, a failed `--once` run); for `status --exit-code`,
+    /// a shown split is unhealthy or the config is invalid.
+    pub const FAILURE: i32 = 1;
+    /// `plan`: the next reconcile would change Route53 or ECS.
+    pub const CHANGES: i32 = 2;
+    /// EX_USAGE: the command line is wrong (unknown flag, missing or bad argument).
+    pub const USAGE: i32 = 64;
+    /// EX_UNAVAILABLE: `status` could not get a status from the controller.
+    pub const UNAVAILABLE: i32 = 69;
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,17 +65,19 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(RunArgs),
-    /// Check documents without touching AWS (exit 0 valid, 1 invalid).
+    /// Check documents without touching AWS (exit 0 valid, 1 invalid, 64 usage error).
     Validate {
         /// Files or directories of *.yaml / *.yml.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Show the Route53 and ECS changes the next reconcile would make (exit 0 none, 2 changes, 1 error).
+    /// Show the Route53 and ECS changes the next reconcile would make (exit 0 none, 2 changes, 1 error,
+    /// 64 usage error).
     Plan(PlanArgs),
     /// Print the JSON Schema of the TrafficSplit document.
     Schema,
-    /// Show the status of a running controller.
+    /// Show the status of a running controller (exit 0, 1 unhealthy with --exit-code, 69 controller
+    /// unreachable, 64 usage error).
     Status(StatusArgs),
 }
 
@@ -70,6 +89,14 @@ pub struct AwsArgs {
     /// Route53 requests per second for the whole process (AWS allows 5 per account).
     #[arg(long, env = "TRAFFICSHIFT_ROUTE53_RPS", default_value_t = 5.0)]
     pub route53_rps: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Let HTTP and Prometheus gates call loopback addresses (127.0.0.0/8, ::1, localhost): for
+    /// tests and local demos only. Link-local addresses (instance metadata) are always refused.
+    #[arg(long, env = "TRAFFICSHIFT_ALLOW_LOOPBACK_GATES")]
+    pub allow_loopback_gates: bool,
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +123,8 @@ pub struct RunArgs {
     pub once: bool,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub gates: GateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -103,8 +132,14 @@ pub struct PlanArgs {
     /// Files or directories of *.yaml / *.yml.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Also call HTTP and Prometheus gates (by default `plan` leaves them unchecked, so a plan
+    /// shows no step that needs them).
+    #[arg(long, env = "TRAFFICSHIFT_PLAN_WITH_GATES")]
+    pub with_gates: bool,
     #[command(flatten)]
     pub aws: AwsArgs,
+    #[command(flatten)]
+    pub gates: GateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -124,7 +159,8 @@ pub struct StatusArgs {
     /// Redraw every 2 s.
     #[arg(long)]
     pub watch: bool,
-    /// Exit 1 when a split is Degraded, RolledBack, Conflict or Invalid.
+    /// Exit 1 when a split is Degraded, RolledBack, Conflict or Invalid, or the config is invalid
+    /// (69 when the controller cannot be reached, with or without this flag).
     #[arg(long)]
     pub exit_code: bool,
 }
@@ -163,7 +199,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Plan(a) => plan(a).await,
         Command::Status(a) => {
-            status_cli::run(StatusOptions {
+            let result = status_cli::run(StatusOptions {
                 endpoint: a.endpoint,
                 name: a.name,
                 output: match a.output {
@@ -175,7 +211,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 watch: a.watch,
                 exit_code: a.exit_code,
             })
-            .await
+            .await;
+            match result {
+                Err(e @ Error::Unreachable(_)) => {
+                    eprintln!("error: {e}");
+                    Ok(exit::UNAVAILABLE)
+                }
+                other => other,
+            }
         }
         Command::Run(a) => run_controller(a).await,
     }
@@ -296,7 +339,14 @@ async fn plan(a: PlanArgs) -> Result<i32> {
         return Ok(1);
     }
     let aws = connect(&aws_options(&a.aws)).await;
-    let ctx = Context::new(aws, a.aws.owner_id.clone(), true);
+    let mut ctx = Context::new(aws.clone(), a.aws.owner_id.clone(), true);
+    ctx.gates = GateChecker::with_options(
+        aws,
+        GateOptions {
+            allow_loopback: a.gates.allow_loopback_gates,
+            remote: a.with_gates,
+        },
+    );
     let work = loaded
         .docs
         .into_iter()
@@ -311,13 +361,13 @@ async fn plan(a: PlanArgs) -> Result<i32> {
         match o.result {
             Ok(r) => {
                 print!("{}", render_plan(&o.name, &r));
-                if r.has_changes() && code == 0 {
-                    code = 2;
+                if r.has_changes() && code == exit::OK {
+                    code = exit::CHANGES;
                 }
             }
             Err(e) => {
                 println!("split {}: error: {e}", o.name);
-                code = 1;
+                code = exit::FAILURE;
             }
         }
     }
@@ -326,7 +376,15 @@ async fn plan(a: PlanArgs) -> Result<i32> {
 
 async fn run_controller(a: RunArgs) -> Result<i32> {
     let aws = connect(&aws_options(&a.aws)).await;
-    let ctx = Arc::new(Context::new(aws, a.aws.owner_id.clone(), a.dry_run));
+    let mut ctx = Context::new(aws.clone(), a.aws.owner_id.clone(), a.dry_run);
+    ctx.gates = GateChecker::with_options(
+        aws,
+        GateOptions {
+            allow_loopback: a.gates.allow_loopback_gates,
+            remote: true,
+        },
+    );
+    let ctx = Arc::new(ctx);
     let app = AppState::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 

@@ -26,6 +26,8 @@ use crate::status::{
 use crate::Error;
 
 pub const MAX_EVENTS: usize = 20;
+/// Longest event message kept: events are shown by `status` and logged, and may quote remote text.
+const EVENT_MAX: usize = 1024;
 
 /// How long a shutdown waits for an in-flight reconcile before abandoning it.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -78,6 +80,7 @@ impl Managed {
     }
 
     fn event(&mut self, warning: bool, reason: &str, message: String) {
+        let message = crate::sanitize::clean(&message, EVENT_MAX);
         if warning {
             warn!(split = self.doc.split.name(), reason, "{message}");
         } else {
@@ -163,6 +166,14 @@ impl Controller {
         for doc in loaded.docs {
             seen.insert(doc.split.name().to_string(), ());
             let name = doc.split.name().to_string();
+            let gates: Vec<String> = doc
+                .split
+                .spec
+                .gates
+                .iter()
+                .map(|g| g.name.clone())
+                .collect();
+            METRICS.init_split(&name, &gates);
             match self.splits.get_mut(&name) {
                 Some(m) => {
                     m.rejected = None;
@@ -259,6 +270,18 @@ impl Controller {
             let Some(m) = self.splits.get_mut(&o.name) else {
                 continue;
             };
+            for (g, r) in &o.gates {
+                // A check ran this cycle if the record moved; it failed if it says so.
+                let checked = m.gates.get(g).is_none_or(|b| {
+                    b.last_check != r.last_check || b.consecutive_failures != r.consecutive_failures
+                });
+                if checked && r.last_check.is_some() && r.passing == Some(false) {
+                    METRICS
+                        .gate_check_failures
+                        .with_label_values(&[&o.name, g])
+                        .inc();
+                }
+            }
             m.gates = o.gates;
             let now = now_unix();
             m.last_reconcile = Some(now);

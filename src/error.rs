@@ -81,11 +81,32 @@ pub enum Error {
     #[error("http: {0}")]
     Http(String),
 
+    /// `trafficshift status` got no status from the controller (down, wrong address, not a
+    /// trafficshift endpoint).
+    #[error("{0}")]
+    Unreachable(String),
+
     #[error("{0}")]
     Other(String),
 }
 
 impl Error {
+    /// Every value `kind()` returns: the `kind` label values, created at 0 for each split.
+    pub const KINDS: [&'static str; 12] = [
+        "io",
+        "invalid",
+        "aws_throttled",
+        "aws_transient",
+        "aws_permanent",
+        "not_found",
+        "conflict",
+        "unsafe",
+        "gate",
+        "http",
+        "unreachable",
+        "other",
+    ];
+
     /// A fixed, bounded string for metric labels. Never derived from messages.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -108,6 +129,7 @@ impl Error {
             Error::Unsafe(_) => "unsafe",
             Error::Gate { .. } => "gate",
             Error::Http(_) => "http",
+            Error::Unreachable(_) => "unreachable",
             Error::Other(_) => "other",
         }
     }
@@ -122,5 +144,42 @@ impl Error {
             } | Error::Http(_)
                 | Error::Io { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_listed() {
+        let aws = |failure| Error::Aws {
+            service: "s",
+            operation: "o",
+            failure,
+            message: String::new(),
+        };
+        let all = [
+            Error::Io {
+                path: "x".into(),
+                source: std::io::Error::other("x"),
+            },
+            Error::Invalid(vec![]),
+            aws(AwsFailure::Throttled),
+            aws(AwsFailure::Transient),
+            aws(AwsFailure::Permanent),
+            Error::NotFound(String::new()),
+            Error::Conflict(String::new()),
+            Error::Unsafe(String::new()),
+            Error::Gate {
+                gate: String::new(),
+                message: String::new(),
+            },
+            Error::Http(String::new()),
+            Error::Unreachable(String::new()),
+            Error::Other(String::new()),
+        ];
+        let kinds: Vec<&str> = all.iter().map(Error::kind).collect();
+        assert_eq!(kinds, Error::KINDS);
     }
 }

@@ -3,11 +3,13 @@
 //! A check never returns an error: a timeout, an AWS error or a bad response is a failing outcome
 //! whose message says what went wrong, so the rollout's failure threshold treats them alike.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::aws::Aws;
+use crate::sanitize;
 use crate::spec::{
     BackendRef, CloudwatchAlarmGate, Gate, HttpGate, OnInsufficientData, OnNoData, PrometheusGate,
     TargetHealthGate, TrafficSplit,
@@ -32,12 +34,14 @@ pub struct GateOutcome {
 }
 
 impl GateOutcome {
+    // Messages carry remote text (Prometheus errors, socket errors); they are bounded and cleaned
+    // here, once, before they reach events, /status, logs and metrics.
     fn pass(message: impl Into<String>) -> Self {
         GateOutcome {
             passing: true,
             waiting: false,
             value: None,
-            message: message.into(),
+            message: sanitize::message(&message.into()),
         }
     }
 
@@ -55,7 +59,7 @@ impl GateOutcome {
             passing: false,
             waiting: true,
             value: None,
-            message: message.into(),
+            message: sanitize::message(&message.into()),
         }
     }
 
@@ -65,23 +69,69 @@ impl GateOutcome {
     }
 }
 
+/// What HTTP and Prometheus gates may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateOptions {
+    /// Let gates connect to loopback addresses (`--allow-loopback-gates`): for tests and local
+    /// demos. In a pod, loopback is the controller itself or a sidecar, never a health endpoint.
+    pub allow_loopback: bool,
+    /// Call HTTP and Prometheus gates at all. `plan` leaves them alone unless `--with-gates`: a
+    /// plan in CI should not hit production endpoints as a side effect.
+    pub remote: bool,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        GateOptions {
+            allow_loopback: false,
+            remote: true,
+        }
+    }
+}
+
 /// Checks gates against AWS, Prometheus and HTTP endpoints.
 #[derive(Clone)]
 pub struct GateChecker {
     http: reqwest::Client,
     aws: Aws,
+    options: GateOptions,
 }
 
 impl GateChecker {
+    /// A checker with the default options: loopback refused, remote gates called.
     pub fn new(aws: Aws) -> Self {
+        Self::with_options(aws, GateOptions::default())
+    }
+
+    pub fn with_options(aws: Aws, options: GateOptions) -> Self {
         let http = reqwest::Client::builder()
             .user_agent(concat!("trafficshift/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
+            // A redirect could point a checked URL at instance metadata or any internal address.
+            .redirect(reqwest::redirect::Policy::none())
+            // Through a proxy, the resolver below would vet the proxy, not the gate's host.
+            .no_proxy()
+            .dns_resolver(GuardedResolver {
+                allow_loopback: options.allow_loopback,
+            })
             .build()
             // Building only fails when the TLS backend cannot initialise; the default client would
             // fail the same way, so there is nothing better to fall back to.
             .unwrap_or_default();
-        GateChecker { http, aws }
+        GateChecker { http, aws, options }
+    }
+
+    /// Whether `check` calls this gate. Gates it skips stay "not checked yet".
+    pub fn will_check(&self, gate: &Gate) -> bool {
+        self.options.remote || (gate.http.is_none() && gate.prometheus.is_none())
+    }
+
+    /// Why a request to `url` must not be made, for hosts written as IP literals (names are
+    /// vetted by the resolver after lookup; literals never reach it).
+    fn refused(&self, url: &reqwest::Url) -> Option<String> {
+        let ip = literal_ip(url.host_str()?)?;
+        refused_address(ip, self.options.allow_loopback)
+            .map(|why| format!("refused: {ip} is {why}"))
     }
 
     /// Run one check of `gate` for `split`. Never fails: errors become failing outcomes.
@@ -231,6 +281,9 @@ impl GateChecker {
             }
         };
         url.query_pairs_mut().append_pair("query", &g.query);
+        if let Some(why) = self.refused(&url) {
+            return GateOutcome::fail(format!("prometheus at {base}: {why}"));
+        }
 
         let exchange = async {
             let resp = self.http.get(url.clone()).timeout(timeout).send().await?;
@@ -261,6 +314,12 @@ impl GateChecker {
     async fn http(&self, g: &HttpGate) -> GateOutcome {
         let timeout = g.timeout.0;
         let shown = redact(&g.url);
+        if let Some(why) = reqwest::Url::parse(&g.url)
+            .ok()
+            .and_then(|u| self.refused(&u))
+        {
+            return GateOutcome::fail(format!("GET {shown}: {why}"));
+        }
         let exchange = async {
             let resp = self.http.get(&g.url).timeout(timeout).send().await?;
             let status = resp.status();
@@ -309,14 +368,89 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> reqwest::Result
     Ok(Capped::Complete(body))
 }
 
-/// A URL for messages: without the password of `user:password@`, which /status must not show.
-fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("redacted"));
-            u.to_string()
+/// A URL for messages, without the userinfo and query that /status and logs must not show.
+pub fn redact(url: &str) -> String {
+    sanitize::redact_url(url)
+}
+
+/// The IP address of a URL host written as a literal (`10.0.0.1`, `[fe80::1]`).
+pub fn literal_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// AWS's IPv6 instance metadata address (Nitro instances, EKS IPv6 clusters).
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+/// Whether `ip` is link-local: 169.254.0.0/16 (instance metadata, ECS task metadata), fe80::/10,
+/// or fd00:ec2::254. IPv4 addresses written as IPv6 (`::ffff:169.254.169.254`, NAT64
+/// `64:ff9b::169.254.169.254`) count as the IPv4 address they carry.
+pub fn is_link_local(ip: IpAddr) -> bool {
+    match unmap(ip) {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == METADATA_V6,
+    }
+}
+
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = s[6].to_be_bytes();
+                let [c, d] = s[7].to_be_bytes();
+                return IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+            }
+            ip
         }
-        _ => url.to_string(),
+        v4 => v4,
+    }
+}
+
+/// Why a gate must not connect to `ip`, if it must not.
+pub fn refused_address(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
+    let ip = unmap(ip);
+    if is_link_local(ip) {
+        Some("link-local (instance metadata); gates never call it")
+    } else if !allow_loopback && (ip.is_loopback() || ip.is_unspecified()) {
+        Some("loopback; run with --allow-loopback-gates to allow it")
+    } else {
+        None
+    }
+}
+
+/// Resolves gate hosts like the system resolver, then refuses the whole answer if any address is
+/// one a gate must not reach: a name that resolves (or is rebound) to instance metadata fails.
+struct GuardedResolver {
+    allow_loopback: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_loopback = self.allow_loopback;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            vet(&host, &addrs, allow_loopback)?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Refuse the answer for `host` if any of its addresses is one a gate must not reach.
+fn vet(host: &str, addrs: &[SocketAddr], allow_loopback: bool) -> Result<(), String> {
+    match addrs
+        .iter()
+        .find_map(|a| refused_address(a.ip(), allow_loopback).map(|why| (a.ip(), why)))
+    {
+        Some((ip, why)) => Err(format!("refused: {host} resolves to {ip}, which is {why}")),
+        None => Ok(()),
     }
 }
 
@@ -562,12 +696,32 @@ mod tests {
     }
 
     fn checker(ecs: FakeEcs, targets: FakeTargets, alarms: FakeAlarms) -> GateChecker {
-        GateChecker::new(Aws {
-            dns: Arc::new(NoDns),
-            ecs: Arc::new(ecs),
-            targets: Arc::new(targets),
-            alarms: Arc::new(alarms),
-        })
+        checker_with(
+            ecs,
+            targets,
+            alarms,
+            GateOptions {
+                allow_loopback: true,
+                remote: true,
+            },
+        )
+    }
+
+    fn checker_with(
+        ecs: FakeEcs,
+        targets: FakeTargets,
+        alarms: FakeAlarms,
+        options: GateOptions,
+    ) -> GateChecker {
+        GateChecker::with_options(
+            Aws {
+                dns: Arc::new(NoDns),
+                ecs: Arc::new(ecs),
+                targets: Arc::new(targets),
+                alarms: Arc::new(alarms),
+            },
+            options,
+        )
     }
 
     fn plain_checker() -> GateChecker {
@@ -940,6 +1094,16 @@ spec:
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 json(vector(&["1"]))
             }
+            "noisy" => {
+                // Just under the 1 MiB cap: escape sequences and newlines in a long error.
+                let noise = format!("\x1b[2J{}", "x\n".repeat(300_000));
+                (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"status": "error", "errorType": "bad_data", "error": noise})
+                        .to_string(),
+                )
+                    .into_response()
+            }
             q if q == SPECIAL_QUERY => json(vector(&["42"])),
             _ => (StatusCode::BAD_REQUEST, "unexpected query").into_response(),
         }
@@ -978,7 +1142,11 @@ spec:
                     "late"
                 }),
             )
-            .route("/slow-body", get(slow_body));
+            .route("/slow-body", get(slow_body))
+            .route(
+                "/redirect",
+                get(|| async { axum::response::Redirect::temporary("/code/200") }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1138,17 +1306,19 @@ spec:
             .await;
         assert!(o.passing, "{o:?}");
 
-        // A password in the URL is sent but never shown.
+        // A password and a query in the URL are sent but never shown.
         let with_password = base.replace("http://", "http://probe:s3cret@");
         let o = c
             .check(
                 &split(),
-                &http_gate(&format!("{with_password}/code/200"), 200),
+                &http_gate(&format!("{with_password}/code/200?key=k3y"), 200),
             )
             .await;
         assert!(o.passing, "{o:?}");
         assert!(!o.message.contains("s3cret"), "{}", o.message);
-        assert!(o.message.contains("probe:redacted@"), "{}", o.message);
+        assert!(!o.message.contains("probe"), "{}", o.message);
+        assert!(!o.message.contains("k3y"), "{}", o.message);
+        assert!(o.message.contains("//redacted@"), "{}", o.message);
 
         // A large body is not a problem: it is read up to the cap and dropped.
         let o = c
@@ -1196,5 +1366,168 @@ spec:
             "{}",
             o.message
         );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let base = local_server().await;
+        let o = plain_checker()
+            .check(&split(), &http_gate(&format!("{base}/redirect"), 200))
+            .await;
+        assert!(!o.passing, "{o:?}");
+        assert_eq!(o.value, Some(307.0), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn remote_messages_are_bounded_and_clean() {
+        let base = local_server().await;
+        let o = plain_checker()
+            .check(&split(), &prom_gate(&base, "noisy"))
+            .await;
+        assert!(!o.passing);
+        assert!(o.message.len() <= 512, "{} bytes", o.message.len());
+        assert!(!o.message.chars().any(char::is_control), "{:?}", o.message);
+        assert!(
+            o.message.starts_with("prometheus query failed (bad_data)"),
+            "{}",
+            o.message
+        );
+    }
+
+    fn strict() -> GateChecker {
+        checker_with(
+            FakeEcs::default(),
+            FakeTargets::default(),
+            FakeAlarms::default(),
+            GateOptions::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn link_local_and_loopback_are_refused() {
+        // Nothing listens on these: a refusal must come before any connection attempt, so the
+        // message says "refused: ... is link-local", not a connection error.
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "http://[fe80::1]:8080/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://0xa9fea9fe/",
+        ] {
+            for c in [plain_checker(), strict()] {
+                let o = c.check(&split(), &http_gate(url, 200)).await;
+                assert!(!o.passing, "{url}");
+                assert!(o.message.contains("is link-local"), "{url}: {}", o.message);
+            }
+        }
+        let o = strict()
+            .check(&split(), &prom_gate("http://169.254.169.254:9090", "one"))
+            .await;
+        assert!(o.message.contains("is link-local"), "{}", o.message);
+
+        let base = local_server().await;
+        let port = base.rsplit(':').next().expect("port");
+        for url in [
+            format!("{base}/code/200"),
+            format!("http://[::1]:{port}/code/200"),
+            // A name: refused by the resolver, after lookup.
+            format!("http://localhost:{port}/code/200"),
+        ] {
+            let o = strict().check(&split(), &http_gate(&url, 200)).await;
+            assert!(!o.passing, "{url}: {o:?}");
+            assert!(o.message.contains("loopback"), "{url}: {}", o.message);
+            assert!(
+                o.message.contains("--allow-loopback-gates"),
+                "{url}: {}",
+                o.message
+            );
+        }
+        let o = strict().check(&split(), &prom_gate(&base, "one")).await;
+        assert!(o.message.contains("loopback"), "{}", o.message);
+        // The same name passes once loopback is allowed.
+        let o = plain_checker()
+            .check(
+                &split(),
+                &http_gate(&format!("http://localhost:{port}/code/200"), 200),
+            )
+            .await;
+        assert!(o.passing, "{o:?}");
+    }
+
+    #[test]
+    fn address_classes() {
+        let ll = |s: &str| is_link_local(s.parse().expect("ip"));
+        for ip in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fe80::1",
+            "febf::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.1.1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(ll(ip), "{ip}");
+        }
+        for ip in [
+            "169.255.0.1",
+            "10.0.0.1",
+            "fec0::1",
+            "fd00:ec2::253",
+            "127.0.0.1",
+        ] {
+            assert!(!ll(ip), "{ip}");
+        }
+        let refused = |s: &str, allow| refused_address(s.parse().expect("ip"), allow).is_some();
+        assert!(refused("127.0.0.1", false));
+        assert!(refused("::1", false));
+        assert!(refused("0.0.0.0", false));
+        assert!(!refused("127.0.0.1", true));
+        assert!(
+            refused("169.254.169.254", true),
+            "loopback flag does not open metadata"
+        );
+        assert!(!refused("10.1.2.3", false));
+    }
+
+    #[test]
+    fn a_name_resolving_to_metadata_is_refused() {
+        let addr = |s: &str| SocketAddr::new(s.parse().expect("ip"), 0);
+        let e = vet(
+            "metadata.attacker.example",
+            &[addr("10.0.0.1"), addr("169.254.169.254")],
+            true,
+        )
+        .expect_err("one link-local address refuses the name");
+        assert_eq!(
+            e,
+            "refused: metadata.attacker.example resolves to 169.254.169.254, which is link-local \
+             (instance metadata); gates never call it"
+        );
+        assert!(vet("v6.example", &[addr("fd00:ec2::254")], true).is_err());
+        assert!(vet("local.example", &[addr("127.0.0.1")], false).is_err());
+        assert!(vet("local.example", &[addr("127.0.0.1")], true).is_ok());
+        assert!(vet(
+            "ok.example",
+            &[addr("10.0.0.1"), addr("2001:db8::1")],
+            false
+        )
+        .is_ok());
+    }
+
+    #[tokio::test]
+    async fn plan_mode_skips_remote_gates_only() {
+        let c = checker_with(
+            FakeEcs::default(),
+            FakeTargets::default(),
+            FakeAlarms::default(),
+            GateOptions {
+                allow_loopback: false,
+                remote: false,
+            },
+        );
+        assert!(!c.will_check(&http_gate("http://x/", 200)));
+        assert!(!c.will_check(&prom_gate("http://x/", "q")));
+        assert!(c.will_check(&ecs_gate()));
+        assert!(plain_checker().will_check(&http_gate("http://x/", 200)));
     }
 }

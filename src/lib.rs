@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod rollout;
+pub mod sanitize;
 pub mod server;
 pub mod spec;
 pub mod state;

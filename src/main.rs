@@ -4,7 +4,19 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = trafficshift::cli::Cli::parse();
+    let cli = match trafficshift::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap exits 2 on usage errors, which `plan` uses for "changes": a typo in a GitOps
+            // job must not read as a diff. Help and --version are not errors.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                trafficshift::cli::exit::USAGE
+            } else {
+                trafficshift::cli::exit::OK
+            });
+        }
+    };
     trafficshift::telemetry::init(cli.log_format, &cli.log_level);
     let code = match trafficshift::cli::run(cli).await {
         Ok(code) => code,

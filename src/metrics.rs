@@ -18,6 +18,30 @@ pub const STATES: [&str; 7] = [
     "Invalid",
 ];
 
+/// Every AWS operation trafficshift calls, as (service, operation) labels of
+/// `trafficshift_aws_requests_total`. Each outcome of each is exported from the first scrape, so
+/// `increase()` sees the first throttle.
+pub const AWS_OPERATIONS: [(&str, &str); 12] = [
+    ("route53", "GetHostedZone"),
+    ("route53", "ListHostedZonesByName"),
+    ("route53", "ListResourceRecordSets"),
+    ("route53", "ChangeResourceRecordSets"),
+    ("route53", "GetChange"),
+    ("ecs", "DescribeServices"),
+    ("ecs", "UpdateService"),
+    ("apigateway", "GetDomainName"),
+    ("apigatewayv2", "GetDomainName"),
+    ("elbv2", "DescribeTargetGroups"),
+    ("elbv2", "DescribeLoadBalancers"),
+    ("elbv2", "DescribeTargetHealth"),
+];
+/// The `outcome` label values of `trafficshift_aws_requests_total`.
+pub const AWS_OUTCOMES: [&str; 3] = ["success", "throttled", "error"];
+/// The `result` label values of `trafficshift_reconciles_total`.
+pub const RECONCILE_RESULTS: [&str; 3] = ["success", "error", "skipped"];
+/// The `action` label values of `trafficshift_route53_changes_total`.
+pub const ROUTE53_ACTIONS: [&str; 3] = ["create", "delete", "upsert"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub target_weight: GaugeVec,
@@ -36,6 +60,7 @@ pub struct Metrics {
     pub last_success: GaugeVec,
     pub drift_corrections: IntCounterVec,
     pub rollbacks: IntCounterVec,
+    pub gate_check_failures: IntCounterVec,
     pub ecs_desired: IntGaugeVec,
     pub ecs_running: IntGaugeVec,
     pub aws_requests: IntCounterVec,
@@ -191,6 +216,12 @@ impl Metrics {
                 "Rollouts rolled back after a gate failure.",
                 s,
             ),
+            gate_check_failures: counter_vec(
+                &r,
+                "trafficshift_gate_failures_total",
+                "Failing gate checks.",
+                &["split", "gate"],
+            ),
             ecs_desired: int_gauge_vec(
                 &r,
                 "trafficshift_ecs_desired_tasks",
@@ -226,15 +257,45 @@ impl Metrics {
             build_info: int_gauge_vec(
                 &r,
                 "trafficshift_build_info",
-                "Always 1; the version label names the build.",
-                &["version"],
+                "Always 1; the labels name the build (crate version, git revision).",
+                &["version", "revision"],
             ),
             registry: r,
         };
+        // Set by build.rs; a build without it (sources copied without build.rs) still compiles.
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("TRAFFICSHIFT_GIT_REVISION").unwrap_or("unknown"),
+            ])
             .set(1);
+        for (service, operation) in AWS_OPERATIONS {
+            for outcome in AWS_OUTCOMES {
+                m.aws_requests
+                    .with_label_values(&[service, operation, outcome]);
+            }
+        }
         m
+    }
+
+    /// Create every counter of a split at 0, so the first rollback, drift correction or error is an
+    /// increase from 0 rather than a series appearing (which `increase()` and `rate()` miss).
+    /// Idempotent; called whenever a split's document is loaded.
+    pub fn init_split(&self, split: &str, gates: &[String]) {
+        for result in RECONCILE_RESULTS {
+            self.reconciles.with_label_values(&[split, result]);
+        }
+        for kind in crate::error::Error::KINDS {
+            self.reconcile_errors.with_label_values(&[split, kind]);
+        }
+        self.drift_corrections.with_label_values(&[split]);
+        self.rollbacks.with_label_values(&[split]);
+        for action in ROUTE53_ACTIONS {
+            self.route53_changes.with_label_values(&[split, action]);
+        }
+        for gate in gates {
+            self.gate_check_failures.with_label_values(&[split, gate]);
+        }
     }
 
     /// Prometheus text exposition of everything registered.
@@ -286,3 +347,62 @@ impl Metrics {
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A series line of the exposition for `name{labels}`, e.g. `("x_total", "split=\"a\"")`.
+    fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(series, _)| {
+                series.starts_with(&format!("{name}{{"))
+                    && labels
+                        .iter()
+                        .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    #[test]
+    fn split_counters_exist_at_zero_once_loaded() {
+        METRICS.init_split("zero-init", &["smoke".to_string()]);
+        let text = METRICS.render();
+        let s = ("split", "zero-init");
+        for (name, extra) in [
+            ("trafficshift_drift_corrections_total", None),
+            ("trafficshift_rollbacks_total", None),
+            (
+                "trafficshift_reconcile_errors_total",
+                Some(("kind", "aws_throttled")),
+            ),
+            (
+                "trafficshift_reconcile_errors_total",
+                Some(("kind", "conflict")),
+            ),
+            ("trafficshift_reconciles_total", Some(("result", "error"))),
+            (
+                "trafficshift_route53_changes_total",
+                Some(("action", "upsert")),
+            ),
+            ("trafficshift_gate_failures_total", Some(("gate", "smoke"))),
+        ] {
+            let labels: Vec<(&str, &str)> = std::iter::once(s).chain(extra).collect();
+            assert_eq!(value(&text, name, &labels), Some(0.0), "{name} {labels:?}");
+        }
+        assert_eq!(
+            value(
+                &text,
+                "trafficshift_aws_requests_total",
+                &[
+                    ("service", "route53"),
+                    ("operation", "ChangeResourceRecordSets"),
+                    ("outcome", "throttled")
+                ]
+            ),
+            Some(0.0)
+        );
+    }
+}

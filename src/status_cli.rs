@@ -44,8 +44,11 @@ pub struct StatusOptions {
     pub exit_code: bool,
 }
 
-/// Run the command; returns the process exit code. Errors (unreachable controller, unknown split)
-/// are for the caller to print and exit 1.
+/// Run the command; returns the process exit code: 0, or 1 with `--exit-code` when a shown split
+/// is unhealthy. When no status could be read from the controller the error is
+/// `Error::Unreachable` (the caller exits 69: a monitor must tell "the controller is down" from "a
+/// split is degraded"); other errors (unknown split, bad `--endpoint`) are for the caller to print
+/// and exit 1.
 pub async fn run(opts: StatusOptions) -> Result<i32> {
     let client = reqwest::Client::builder()
         .user_agent(concat!("trafficshift/", env!("CARGO_PKG_VERSION")))
@@ -91,7 +94,9 @@ pub async fn run(opts: StatusOptions) -> Result<i32> {
             _ = &mut ctrl_c => break,
         }
     }
-    Ok(last.map(|s| result_code(&s, &opts)).unwrap_or(1))
+    Ok(last
+        .map(|s| result_code(&s, &opts))
+        .unwrap_or(crate::cli::exit::UNAVAILABLE))
 }
 
 fn print_flush(text: &str) {
@@ -128,26 +133,33 @@ fn status_url(endpoint: &str) -> Result<reqwest::Url> {
     } else {
         format!("http://{endpoint}/status")
     };
-    reqwest::Url::parse(&full)
-        .map_err(|e| Error::Http(format!("invalid --endpoint {endpoint:?}: {e}")))
+    reqwest::Url::parse(&full).map_err(|e| {
+        Error::Http(format!(
+            "invalid --endpoint {:?}: {e}",
+            crate::sanitize::redact_url(endpoint)
+        ))
+    })
 }
 
 async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<ControllerStatus> {
+    let shown = crate::sanitize::redact_url(url.as_str());
     let resp = client.get(url.clone()).send().await.map_err(|e| {
-        Error::Other(format!(
-            "cannot reach trafficshift at {url}: {}; is the controller running? use --endpoint",
+        Error::Unreachable(format!(
+            "cannot reach trafficshift at {shown}: {}; is the controller running? use --endpoint",
             reason(&e)
         ))
     })?;
     let code = resp.status();
     if !code.is_success() {
         let body = resp.text().await.unwrap_or_default();
-        let body: String = body.trim().chars().take(200).collect();
-        return Err(Error::Other(format!("{url} answered {code}: {body}")));
+        let body = crate::sanitize::clean(body.trim(), 200);
+        return Err(Error::Unreachable(format!(
+            "{shown} answered {code}: {body}"
+        )));
     }
     resp.json::<ControllerStatus>().await.map_err(|e| {
-        Error::Other(format!(
-            "{url} did not answer a trafficshift status ({}); is --endpoint the controller's HTTP address?",
+        Error::Unreachable(format!(
+            "{shown} did not answer a trafficshift status ({}); is --endpoint the controller's HTTP address?",
             crate::gates::root_cause(&e)
         ))
     })

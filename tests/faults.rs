@@ -356,3 +356,130 @@ out = [len(p["ResourceRecordSets"]) for p in c.get_paginator("list_resource_reco
         "one batched describe for the cluster (10 services fit one call): {by_op:?}"
     );
 }
+
+/// POST /__proxy/config with `changes`.
+fn configure(proxy: &FaultProxy, changes: Value) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-f", "-m", "5", "-X", "POST", "-d"])
+        .arg(changes.to_string())
+        .arg(format!("{}/__proxy/config", proxy.endpoint))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "proxy config {changes}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The event on-call reads for a failed write is one line of at most 300 characters: service
+/// and operation, the HTTP status or "no response", AWS's code and message, and whether the
+/// change may have been applied. Never the SDK's debug dump.
+#[test]
+fn failed_writes_read_as_one_line_events() {
+    let moto = Moto::start();
+    let sc = Scenario::provision(&moto, 2);
+    // Every Route53 write fails: the split cannot converge until the proxy lets a write through.
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        3,
+        1.0,
+        "throttle",
+        &["--only", "route53.ChangeResourceRecordSets"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("w.yaml"), sc.document("w", 0, 100, "")).unwrap();
+    let c = Controller::start(&proxy.endpoint, &[dir.path()], "test", &["--resync", "2s"]);
+
+    // The first event of split w whose message contains `needle`.
+    let event = |what: &str, needle: &str| -> String {
+        wait_for(what, DEADLINE, || {
+            let st = c.status()?;
+            st["splits"][0]["events"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["message"].as_str())
+                .find(|m| m.contains(needle))
+                .map(str::to_string)
+        })
+    };
+    let one_line = |m: &str| {
+        assert!(
+            m.chars().count() <= 300,
+            "{} characters: {m}",
+            m.chars().count()
+        );
+        assert!(!m.contains('\n'), "{m:?}");
+        for dump in ["ServiceError", "raw:", "Response {", "source:", "Unhandled"] {
+            assert!(
+                !m.contains(dump),
+                "SDK debug text {dump:?} in the event: {m}"
+            );
+        }
+    };
+
+    let throttled = event(
+        "a throttled-write event",
+        "route53 ChangeResourceRecordSets: HTTP 400",
+    );
+    one_line(&throttled);
+    assert!(
+        throttled.contains("PriorRequestNotComplete: The request was rejected"),
+        "AWS's code and message: {throttled}"
+    );
+    assert!(throttled.contains("nothing was written"), "{throttled}");
+
+    configure(&proxy, json!({"faults": ["503"]}));
+    let unavailable = event(
+        "a 503-write event",
+        "route53 ChangeResourceRecordSets: HTTP 503",
+    );
+    one_line(&unavailable);
+    assert!(
+        unavailable.contains("ServiceUnavailable: Service is unable to handle request"),
+        "{unavailable}"
+    );
+    assert!(
+        unavailable.contains("the change may have been applied"),
+        "{unavailable}"
+    );
+
+    // The write reaches moto, then the proxy drops the connection before answering.
+    configure(
+        &proxy,
+        json!({"fault_rate": 0.0, "post_write_fault_rate": 1.0, "post_write_kinds": ["drop"]}),
+    );
+    let dropped = event(
+        "a dropped-write event",
+        "route53 ChangeResourceRecordSets: no response, connection",
+    );
+    one_line(&dropped);
+    assert!(
+        dropped.contains("the change may have been applied"),
+        "{dropped}"
+    );
+    // It was applied: Route53 holds the target, read back with boto3.
+    let want = weights(&[("lambda", 0), ("fargate", 100)]);
+    wait_for("the dropped write visible in Route53", DEADLINE, || {
+        (sc.weights(&moto) == want).then_some(())
+    });
+    // The logs at info and above carry the same lines; the dump is at debug only.
+    let log = c.log_text();
+    let above_debug: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(
+        above_debug
+            .iter()
+            .any(|l| l.contains("ChangeResourceRecordSets: HTTP 503")),
+        "the failed write is logged above debug:\n{log}"
+    );
+    for line in above_debug {
+        assert!(
+            !line.contains("ServiceError"),
+            "SDK dump above debug: {line}"
+        );
+    }
+    eprintln!("events:\n  {throttled}\n  {unavailable}\n  {dropped}");
+}

@@ -11,7 +11,7 @@ use prometheus::{free_port, prometheus_binary, Prometheus};
 use trafficshift::aws::{
     Alarms, AliasTarget, Aws, Change, Dns, Ecs, EcsService, RecordSet, Targets, Zone,
 };
-use trafficshift::gates::{GateChecker, GateOutcome};
+use trafficshift::gates::{GateChecker, GateOptions, GateOutcome};
 use trafficshift::spec::{Gate, HumanDuration, OnNoData, PrometheusGate, TrafficSplit};
 use trafficshift::{Error, Result};
 
@@ -73,12 +73,19 @@ impl Alarms for Unused {
 
 fn checker() -> GateChecker {
     let u = Arc::new(Unused);
-    GateChecker::new(Aws {
-        dns: u.clone(),
-        ecs: u.clone(),
-        targets: u.clone(),
-        alarms: u,
-    })
+    // The fake Prometheus listens on 127.0.0.1, which gates refuse by default.
+    GateChecker::with_options(
+        Aws {
+            dns: u.clone(),
+            ecs: u.clone(),
+            targets: u.clone(),
+            alarms: u,
+        },
+        GateOptions {
+            allow_loopback: true,
+            remote: true,
+        },
+    )
 }
 
 fn split() -> TrafficSplit {

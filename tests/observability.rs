@@ -750,6 +750,7 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
     );
     let gate = [("split", "rb"), ("gate", "no-errors")];
     assert_eq!(s.must("trafficshift_gate_passing", &gate), 1.0);
+    assert_eq!(s.must("trafficshift_gate_failures_total", &gate), 0.0);
     set_alarm(&moto, &alarm, "ALARM");
     let s = wait_for("rb RolledBack", DEADLINE, || {
         let s = scrape(&c)?;
@@ -761,6 +762,8 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
     );
     assert_eq!(s.must("trafficshift_gate_passing", &gate), 0.0);
     assert!(s.must("trafficshift_gate_consecutive_failures", &gate) >= 1.0);
+    // failureThreshold 1: the one failing check that tripped the rollback.
+    assert_eq!(s.must("trafficshift_gate_failures_total", &gate), 1.0);
     assert_eq!(
         s.must(
             "trafficshift_observed_weight_ratio",
@@ -1370,6 +1373,149 @@ fn readyz_waits_for_the_first_reconcile_and_sigterm_exits_0() {
         );
     }
     assert_eq!(get(&c.endpoint, "/healthz"), None, "the server is gone");
+}
+
+#[test]
+fn counters_exist_at_zero_from_the_first_ready_scrape() {
+    let moto = Moto::start();
+    let sc = Scenario::provision(&moto, 20);
+    let dir = tempfile::tempdir().unwrap();
+    // Paused: nothing moves, so every counter must still be 0, and present.
+    let extra = "  rollout:
+    steps: [50, 100]
+    interval: 60s
+    paused: true
+  gates:
+    - name: no-errors
+      cloudwatchAlarm:
+        alarmNames: [api-5xx]
+";
+    write_doc(dir.path(), "api", &sc.document("api", 50, 50, extra));
+    let mut c = Controller::start(&moto.endpoint, &[dir.path()], "obs", &[]);
+    c.wait_ready(DEADLINE);
+    let s = scrape(&c).expect("metrics");
+    let api = ("split", "api");
+    let zero: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("trafficshift_drift_corrections_total", vec![api]),
+        ("trafficshift_rollbacks_total", vec![api]),
+        (
+            "trafficshift_reconciles_total",
+            vec![api, ("result", "error")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "aws_throttled")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "aws_transient")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "aws_permanent")],
+        ),
+        (
+            "trafficshift_reconcile_errors_total",
+            vec![api, ("kind", "conflict")],
+        ),
+        (
+            "trafficshift_gate_failures_total",
+            vec![api, ("gate", "no-errors")],
+        ),
+        (
+            "trafficshift_aws_requests_total",
+            vec![
+                ("service", "route53"),
+                ("operation", "ChangeResourceRecordSets"),
+                ("outcome", "throttled"),
+            ],
+        ),
+        (
+            "trafficshift_aws_requests_total",
+            vec![
+                ("service", "ecs"),
+                ("operation", "UpdateService"),
+                ("outcome", "error"),
+            ],
+        ),
+        (
+            "trafficshift_aws_requests_total",
+            vec![
+                ("service", "elbv2"),
+                ("operation", "DescribeTargetHealth"),
+                ("outcome", "throttled"),
+            ],
+        ),
+    ];
+    for (name, labels) in &zero {
+        assert_eq!(s.must(name, labels), 0.0, "{name}{labels:?}");
+    }
+    promtool_check_metrics(&s.text);
+}
+
+/// An HTTP endpoint on 127.0.0.1 that answers 200 and counts the requests it gets.
+fn counting_endpoint() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/healthz", listener.local_addr().expect("addr"));
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            if stream.read(&mut buf).is_ok_and(|n| n > 0) {
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        }
+    });
+    (url, hits)
+}
+
+/// `plan` in CI must not hit production endpoints: HTTP gates are called only with
+/// `--with-gates`, and loopback ones only with `--allow-loopback-gates` too. Judged by the
+/// endpoint's own request count.
+#[test]
+fn plan_calls_http_gates_only_when_asked() {
+    let moto = Moto::start();
+    let sc = Scenario::provision(&moto, 20);
+    let (url, hits) = counting_endpoint();
+    let extra = format!(
+        "  rollout:\n    steps: [50, 100]\n    interval: 60s\n  gates:\n    - name: smoke\n      \
+         http:\n        url: {url}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_doc(dir.path(), "api", &sc.document("api", 0, 100, &extra));
+    let d = dir.path().to_str().unwrap();
+    let plan = |more: &[&str]| {
+        let mut args = vec!["plan", "--owner-id", "obs", d];
+        args.extend_from_slice(more);
+        let (code, out, err) = support::controller::run_cli(&moto.endpoint, &args);
+        assert!(
+            code == 0 || code == 2,
+            "plan {more:?} exit {code}:\n{out}\n{err}"
+        );
+        out
+    };
+    plan(&[]);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "plan called an HTTP gate unasked"
+    );
+    plan(&["--with-gates"]);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a loopback gate was called without --allow-loopback-gates"
+    );
+    plan(&["--with-gates", "--allow-loopback-gates"]);
+    assert!(
+        hits.load(Ordering::SeqCst) >= 1,
+        "plan --with-gates did not call the gate"
+    );
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -131,9 +131,23 @@ async fn metrics_in_prometheus_text_format() {
         body.contains("# TYPE trafficshift_build_info gauge"),
         "{body}"
     );
+    let build = body
+        .lines()
+        .find(|l| l.starts_with("trafficshift_build_info{"))
+        .unwrap_or_else(|| panic!("no build_info series:\n{body}"));
     assert!(
-        body.contains("trafficshift_build_info{version=\""),
-        "{body}"
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    // A git checkout (where tests run) names the commit: hex digits, never empty.
+    let rev = build
+        .split("revision=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no revision label: {build}"));
+    assert!(
+        rev.len() >= 7 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+        "revision {rev:?} is not a git hash: {build}"
     );
     server.stop().await.expect("clean shutdown");
 }
@@ -232,6 +246,10 @@ async fn status_command_reports_unreachable_controller() {
     let err = status_cli::run(opts(&endpoint, None, Output::Table, true))
         .await
         .expect_err("nothing listens");
+    assert!(
+        matches!(err, trafficshift::Error::Unreachable(_)),
+        "unreachable must be told apart from unhealthy: {err:?}"
+    );
     assert_eq!(
         err.to_string(),
         format!(
@@ -256,6 +274,163 @@ async fn status_command_reports_http_errors() {
         err.to_string()
             .contains(&format!("{}/healthz/status answered 404", server.base)),
         "{err}"
+    );
+    server.stop().await.expect("clean shutdown");
+}
+
+/// Read from `stream` until the server closes it; how long that took, or None if it stayed open
+/// past `deadline`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, deadline: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + deadline),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn clients_that_never_finish_their_headers_are_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(fixture()).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+
+    // Half a request, then silence (slowloris); and a connection that sends nothing at all.
+    let mut partial = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+
+    // 10 s is the bound; 2 s of slack for a loaded test machine.
+    let deadline = Duration::from_secs(12);
+    let (a, b) = tokio::join!(
+        closed_within(&mut partial, deadline),
+        closed_within(&mut silent, deadline)
+    );
+    assert!(
+        a.is_some(),
+        "a client that never finished its headers was still connected after {deadline:?}"
+    );
+    assert!(
+        b.is_some(),
+        "a client that sent nothing was still connected after {deadline:?}"
+    );
+    // The server itself is fine.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn request_bodies_are_refused() {
+    let server = Server::start(fixture()).await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/status", server.base))
+        .body("x".repeat(100))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 413);
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait() {
+    let server = Server::start(fixture()).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..trafficshift::server::MAX_CONNECTIONS {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Every slot is held by a silent client: a new request is not served...
+    let blocked = reqwest::Client::new()
+        .get(format!("{}/healthz", server.base))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        blocked.is_err(),
+        "a request beyond the connection cap was served: {blocked:?}"
+    );
+    // ...until a slot frees up.
+    drop(idle.pop());
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    drop(idle);
+    server.stop().await.expect("clean shutdown");
+}
+
+/// The binary's exit code for `args`.
+fn exit_code(args: &[&str]) -> i32 {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trafficshift"))
+        .args(args)
+        .env_remove("TRAFFICSHIFT_ENDPOINT")
+        .output()
+        .expect("run trafficshift");
+    out.status.code().expect("exited, not killed")
+}
+
+#[test]
+fn usage_errors_exit_64_in_every_subcommand() {
+    for args in [
+        &["plan", "--no-such-flag"][..],
+        &["plan"],
+        &["run", "--config", "x.yaml", "--listen", "not-an-address"],
+        &["run"],
+        &["validate"],
+        &["status", "-o", "xml"],
+        &["schema", "extra"],
+        &["no-such-command"],
+        &[],
+    ] {
+        assert_eq!(exit_code(args), 64, "trafficshift {}", args.join(" "));
+    }
+    assert_eq!(exit_code(&["--help"]), 0);
+    assert_eq!(exit_code(&["plan", "--help"]), 0);
+    assert_eq!(exit_code(&["--version"]), 0);
+}
+
+#[tokio::test]
+async fn status_exit_codes_tell_unreachable_from_unhealthy() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let closed = format!("http://127.0.0.1:{port}");
+    let server = Server::start(fixture()).await;
+    let base = server.base.clone();
+    let codes = tokio::task::spawn_blocking(move || {
+        [
+            exit_code(&["status", "--endpoint", &closed, "--exit-code"]),
+            exit_code(&["status", "--endpoint", &closed]),
+            exit_code(&["status", "--endpoint", &base, "--exit-code"]),
+            exit_code(&["status", "--endpoint", &base, "--exit-code", "api"]),
+        ]
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        codes,
+        [69, 69, 1, 0],
+        "unreachable, unreachable, RolledBack split, healthy split"
     );
     server.stop().await.expect("clean shutdown");
 }

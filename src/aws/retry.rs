@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use backon::{ExponentialBuilder, Retryable};
 
@@ -87,7 +86,13 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> AwsFailure {
     }
 }
 
-/// Turn a failed SDK call into `Error::Aws` with a message that says what to do.
+/// Longest AWS error line, `service operation: ...` included. Events, `/status`, `trafficshift
+/// status`, logs at info and above show this line; the full SDK error is logged at debug only.
+pub const AWS_LINE_MAX: usize = 300;
+
+/// Turn a failed SDK call into `Error::Aws`: one line of at most `AWS_LINE_MAX` bytes with the
+/// service and operation, the HTTP status (or "no response"), AWS's error code and message, and
+/// what happens now (for writes: whether the change may have been applied).
 pub fn to_error<E, R>(
     service: &'static str,
     operation: &'static str,
@@ -97,42 +102,61 @@ pub fn to_error<E, R>(
 ) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let failure = classify(err, status);
+    let http = match status {
+        Some(s) => format!("HTTP {s}"),
+        None => "no response".to_string(),
+    };
+    let code = match err {
+        SdkError::ServiceError(inner) => inner.err().code(),
+        _ => None,
+    };
+    // What AWS (or the network) said, before it is cut to fit.
     let what = match err {
         SdkError::ServiceError(inner) => {
             let e = inner.err();
             match (e.code(), e.message()) {
                 (Some(code), Some(msg)) => format!("{code}: {msg}"),
                 (Some(code), None) => code.to_string(),
-                _ => format!("{}", DisplayErrorContext(err)),
+                (None, Some(msg)) => msg.to_string(),
+                (None, None) => "no error code".to_string(),
             }
         }
-        SdkError::TimeoutError(_) => "request timed out".to_string(),
-        SdkError::DispatchFailure(_) => {
-            format!("could not reach AWS: {}", DisplayErrorContext(err))
+        SdkError::TimeoutError(_) => "timed out".to_string(),
+        SdkError::DispatchFailure(d) => {
+            let kind = match d.as_connector_error() {
+                Some(c) if c.is_timeout() => "timed out",
+                Some(c) if c.is_io() => "connection failed",
+                Some(c) if c.is_user() => "request not sent",
+                _ => "connection lost",
+            };
+            format!("{kind}: {}", crate::gates::root_cause(err))
         }
         SdkError::ResponseError(_) => {
-            format!("unreadable response: {}", DisplayErrorContext(err))
+            format!("unreadable response: {}", crate::gates::root_cause(err))
         }
-        _ => format!("{}", DisplayErrorContext(err)),
-    };
-    let what = match status {
-        Some(s) if !what.contains(&s.to_string()) && s >= 400 => format!("{what} (HTTP {s})"),
-        _ => what,
-    };
-    let code = match err {
-        SdkError::ServiceError(inner) => inner.err().code(),
-        _ => None,
+        _ => format!("request not built: {}", crate::gates::root_cause(err)),
     };
     let hint = hint(service, operation, idempotency, failure, code);
     Error::Aws {
         service,
         operation,
         failure,
-        message: format!("{what} — {hint}"),
+        message: line(service, operation, &http, &what, &hint),
     }
+}
+
+/// `{http}, {what}; {hint}` cut so that `{service} {operation}: ` plus it fits `AWS_LINE_MAX`:
+/// AWS's message gives way first, so the status, code and hint always survive.
+fn line(service: &str, operation: &str, http: &str, what: &str, hint: &str) -> String {
+    let prefix = service.len() + operation.len() + 3;
+    let fixed = prefix + http.len() + 2 + 2 + hint.len();
+    let room = AWS_LINE_MAX.saturating_sub(fixed).max(24);
+    let what = crate::sanitize::clean(what, room);
+    let full = format!("{http}, {what}; {hint}");
+    crate::sanitize::clean(&full, AWS_LINE_MAX.saturating_sub(prefix))
 }
 
 fn hint(
@@ -145,49 +169,53 @@ fn hint(
     let write = idempotency == Idempotency::NonIdempotent;
     match failure {
         AwsFailure::Throttled => {
-            let mut h = "AWS kept throttling the request; nothing was applied, it will be retried on the next reconcile"
-                .to_string();
+            let mut h = if write {
+                "throttled, nothing was written; retried on the next reconcile".to_string()
+            } else {
+                "throttled; retried on the next reconcile".to_string()
+            };
             if service == "route53" {
                 h.push_str(" (lower --route53-rps if this persists)");
             }
             h
         }
         AwsFailure::Transient if write => {
-            "the write may or may not have been applied; the next reconcile re-reads live state"
-                .to_string()
+            "the change may have been applied; the next reconcile re-reads live state".to_string()
         }
-        AwsFailure::Transient => {
-            "AWS or the network failed; it will be retried on the next reconcile".to_string()
+        AwsFailure::Transient => "retried on the next reconcile".to_string(),
+        AwsFailure::Permanent => {
+            let what = match code.unwrap_or_default() {
+                "InvalidChangeBatch" | "InvalidInput" if service == "route53" => {
+                    "check the record spec".to_string()
+                }
+                "NoSuchHostedZone" => "check spec.record.hostedZone".to_string(),
+                "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+                    format!(
+                        "grant {}:{operation} to the controller's IAM role",
+                        iam_prefix(service)
+                    )
+                }
+                "InvalidClientTokenId"
+                | "UnrecognizedClientException"
+                | "ExpiredToken"
+                | "ExpiredTokenException"
+                | "SignatureDoesNotMatch" => {
+                    "check the AWS credentials the controller runs with".to_string()
+                }
+                "ServiceNotFoundException" | "ClusterNotFoundException" => {
+                    "check spec.backends[].ecs cluster and service names".to_string()
+                }
+                "TargetGroupNotFound" | "LoadBalancerNotFound" => {
+                    "check spec.backends[].targetGroupArn".to_string()
+                }
+                _ => "retrying will not help until the cause is fixed".to_string(),
+            };
+            if write {
+                format!("nothing was written; {what}")
+            } else {
+                what
+            }
         }
-        AwsFailure::Permanent => match code.unwrap_or_default() {
-            "InvalidChangeBatch" | "InvalidInput" if service == "route53" => {
-                "nothing was written; check the record spec".to_string()
-            }
-            "NoSuchHostedZone" => "check spec.record.hostedZone".to_string(),
-            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
-                format!(
-                    "grant {}:{operation} to the controller's IAM role",
-                    iam_prefix(service)
-                )
-            }
-            "InvalidClientTokenId"
-            | "UnrecognizedClientException"
-            | "ExpiredToken"
-            | "ExpiredTokenException"
-            | "SignatureDoesNotMatch" => {
-                "check the AWS credentials the controller runs with".to_string()
-            }
-            "ServiceNotFoundException" | "ClusterNotFoundException" => {
-                "check spec.backends[].ecs cluster and service names".to_string()
-            }
-            "TargetGroupNotFound" | "LoadBalancerNotFound" => {
-                "check spec.backends[].targetGroupArn".to_string()
-            }
-            _ if write => {
-                "nothing was written; retrying will not help until the cause is fixed".to_string()
-            }
-            _ => "retrying will not help until the cause is fixed".to_string(),
-        },
     }
 }
 
@@ -283,6 +311,9 @@ where
                         return Ok(None);
                     }
                     let status = err.raw_response().map(|r| r.status().as_u16());
+                    // The whole SDK error (raw response included) is for debugging only; every
+                    // other surface gets the one-line summary.
+                    tracing::debug!(service, operation, error = ?err, "AWS request failed");
                     let e = to_error(service, operation, idempotency, &err, status);
                     if let Error::Aws { failure, .. } = &e {
                         METRICS.aws_request(service, operation, outcome(*failure));
@@ -395,7 +426,7 @@ mod tests {
             AwsFailure::Permanent,
             Some("InvalidChangeBatch"),
         );
-        assert!(h.contains("nothing was written"), "{h}");
+        assert!(h.starts_with("nothing was written; "), "{h}");
         let h = hint(
             "elbv2",
             "DescribeTargetGroups",
@@ -478,9 +509,10 @@ mod tests {
         .await
         .expect_err("fails");
         assert_eq!(n.load(Ordering::SeqCst), 1);
-        assert!(
-            e.to_string().contains("may or may not have been applied"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "test Write500: HTTP 500, InternalFailure: told so; the change may have been applied; \
+             the next reconcile re-reads live state"
         );
     }
 
@@ -499,11 +531,10 @@ mod tests {
         .await
         .expect_err("fails");
         assert_eq!(n.load(Ordering::SeqCst), 1);
-        let msg = e.to_string();
-        assert!(msg.contains("InvalidChangeBatch: told so"), "{msg}");
-        assert!(
-            msg.contains("nothing was written; check the record spec"),
-            "{msg}"
+        assert_eq!(
+            e.to_string(),
+            "route53 ChangeResourceRecordSets: HTTP 400, InvalidChangeBatch: told so; nothing was \
+             written; check the record spec"
         );
     }
 
@@ -515,5 +546,78 @@ mod tests {
         .await
         .expect("answered");
         assert_eq!(v, None);
+    }
+
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+
+    fn line_of(e: &Error) -> String {
+        let s = e.to_string();
+        assert!(s.len() <= AWS_LINE_MAX, "{} bytes: {s}", s.len());
+        assert!(!s.contains('\n'), "{s:?}");
+        s
+    }
+
+    #[test]
+    fn long_aws_messages_are_cut_and_the_hint_survives() {
+        let meta = ErrorMetadata::builder()
+            .code("InvalidChangeBatch")
+            .message(format!("[Tried to create\n{}]", "a record ".repeat(200)))
+            .build();
+        let raw = HttpResponse::new(
+            aws_smithy_runtime_api::http::StatusCode::try_from(400).expect("status"),
+            SdkBody::from("<ErrorResponse>...</ErrorResponse>"),
+        );
+        let err: SdkError<GetChangeError, HttpResponse> =
+            SdkError::service_error(GetChangeError::generic(meta), raw);
+        let e = to_error(
+            "route53",
+            "ChangeResourceRecordSets",
+            Idempotency::NonIdempotent,
+            &err,
+            Some(400),
+        );
+        let s = line_of(&e);
+        assert!(
+            s.starts_with("route53 ChangeResourceRecordSets: HTTP 400, InvalidChangeBatch: [Tried to create a record"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("nothing was written; check the record spec"),
+            "{s}"
+        );
+        assert!(!s.contains("ServiceError") && !s.contains("raw"), "{s}");
+    }
+
+    #[test]
+    fn a_dropped_write_says_no_response_and_maybe_applied() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection closed before message completed",
+        );
+        let err: SdkError<GetChangeError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(io)));
+        let e = to_error(
+            "ecs",
+            "UpdateService",
+            Idempotency::NonIdempotent,
+            &err,
+            None,
+        );
+        assert_eq!(
+            line_of(&e),
+            "ecs UpdateService: no response, connection failed: connection closed before message \
+             completed; the change may have been applied; the next reconcile re-reads live state"
+        );
+        let e = to_error(
+            "ecs",
+            "DescribeServices",
+            Idempotency::Idempotent,
+            &failure("ThrottlingException", 400),
+            Some(400),
+        );
+        assert_eq!(
+            line_of(&e),
+            "ecs DescribeServices: HTTP 400, ThrottlingException: told so; throttled; retried on the next reconcile"
+        );
     }
 }

@@ -105,9 +105,11 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
                     split: doc.split,
                 });
             } else {
+                // Problems quote names and values from the document: cleaned and bounded like
+                // every other echo of input.
                 errors.extend(problems.into_iter().map(|(path, message)| Invalid {
                     pos: at(&path),
-                    message,
+                    message: crate::sanitize::message(&message),
                 }));
             }
         }
@@ -408,7 +410,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             field, expected, ..
         } => {
             let mut msg = format!(
-                "unknown field `{field}` in {}; allowed fields: {}",
+                "unknown field `{}` in {}; allowed fields: {}",
+                sanitize(field),
                 context(&found, true),
                 expected.join(", ")
             );
@@ -436,14 +439,18 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             expected,
             ..
         } if found.as_ref().is_some_and(|f| f.path.is_empty()) => {
-            format!("a TrafficSplit document must be a mapping, found {unexpected} (expected {expected})")
+            format!(
+                "a TrafficSplit document must be a mapping, found {} (expected {expected})",
+                sanitize(unexpected)
+            )
         }
         E::SerdeInvalidType {
             unexpected,
             expected,
             ..
         } => prefix(format!(
-            "invalid type: {unexpected}, expected {}",
+            "invalid type: {}, expected {}",
+            sanitize(unexpected),
             friendly_type(expected)
         )),
         E::SerdeInvalidValue {
@@ -451,7 +458,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             expected,
             ..
         } => prefix(format!(
-            "invalid value: {unexpected}, expected {}",
+            "invalid value: {}, expected {}",
+            sanitize(unexpected),
             friendly_type(expected)
         )),
         E::InvalidScalar { ty, .. } => match value {
@@ -464,7 +472,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
         E::SerdeUnknownVariant {
             variant, expected, ..
         } => prefix(format!(
-            "unknown value `{variant}`, expected one of {}",
+            "unknown value `{}`, expected one of {}",
+            sanitize(variant),
             expected.join(", ")
         )),
         E::NullIntoString { .. } => {
@@ -472,7 +481,10 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
         }
         E::DuplicateMappingKey { key, .. } => match key {
             Some(key) => {
-                format!("duplicate key `{key}`: each key may appear only once in a mapping")
+                format!(
+                    "duplicate key `{}`: each key may appear only once in a mapping",
+                    sanitize(key)
+                )
             }
             None => "duplicate key: each key may appear only once in a mapping".to_string(),
         },
@@ -500,7 +512,7 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             "too many YAML alias expansions (an alias bomb?); refusing to expand the document"
                 .to_string()
         }
-        E::Message { msg, .. } => prefix(sanitize(msg)),
+        E::Message { msg, .. } => prefix(crate::sanitize::message(msg)),
         // The typed pass wanted a collection and found something else.
         E::Unexpected { expected, .. }
             if expected.ends_with(" start") || expected.contains("scalar") =>
@@ -526,7 +538,8 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
             }
         }
         other => {
-            let text = sanitize(&serde_saphyr::UserMessageFormatter.format_message(other));
+            let text =
+                crate::sanitize::message(&serde_saphyr::UserMessageFormatter.format_message(other));
             let text = if text.contains("recursion limit") {
                 return (
                     loc,
@@ -557,11 +570,10 @@ fn describe(err: &serde_saphyr::Error, trees: &[Spanned<Node>]) -> (Location, St
     (loc, message)
 }
 
-/// Replace control characters: messages end up in terminals and logs.
+/// Echoed input without control characters and bounded: messages end up in terminals, logs and
+/// `/status`, and a 100 KB key must not come back whole.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    crate::sanitize::echo(s)
 }
 
 /// The allowed name closest to a misspelt one, if it is close enough to be a likely typo.
@@ -891,5 +903,23 @@ mod tests {
             Some("weights")
         );
         assert_eq!(closest("zzz", &["name"]), None);
+    }
+
+    #[test]
+    fn echoed_input_is_clean_and_bounded() {
+        let key = format!("x\\u001b[2J{}", "k".repeat(1000));
+        let text = format!(
+            "apiVersion: trafficshift.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: api}}\n\
+             \"{key}\": 1\n"
+        );
+        let (_, errors) = parse_file(Path::new("t.yaml"), &text);
+        let e = errors.first().expect("an unknown-field error");
+        assert!(
+            e.message.contains("unknown field `x[2Jkkk"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
+        assert!(e.message.len() < 700, "{} bytes", e.message.len());
     }
 }

@@ -580,15 +580,27 @@ fn gate_kinds(g: &Gate) -> Vec<&'static str> {
     kinds
 }
 
-/// Why `url` is not an http(s) URL, if it is not.
+/// Why `url` is not an http(s) URL a gate may call, if it is not. Loopback is judged at run time
+/// (`--allow-loopback-gates`); names are judged after lookup, by the gate client's resolver.
 fn http_url_problem(url: &str) -> Option<String> {
+    // Errors are shown in /status and logs: no credentials or query strings in them.
+    let shown = crate::gates::redact(url);
+    let shown = crate::sanitize::echo(&shown);
     match reqwest::Url::parse(url) {
-        Err(e) => Some(format!("'{url}' is not a URL ({e})")),
+        Err(e) => Some(format!("'{shown}' is not a URL ({e})")),
         Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-            Some(format!("'{url}' must start with http:// or https://"))
+            Some(format!("'{shown}' must start with http:// or https://"))
         }
-        Ok(u) if u.host_str().is_none_or(str::is_empty) => Some(format!("'{url}' has no host")),
-        Ok(_) => None,
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => Some(format!("'{shown}' has no host")),
+        Ok(u) => u
+            .host_str()
+            .and_then(crate::gates::literal_ip)
+            .filter(|ip| crate::gates::is_link_local(*ip))
+            .map(|ip| {
+                format!(
+                    "'{shown}' points at {ip}, a link-local address (instance metadata); gates may not call it"
+                )
+            }),
     }
 }
 
@@ -1332,6 +1344,31 @@ spec:
             .expect("spec.gates[0].http.expectStatus", "100-599");
         f().with_gate(h("http://x/", 200, 60_001))
             .expect("spec.gates[0].http.timeout", "out of range");
+        for url in [
+            "http://169.254.169.254/latest/meta-data/iam/",
+            "http://169.254.170.2/v2/credentials",
+            "http://[fd00:ec2::254]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://2852039166/",
+        ] {
+            f().with_gate(h(url, 200, 1000))
+                .expect("spec.gates[0].http.url", "link-local");
+        }
+        f().with_gate(p(PrometheusGate {
+            address: "http://169.254.169.254:9090".into(),
+            ..prom(None, Some(1.0))
+        }))
+        .expect("spec.gates[0].prometheus.address", "link-local");
+        // Loopback is a run-time decision (--allow-loopback-gates), not a document error.
+        f().with_gate(h("http://127.0.0.1:8080/healthz", 200, 1000))
+            .expect_valid();
+        // Errors do not echo credentials or queries.
+        let problems = f()
+            .with_gate(h("ftp://u:s3cret@x.example/?token=t0k", 200, 1000))
+            .problems();
+        let text = format!("{problems:?}");
+        assert!(!text.contains("s3cret") && !text.contains("t0k"), "{text}");
     }
 
     #[test]

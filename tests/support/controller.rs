@@ -229,6 +229,8 @@ impl Controller {
             &format!("127.0.0.1:{port}"),
             "--owner-id",
             owner,
+            // Gate targets and fake Prometheus servers of the tests listen on 127.0.0.1.
+            "--allow-loopback-gates",
         ])
         .args(extra)
         .env("AWS_ENDPOINT_URL", aws_endpoint)
