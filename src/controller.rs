@@ -441,6 +441,10 @@ fn requeue(doc: &SplitDoc, r: &Report, resync: Duration, now: u64) -> Duration {
     }
     if let Some(until) = r.drain_until {
         d = d.min(Duration::from_secs(until.saturating_sub(now) + 1));
+        if r.pending_change.is_some() {
+            // The drain counts from INSYNC, which only a later cycle's GetChange sees.
+            d = d.min(poll_interval(doc, resync));
+        }
     }
     if let Some(at) = r.next_step_at {
         d = d.min(Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(200)));

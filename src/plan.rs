@@ -274,6 +274,22 @@ fn plain_target(r: &RecordSet) -> Option<Target> {
     None
 }
 
+/// The hosted zone of every CloudFront distribution (edge-optimized API Gateway domains too).
+pub const CLOUDFRONT_ZONE: &str = "Z2FDTNDATAQYW2";
+
+/// Whether a record points somewhere other than `want` (a hand edit), as opposed to the same
+/// place written differently: a `dualstack.` prefix or evaluateTargetHealth that trafficshift now
+/// writes on its own.
+fn points_elsewhere(e: &RecordSet, want: &RecordSet) -> bool {
+    match (&e.alias, &want.alias) {
+        (Some(x), Some(y)) => !same_destination(
+            &Target::Alias(x.clone()),
+            &Target::Alias(y.clone()),
+        ),
+        _ => e.alias != want.alias || e.values != want.values,
+    }
+}
+
 /// The record a backend must have.
 fn desired_record(
     split: &TrafficSplit,
@@ -284,6 +300,15 @@ fn desired_record(
 ) -> RecordSet {
     let spec = &split.spec.record;
     let (alias, values, ttl) = match target {
+        Target::Alias(a) if a.hosted_zone_id.eq_ignore_ascii_case(CLOUDFRONT_ZONE) => {
+            // Route53 refuses EvaluateTargetHealth=true on an alias to CloudFront (moto accepts
+            // it), whoever asked for it.
+            let a = AliasTarget {
+                evaluate_target_health: false,
+                ..a.clone()
+            };
+            (Some(a), vec![], None)
+        }
         Target::Alias(a) => (Some(a.clone()), vec![], None),
         Target::Cname(c) => (None, vec![c.clone()], Some(spec.ttl)),
     };
@@ -368,8 +393,7 @@ pub fn route53_changes(
                     .get(&b.name)
                     .map(|&iw| i64::from(iw) != old)
                     .unwrap_or(false)
-                    || e.alias != want.alias
-                    || e.values != want.values;
+                    || points_elsewhere(e, &want);
                 out.push(PlannedChange {
                     change: Change {
                         action: ChangeAction::Upsert,

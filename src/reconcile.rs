@@ -1,7 +1,12 @@
 //! One reconcile cycle over the splits that are due. Level-triggered: every cycle reads the live
 //! state (one Route53 listing per zone, batched ECS describes), decides, plans, then applies in
 //! the order that never makes traffic worse: ECS scale-ups, the Route53 batch (weights and state
-//! together, atomically), ECS scale-downs. `plan` and `--dry-run` run the same code minus apply.
+//! together, atomically), Application Auto Scaling bounds, ECS scale-downs. `plan` and
+//! `--dry-run` run the same code minus apply.
+//!
+//! A Route53 change is submitted, not waited for: its id is kept in the `Context` and GetChange
+//! is asked once per later cycle of its split until INSYNC. Nothing else waits on it except that
+//! split's scale-downs, which wait for INSYNC plus the drain delay.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -10,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tracing::{info, warn};
 
-use crate::aws::{AliasTarget, Aws, Change, EcsService, RecordSet, Zone};
+use crate::aws::{AliasTarget, Aws, Change, EcsService, RecordSet, ScalableTarget, Zone};
 use crate::gates::GateChecker;
 use crate::plan::{self, Observed, PlannedChange, Target};
 use crate::rollout::{self, Decision, EcsObs, GateSummary, Note, SplitState};
@@ -28,9 +33,23 @@ pub struct Context {
     pub gates: GateChecker,
     pub owner: String,
     pub dry_run: bool,
-    /// How long to wait for a Route53 change to be INSYNC.
-    pub insync_timeout: Duration,
     cache: Mutex<Cache>,
+    /// Route53 changes submitted and not yet seen INSYNC, by split name (in memory: after a
+    /// restart the drains recorded in the TXT, counted from the write, are all there is).
+    inflight: Mutex<HashMap<String, InFlight>>,
+    /// When each split's latest change was seen INSYNC (unix seconds); its drain clock starts
+    /// there.
+    settled: Mutex<HashMap<String, u64>>,
+    /// Users' scalable-target bounds read before trafficshift first raised them, until a TXT
+    /// write records them (see `autoscaling_changes`).
+    bounds: Mutex<HashMap<(String, String), ScalableTarget>>,
+}
+
+/// A submitted Route53 change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InFlight {
+    change_id: String,
+    submitted: u64,
 }
 
 #[derive(Default)]
@@ -46,9 +65,64 @@ impl Context {
             aws,
             owner: owner.into(),
             dry_run,
-            insync_timeout: Duration::from_secs(120),
             cache: Mutex::new(Cache::default()),
+            inflight: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            bounds: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Ask GetChange once for each change of these splits still PENDING. A failed GetChange
+    /// leaves the change pending (it is asked again next cycle) and never resubmits anything:
+    /// the batch was accepted.
+    async fn check_inflight(&self, splits: &[&str], now: u64) {
+        let ids: std::collections::BTreeSet<String> = {
+            let inflight = self.inflight.lock().expect("inflight lock");
+            splits
+                .iter()
+                .filter_map(|s| inflight.get(*s).map(|f| f.change_id.clone()))
+                .collect()
+        };
+        for id in ids {
+            match self.aws.dns.insync(&id).await {
+                Ok(true) => {
+                    let mut inflight = self.inflight.lock().expect("inflight lock");
+                    let mut settled = self.settled.lock().expect("settled lock");
+                    inflight.retain(|split, f| {
+                        if f.change_id == id {
+                            settled.insert(split.clone(), now);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => warn!(change = %id, error = %e, "GetChange failed; the change stays pending and is asked again next cycle"),
+            }
+        }
+    }
+
+    /// Why a split must not scale down yet, if it must not: its latest change is not INSYNC, or
+    /// the drain delay since it was has not passed. Returns (reason, unix time it may).
+    fn scale_down_hold(&self, split: &str, drain: Duration, now: u64) -> Option<(String, u64)> {
+        if let Some(f) = self.inflight.lock().expect("inflight lock").get(split) {
+            return Some((
+                format!(
+                    "Route53 change {} (submitted at {}) to be INSYNC before scaling down",
+                    f.change_id, f.submitted
+                ),
+                now + 1,
+            ));
+        }
+        let at = *self.settled.lock().expect("settled lock").get(split)?;
+        let until = at + drain.as_secs();
+        (now < until).then(|| {
+            (
+                format!("DNS caches to drain until {until} (the last change was INSYNC at {at}) before scaling down"),
+                until,
+            )
+        })
     }
 
     async fn zone(&self, name_or_id: &str) -> Result<Zone> {
@@ -124,6 +198,24 @@ pub struct EcsChange {
     pub to: i32,
 }
 
+/// A change of an autoscaled ECS service's scalable-target bounds (its desired count belongs to
+/// Application Auto Scaling, so trafficshift moves the minimum instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AasChange {
+    pub backend: String,
+    pub cluster: String,
+    pub service: String,
+    pub from: ScalableTarget,
+    pub to: ScalableTarget,
+}
+
+impl AasChange {
+    /// Back to (towards) the user's bounds: a scale-down, held like one.
+    pub fn lowers(&self) -> bool {
+        self.to.min < self.from.min || self.to.max < self.from.max
+    }
+}
+
 /// What one reconcile of one split found and did.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -140,6 +232,8 @@ pub struct Report {
     pub ecs: BTreeMap<String, EcsService>,
     pub route53: Vec<PlannedChange>,
     pub ecs_changes: Vec<EcsChange>,
+    /// Scalable-target bounds changes of autoscaled ECS backends.
+    pub autoscaling: Vec<AasChange>,
     pub notes: Vec<Note>,
     pub drift_corrected: bool,
     pub rolled_back: bool,
@@ -147,11 +241,13 @@ pub struct Report {
     pub applied: bool,
     /// Drains still pending: unix time the last one ends.
     pub drain_until: Option<u64>,
+    /// The Route53 change this cycle submitted, PENDING until a later cycle sees it INSYNC.
+    pub pending_change: Option<String>,
 }
 
 impl Report {
     pub fn has_changes(&self) -> bool {
-        !self.route53.is_empty() || !self.ecs_changes.is_empty()
+        !self.route53.is_empty() || !self.ecs_changes.is_empty() || !self.autoscaling.is_empty()
     }
 }
 
@@ -174,6 +270,9 @@ struct Pending {
 /// Run one cycle. `apply` false computes the plan only.
 /// `now_ms`: Unix time in milliseconds.
 pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> Vec<Outcome> {
+    // 0. Changes still PENDING from earlier cycles: one GetChange each, never a wait.
+    let due: Vec<&str> = work.iter().map(|w| w.doc.split.name()).collect();
+    ctx.check_inflight(&due, now_ms / 1000).await;
     // 1. Zones and listings: one pass per zone, or targeted lists when cheaper.
     let mut by_zone: BTreeMap<String, Vec<Work>> = BTreeMap::new();
     for w in work {
@@ -266,6 +365,18 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
     }
     let mut services: HashMap<(String, String), EcsService> = HashMap::new();
     let mut cluster_errors: HashMap<String, Error> = HashMap::new();
+    // 2b. Application Auto Scaling: one batched describe for every ECS service of the cycle.
+    let pairs: Vec<(String, String)> = wanted
+        .iter()
+        .flat_map(|(c, svcs)| svcs.iter().map(move |s| (c.clone(), s.clone())))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let scalable: Result<HashMap<(String, String), ScalableTarget>> = if pairs.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        ctx.aws.autoscaling.ecs_targets(&pairs).await
+    };
     for (cluster, mut svcs) in wanted {
         svcs.sort();
         svcs.dedup();
@@ -320,13 +431,13 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
     join_all(
         pending
             .iter_mut()
-            .map(|p| plan_split(ctx, p, &services, &cluster_errors, now_ms)),
+            .map(|p| plan_split(ctx, p, &services, &cluster_errors, &scalable, now_ms)),
     )
     .await;
 
     // 5. Apply.
     if apply && !ctx.dry_run {
-        apply_all(ctx, &mut pending).await;
+        apply_all(ctx, &mut pending, now_ms / 1000).await;
     }
 
     for p in pending {
@@ -518,9 +629,10 @@ async fn plan_split(
     p: &mut Pending,
     services: &HashMap<(String, String), EcsService>,
     cluster_errors: &HashMap<String, Error>,
+    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
     now_ms: u64,
 ) {
-    match plan_split_inner(ctx, p, services, cluster_errors, now_ms).await {
+    match plan_split_inner(ctx, p, services, cluster_errors, scalable, now_ms).await {
         Ok(r) => p.report = Some(r),
         Err(e) => p.error = Some(e),
     }
@@ -531,6 +643,7 @@ async fn plan_split_inner(
     p: &mut Pending,
     services: &HashMap<(String, String), EcsService>,
     cluster_errors: &HashMap<String, Error>,
+    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
     now_ms: u64,
 ) -> Result<Report> {
     let now = now_ms / 1000;
@@ -571,7 +684,7 @@ async fn plan_split_inner(
         }
     }
 
-    let d: Decision = rollout::decide(&rollout::Inputs {
+    let mut d: Decision = rollout::decide(&rollout::Inputs {
         split: &split,
         owner: &ctx.owner,
         stored: obs.state.as_ref(),
@@ -581,6 +694,17 @@ async fn plan_split_inner(
         now_ms,
     });
     notes.extend(d.notes.iter().cloned());
+
+    // Autoscaled services first: their bounds go into the state the batch below writes.
+    let has_ecs = split.spec.backends.iter().any(|b| b.ecs.is_some());
+    let none = HashMap::new();
+    let scalable = match scalable {
+        Ok(s) => s,
+        // Without knowing whether an autoscaler owns a desired count, writing it could fight it.
+        Err(e) if has_ecs => return Err(clone_err(e)),
+        Err(_) => &none,
+    };
+    let autoscaling = autoscaling_changes(ctx, &split, obs.state.as_ref(), &mut d, scalable);
 
     let intended = obs
         .state
@@ -607,6 +731,10 @@ async fn plan_split_inner(
     let mut ecs_changes = Vec::new();
     for b in &split.spec.backends {
         let Some(e) = &b.ecs else { continue };
+        if scalable.contains_key(&(e.cluster.clone(), e.service.clone())) {
+            // Application Auto Scaling owns this desired count; see `autoscaling_changes`.
+            continue;
+        }
         let Some(&want) = d.ecs_desired.get(&b.name) else {
             continue;
         };
@@ -653,12 +781,81 @@ async fn plan_split_inner(
         ecs: ecs_live,
         route53,
         ecs_changes,
+        autoscaling,
         notes,
         drift_corrected,
         rolled_back: d.rolled_back,
         applied: false,
         drain_until,
+        pending_change: None,
     })
+}
+
+/// Bounds for the autoscaled ECS backends of a split. The decided task count becomes the
+/// scalable target's minimum (the maximum grows to it if needed), so the autoscaler can scale
+/// above it but not below; when the count falls back to the user's minimum, the user's bounds
+/// return. The user's bounds are kept in the state TXT (`d.state.autoscaling`) from the first
+/// raise until they are restored; until a batch has written them they live in the `Context`.
+fn autoscaling_changes(
+    ctx: &Context,
+    split: &TrafficSplit,
+    stored: Option<&crate::state::RolloutState>,
+    d: &mut Decision,
+    scalable: &HashMap<(String, String), ScalableTarget>,
+) -> Vec<AasChange> {
+    let mut out = Vec::new();
+    let mut remembered = ctx.bounds.lock().expect("bounds lock");
+    for b in &split.spec.backends {
+        let Some(e) = &b.ecs else { continue };
+        let key = (e.cluster.clone(), e.service.clone());
+        let Some(&live) = scalable.get(&key) else {
+            continue;
+        };
+        let Some(&want) = d.ecs_desired.get(&b.name) else {
+            continue;
+        };
+        let want = i32::try_from(want).unwrap_or(i32::MAX);
+        let user = stored
+            .and_then(|s| s.autoscaling.get(&b.name).copied())
+            .or_else(|| remembered.get(&key).copied())
+            .unwrap_or(live);
+        let to = if want > user.min {
+            ScalableTarget {
+                min: want,
+                max: user.max.max(want),
+            }
+        } else {
+            user
+        };
+        if to == user && live == user {
+            // Restored (or never raised): forget the user's bounds.
+            d.state.autoscaling.remove(&b.name);
+            remembered.remove(&key);
+        } else {
+            d.state.autoscaling.insert(b.name.clone(), user);
+            if stored.is_none_or(|s| !s.autoscaling.contains_key(&b.name)) {
+                remembered.insert(key.clone(), user);
+            }
+        }
+        if live != to {
+            out.push(AasChange {
+                backend: b.name.clone(),
+                cluster: e.cluster.clone(),
+                service: e.service.clone(),
+                from: live,
+                to,
+            });
+        }
+    }
+    out
+}
+
+async fn set_bounds(ctx: &Context, split: &str, c: &AasChange, why: &str) -> Result<()> {
+    info!(split, cluster = %c.cluster, service = %c.service, from_min = c.from.min, from_max = c.from.max, to_min = c.to.min, to_max = c.to.max, reason = why, "scalable target bounds");
+    ctx.aws
+        .autoscaling
+        .set_bounds(&c.cluster, &c.service, c.to)
+        .await
 }
 
 async fn set_desired(ctx: &Context, split: &str, c: &EcsChange, why: &str) -> Result<()> {
@@ -666,7 +863,7 @@ async fn set_desired(ctx: &Context, split: &str, c: &EcsChange, why: &str) -> Re
     ctx.aws.ecs.set_desired(&c.cluster, &c.service, c.to).await
 }
 
-async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
+async fn apply_all(ctx: &Context, pending: &mut [Pending], now: u64) {
     // ECS scale-ups first: capacity before traffic.
     for p in pending.iter_mut() {
         let Some(r) = &p.report else { continue };
@@ -701,9 +898,9 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
             let comment = comment_for(pending, &chunk);
             let res = submit(ctx, &zone_id, &comment, &changes).await;
             match res {
-                Ok(()) => {
+                Ok(id) => {
                     ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
-                    mark_applied(pending, &chunk)
+                    mark_applied(ctx, pending, &chunk, &id, now)
                 }
                 Err(e) if chunk.len() > 1 && !e.is_retryable() => {
                     // One bad split must not block the zone (external-dns #421): retry alone.
@@ -712,9 +909,9 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
                         let changes = changes_of(pending, &[i]);
                         let comment = comment_for(pending, &[i]);
                         match submit(ctx, &zone_id, &comment, &changes).await {
-                            Ok(()) => {
+                            Ok(id) => {
                                 ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
-                                mark_applied(pending, &[i])
+                                mark_applied(ctx, pending, &[i], &id, now)
                             }
                             Err(e) => pending[i].error = Some(e),
                         }
@@ -729,13 +926,41 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
         }
     }
 
-    // ECS scale-downs last, only for splits whose writes went through.
+    // Scalable-target bounds after the batch that records the users' bounds in the TXT (a weight
+    // only rose above if the live service already had the tasks), then ECS scale-downs, only for
+    // splits whose writes went through and whose last change is INSYNC and drained.
     for p in pending.iter_mut() {
         if p.error.is_some() {
             continue;
         }
-        let Some(r) = &p.report else { continue };
+        let Some(r) = p.report.as_mut() else { continue };
         let name = p.work.doc.split.name().to_string();
+        let hold = ctx.scale_down_hold(&name, p.work.doc.split.spec.drain_delay(), now);
+        let lowers = r.autoscaling.iter().any(AasChange::lowers)
+            || r.ecs_changes.iter().any(|c| c.to < c.from);
+        if let (Some((why, until)), true) = (&hold, lowers) {
+            // Postponed, not failed: the report shows only what this cycle does.
+            r.waiting_for.get_or_insert_with(|| why.clone());
+            r.drain_until = Some(r.drain_until.unwrap_or(0).max(*until));
+            r.ecs_changes.retain(|c| c.to >= c.from);
+            r.autoscaling.retain(|c| !c.lowers());
+        }
+        let bounds = r.autoscaling.clone();
+        for c in bounds {
+            let why = if c.lowers() {
+                "weight lowered and drained: user's bounds back"
+            } else {
+                "capacity before traffic: minimum raised"
+            };
+            if let Err(e) = set_bounds(ctx, &name, &c, why).await {
+                p.error = Some(e);
+                break;
+            }
+        }
+        if p.error.is_some() {
+            continue;
+        }
+        let Some(r) = &p.report else { continue };
         let downs: Vec<EcsChange> = r
             .ecs_changes
             .iter()
@@ -776,11 +1001,21 @@ fn changes_of(pending: &[Pending], idxs: &[usize]) -> Vec<Change> {
         .collect()
 }
 
-fn mark_applied(pending: &mut [Pending], idxs: &[usize]) {
+fn mark_applied(ctx: &Context, pending: &mut [Pending], idxs: &[usize], change_id: &str, now: u64) {
+    let mut inflight = ctx.inflight.lock().expect("inflight lock");
     for &i in idxs {
+        inflight.insert(
+            pending[i].work.doc.split.name().to_string(),
+            InFlight {
+                change_id: change_id.to_string(),
+                submitted: now,
+            },
+        );
         if let Some(r) = pending[i].report.as_mut() {
             r.applied = true;
-            // The batch was atomic and is INSYNC: Route53 now shows exactly the step weights.
+            r.pending_change = Some(change_id.to_string());
+            // The batch was atomic and accepted: Route53's API now shows exactly the step
+            // weights (resolvers follow once the change is INSYNC).
             r.observed = Some(r.step_weights.clone());
             r.drift = 0.0;
         }
@@ -854,8 +1089,9 @@ fn batches(pending: &[Pending], idxs: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
-async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change]) -> Result<()> {
+/// Submit one batch and return its change id. INSYNC is not awaited here (see `check_inflight`):
+/// an error from this function always means ChangeResourceRecordSets itself failed.
+async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change]) -> Result<String> {
     plan::check_batch(changes)?;
-    let id = ctx.aws.dns.change(zone_id, comment, changes).await?;
-    ctx.aws.dns.wait_insync(&id, ctx.insync_timeout).await
+    ctx.aws.dns.change(zone_id, comment, changes).await
 }

@@ -221,6 +221,7 @@ pub fn decide(i: &Inputs) -> Decision {
                 current: start.clone(),
                 start,
                 drains: i.stored.map(|s| s.drains.clone()).unwrap_or_default(),
+                autoscaling: i.stored.map(|s| s.autoscaling.clone()).unwrap_or_default(),
             }
         }
     };
