@@ -870,7 +870,9 @@ async fn list_from_finds_the_state_record_across_page_boundaries() {
     let limiter = std::sync::Arc::new(trafficshift::aws::limiter::RateLimiter::with_burst(
         1000.0, 100,
     ));
-    for page in 1..=listed.len() as i32 {
+    // From 2: moto ignores StartRecordIdentifier, so a page must hold both weighted records of
+    // the name or the listing cannot move past them.
+    for page in 2..=listed.len() as i32 {
         let dns = trafficshift::aws::route53::Route53Dns::new(
             aws_sdk_route53::Client::new(&config),
             limiter.clone(),

@@ -149,10 +149,19 @@ impl Route53Dns {
             if enough || !out.is_truncated {
                 return Ok(records);
             }
-            match out.next_record_name {
-                Some(name) => next = Some((name, out.next_record_type, out.next_record_identifier)),
+            let start = match out.next_record_name {
+                Some(name) => Some((name, out.next_record_type, out.next_record_identifier)),
                 None => return Ok(records),
+            };
+            if start == next {
+                // moto ignores StartRecordIdentifier: a page smaller than the weighted records of
+                // one name and type would be asked for again and again.
+                return Err(Error::Other(format!(
+                    "ListResourceRecordSets of zone {zone_id} did not advance past {:?}",
+                    start.map(|s| s.0)
+                )));
             }
+            next = start;
         }
     }
 }
