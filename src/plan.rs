@@ -282,10 +282,9 @@ pub const CLOUDFRONT_ZONE: &str = "Z2FDTNDATAQYW2";
 /// writes on its own.
 fn points_elsewhere(e: &RecordSet, want: &RecordSet) -> bool {
     match (&e.alias, &want.alias) {
-        (Some(x), Some(y)) => !same_destination(
-            &Target::Alias(x.clone()),
-            &Target::Alias(y.clone()),
-        ),
+        (Some(x), Some(y)) => {
+            !same_destination(&Target::Alias(x.clone()), &Target::Alias(y.clone()))
+        }
         _ => e.alias != want.alias || e.values != want.values,
     }
 }
@@ -581,7 +580,11 @@ mod tests {
     #[test]
     fn moving_to_the_dualstack_name_is_an_update_not_drift() {
         let split = TrafficSplit::test().with_weights(&[("lambda", 50), ("fargate", 50)]);
-        let lambda = alias("d-1.execute-api.us-east-1.amazonaws.com.", "Z1UJRXOUMOOFQ8", true);
+        let lambda = alias(
+            "d-1.execute-api.us-east-1.amazonaws.com.",
+            "Z1UJRXOUMOOFQ8",
+            true,
+        );
         let old_alb = alias("alb-1.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true);
         let new_alb = alias("dualstack.alb-1.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true);
         let w = split.spec.weights.clone();
@@ -622,7 +625,11 @@ mod tests {
         // Another load balancer is a hand edit.
         let records = [
             weighted("lambda", 50, &lambda),
-            weighted("fargate", 50, &alias("alb-2.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true)),
+            weighted(
+                "fargate",
+                50,
+                &alias("alb-2.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true),
+            ),
             records[2].clone(),
         ];
         let refs: Vec<&RecordSet> = records.iter().collect();

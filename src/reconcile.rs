@@ -98,7 +98,9 @@ impl Context {
                     });
                 }
                 Ok(false) => {}
-                Err(e) => warn!(change = %id, error = %e, "GetChange failed; the change stays pending and is asked again next cycle"),
+                Err(e) => {
+                    warn!(change = %id, error = %e, "GetChange failed; the change stays pending and is asked again next cycle")
+                }
             }
         }
     }
@@ -541,7 +543,9 @@ async fn resolve_targets(
             return Err(Error::Other(format!("backend {} has no kind", b.name)));
         };
         let t = if cname {
-            Target::Cname(alias.dns_name.clone())
+            // `dualstack.` is for A/AAAA aliases; a CNAME keeps the name it always had.
+            let n = &alias.dns_name;
+            Target::Cname(n.strip_prefix("dualstack.").unwrap_or(n).to_string())
         } else {
             Target::Alias(alias)
         };
@@ -1094,4 +1098,193 @@ fn batches(pending: &[Pending], idxs: &[usize]) -> Vec<Vec<usize>> {
 async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change]) -> Result<String> {
     plan::check_batch(changes)?;
     ctx.aws.dns.change(zone_id, comment, changes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::aws::{Alarms, ChangeAction, Dns, Ecs, Targets};
+
+    /// Route53 in memory. GetChange answers what `status` says (None: an error).
+    #[derive(Default)]
+    struct FakeDns {
+        records: Mutex<Vec<RecordSet>>,
+        changes: AtomicUsize,
+        get_changes: AtomicUsize,
+        status: Mutex<Option<bool>>,
+    }
+
+    #[async_trait]
+    impl Dns for FakeDns {
+        async fn find_zone(&self, _: &str) -> Result<Zone> {
+            Ok(Zone {
+                id: "Z1".into(),
+                name: "example.com.".into(),
+                record_count: 10,
+                private: false,
+            })
+        }
+        async fn list_all(&self, _: &str) -> Result<Vec<RecordSet>> {
+            Ok(self.records.lock().unwrap().clone())
+        }
+        async fn list_from(&self, _: &str, name: &str) -> Result<Vec<RecordSet>> {
+            let txt = crate::state::txt_name(name);
+            Ok(self
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.name == name || r.name == txt)
+                .cloned()
+                .collect())
+        }
+        async fn change(&self, _: &str, _: &str, changes: &[Change]) -> Result<String> {
+            let n = self.changes.fetch_add(1, Ordering::SeqCst);
+            let mut records = self.records.lock().unwrap();
+            for c in changes {
+                let key =
+                    |r: &RecordSet| (r.name.clone(), r.rtype.clone(), r.set_identifier.clone());
+                records.retain(|r| key(r) != key(&c.record));
+                if c.action != ChangeAction::Delete {
+                    records.push(c.record.clone());
+                }
+            }
+            Ok(format!("C{n}"))
+        }
+        async fn insync(&self, _: &str) -> Result<bool> {
+            self.get_changes.fetch_add(1, Ordering::SeqCst);
+            (*self.status.lock().unwrap())
+                .ok_or_else(|| Error::Other("GetChange: connection reset".into()))
+        }
+    }
+
+    struct Unused;
+    #[async_trait]
+    impl Ecs for Unused {
+        async fn describe(&self, _: &str, _: &[String]) -> Result<Vec<EcsService>> {
+            Ok(vec![])
+        }
+        async fn set_desired(&self, _: &str, _: &str, _: i32) -> Result<()> {
+            Err(Error::Other("unused".into()))
+        }
+    }
+    #[async_trait]
+    impl Targets for Unused {
+        async fn api_gateway_domain(&self, _: &str) -> Result<AliasTarget> {
+            Err(Error::Other("unused".into()))
+        }
+        async fn target_group_lb(&self, _: &str) -> Result<AliasTarget> {
+            Err(Error::Other("unused".into()))
+        }
+        async fn target_health(&self, _: &str) -> Result<(u32, u32)> {
+            Err(Error::Other("unused".into()))
+        }
+    }
+    #[async_trait]
+    impl Alarms for Unused {
+        async fn alarm_states(&self, _: &[String]) -> Result<Vec<(String, String)>> {
+            Ok(vec![])
+        }
+    }
+
+    fn work(name: &str, blue: u32) -> Work {
+        let split: TrafficSplit = serde_json::from_value(serde_json::json!({
+            "apiVersion": "trafficshift.dev/v1alpha1",
+            "kind": "TrafficSplit",
+            "metadata": {"name": name},
+            "spec": {
+                "record": {"hostedZone": "example.com", "name": format!("{name}.example.com"), "type": "CNAME"},
+                "backends": [
+                    {"name": "blue", "target": {"cname": "blue.example.net"}},
+                    {"name": "green", "target": {"cname": "green.example.net"}}
+                ],
+                "weights": {"blue": blue, "green": 100 - blue}
+            }
+        }))
+        .expect("split");
+        Work {
+            doc: SplitDoc {
+                split,
+                file: "test.yaml".into(),
+                line: 1,
+                hash: "h".into(),
+            },
+            gates: BTreeMap::new(),
+        }
+    }
+
+    fn ctx(dns: Arc<FakeDns>) -> Context {
+        let u = Arc::new(Unused);
+        Context::new(
+            Aws {
+                dns,
+                ecs: u.clone(),
+                targets: u.clone(),
+                alarms: u,
+                autoscaling: Arc::new(crate::aws::autoscaling::NoAutoscaling),
+            },
+            "test",
+            false,
+        )
+    }
+
+    fn weight(dns: &FakeDns, name: &str, backend: &str) -> Option<i64> {
+        dns.records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == name && r.set_identifier.as_deref() == Some(backend))
+            .and_then(|r| r.weight)
+    }
+
+    #[tokio::test]
+    async fn a_pending_change_holds_nothing_and_a_failed_get_change_resubmits_nothing() {
+        let dns = Arc::new(FakeDns::default());
+        *dns.status.lock().unwrap() = Some(false);
+        let ctx = ctx(dns.clone());
+
+        // One batch for both splits; the cycle returns without waiting for INSYNC.
+        let out = cycle(&ctx, vec![work("a", 100), work("b", 100)], 1_000_000, true).await;
+        assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+        assert_eq!(dns.changes.load(Ordering::SeqCst), 1);
+        assert_eq!(dns.get_changes.load(Ordering::SeqCst), 0, "not awaited");
+        let pending: Vec<Option<String>> = out
+            .iter()
+            .map(|o| o.result.as_ref().unwrap().pending_change.clone())
+            .collect();
+        assert_eq!(pending, vec![Some("C0".into()), Some("C0".into())]);
+
+        // Still PENDING: split b moves on regardless, and the change is asked once.
+        let out = cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_002_000, true).await;
+        assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+        assert_eq!(dns.get_changes.load(Ordering::SeqCst), 1);
+        assert_eq!(dns.changes.load(Ordering::SeqCst), 2);
+        assert_eq!(weight(&dns, "b.example.com.", "blue"), Some(40));
+
+        // GetChange fails: the split does not fail and nothing is submitted again.
+        *dns.status.lock().unwrap() = None;
+        let out = cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_004_000, true).await;
+        assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+        assert_eq!(dns.changes.load(Ordering::SeqCst), 2, "no resubmission");
+        assert!(dns.get_changes.load(Ordering::SeqCst) >= 2);
+
+        // INSYNC: forgotten, never asked again.
+        *dns.status.lock().unwrap() = Some(true);
+        cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_006_000, true).await;
+        let asked = dns.get_changes.load(Ordering::SeqCst);
+        cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_008_000, true).await;
+        assert_eq!(dns.get_changes.load(Ordering::SeqCst), asked);
+        assert!(ctx.inflight.lock().unwrap().is_empty());
+        assert_eq!(
+            ctx.scale_down_hold("b", Duration::from_secs(60), 1_009)
+                .map(|h| h.1),
+            Some(1_006 + 60),
+            "the drain clock starts when the change was seen INSYNC"
+        );
+    }
 }

@@ -55,7 +55,14 @@ while True:
     time.sleep(0.2)
 "#;
         let child = Command::new(python())
-            .args(["-c", LOOP, &moto.endpoint, cluster, service, &LOAD.to_string()])
+            .args([
+                "-c",
+                LOOP,
+                &moto.endpoint,
+                cluster,
+                service,
+                &LOAD.to_string(),
+            ])
             .envs(moto.aws_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -113,10 +120,14 @@ fn min_capacity_follows_the_share_and_desired_count_is_never_written() {
     // Forward: lambda 100 -> fargate 100 in three steps.
     write_doc(dir.path(), &s, 0, 100);
     let c = Controller::start(&proxy.endpoint, &[dir.path()], "aas", &["--resync", "2s"]);
-    wait_for("fargate at 100% in Route53", Duration::from_secs(90), || {
-        (s.weights(&moto) == support::controller::weights(&[("lambda", 0), ("fargate", 100)]))
-            .then_some(())
-    });
+    wait_for(
+        "fargate at 100% in Route53",
+        Duration::from_secs(90),
+        || {
+            (s.weights(&moto) == support::controller::weights(&[("lambda", 0), ("fargate", 100)]))
+                .then_some(())
+        },
+    );
     assert_eq!(bounds(&moto, &s), (tasks(100), tasks(100)));
     let txt = s.state_txt(&moto).expect("state TXT");
     assert!(
@@ -162,7 +173,11 @@ fn min_capacity_follows_the_share_and_desired_count_is_never_written() {
                     body["MinCapacity"].as_i64().expect("MinCapacity"),
                     body["MaxCapacity"].as_i64().expect("MaxCapacity"),
                 );
-                assert_eq!(max, USER_MAX.max(min), "MaxCapacity at least MinCapacity: {body}");
+                assert_eq!(
+                    max,
+                    USER_MAX.max(min),
+                    "MaxCapacity at least MinCapacity: {body}"
+                );
                 if e.seq < forward {
                     mins.push(min);
                 } else {

@@ -191,7 +191,10 @@ async fn weighted_set_is_created_upserted_and_deleted_in_batches() {
         !id.is_empty() && !id.starts_with("/change/"),
         "bare change id: {id}"
     );
-    assert!(aws.dns.insync(&id).await.expect("GetChange"), "moto: INSYNC at once");
+    assert!(
+        aws.dns.insync(&id).await.expect("GetChange"),
+        "moto: INSYNC at once"
+    );
 
     let read = boto3_records(&moto, &zone);
     assert_eq!(
@@ -244,7 +247,10 @@ async fn weighted_set_is_created_upserted_and_deleted_in_batches() {
         )
         .await
         .expect("upsert batch");
-    assert!(aws.dns.insync(&id).await.expect("GetChange"), "moto: INSYNC at once");
+    assert!(
+        aws.dns.insync(&id).await.expect("GetChange"),
+        "moto: INSYNC at once"
+    );
     let read = boto3_records(&moto, &zone);
     let weights: BTreeSet<(String, i64)> = weights_of(&read, &name)
         .into_iter()
@@ -802,7 +808,10 @@ async fn a_zone_name_matching_two_zones_is_an_error_unless_the_id_is_given() {
     }
     for (id, private_zone) in [(public.clone(), false), (private.clone(), true)] {
         let z = aws.dns.find_zone(&id).await.expect("found by id");
-        assert_eq!((z.id.as_str(), z.name.as_str()), (id.as_str(), fqdn.as_str()));
+        assert_eq!(
+            (z.id.as_str(), z.name.as_str()),
+            (id.as_str(), fqdn.as_str())
+        );
         assert_eq!(z.private, private_zone);
     }
 }
@@ -821,7 +830,10 @@ async fn list_from_finds_the_state_record_across_page_boundaries() {
         txt(&format!("_trafficshift.{name}"), "split=api"),
     ];
     let others = [
-        txt(&format!("_trafficshift-x.{name}"), "beside the state record"),
+        txt(
+            &format!("_trafficshift-x.{name}"),
+            "beside the state record",
+        ),
         txt(&format!("_trafficshift-x.{fqdn}"), "beside the name"),
         txt(&format!("api-x.{fqdn}"), "sibling"),
         txt(&format!("a._trafficshift.{name}"), "under the state record"),
@@ -840,7 +852,11 @@ async fn list_from_finds_the_state_record_across_page_boundaries() {
                                            "EvaluateTargetHealth": a.evaluate_target_health});
             } else {
                 rr["TTL"] = json!(r.ttl);
-                rr["ResourceRecords"] = json!(r.values.iter().map(|v| json!({"Value": v})).collect::<Vec<_>>());
+                rr["ResourceRecords"] = json!(r
+                    .values
+                    .iter()
+                    .map(|v| json!({"Value": v}))
+                    .collect::<Vec<_>>());
             }
             json!({"Action": "CREATE", "ResourceRecordSet": rr})
         })
