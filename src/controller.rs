@@ -490,6 +490,9 @@ fn record_report(m: &mut Managed, r: &Report, dry_run: bool) {
         for c in &r.ecs_changes {
             info!(split = m.doc.split.name(), cluster = %c.cluster, service = %c.service, from = c.from, to = c.to, "dry-run: would set ECS desiredCount");
         }
+        for c in &r.autoscaling {
+            info!(split = m.doc.split.name(), cluster = %c.cluster, service = %c.service, from_min = c.from.min, from_max = c.from.max, to_min = c.to.min, to_max = c.to.max, "dry-run: would set scalable target bounds");
+        }
     }
     m.state = r.state.as_str();
 }
