@@ -37,9 +37,9 @@ pub struct Context {
     /// Route53 changes submitted and not yet seen INSYNC, by split name (in memory: after a
     /// restart the drains recorded in the TXT, counted from the write, are all there is).
     inflight: Mutex<HashMap<String, InFlight>>,
-    /// When each split's latest change was seen INSYNC (unix seconds); its drain clock starts
-    /// there.
-    settled: Mutex<HashMap<String, u64>>,
+    /// When the change that lowered a backend's weight was seen INSYNC (unix seconds), by
+    /// (split, backend): the backend's drain clock starts there.
+    settled: Mutex<HashMap<(String, String), u64>>,
     /// Users' scalable-target bounds read before trafficshift first raised them, until a TXT
     /// write records them (see `autoscaling_changes`).
     bounds: Mutex<HashMap<(String, String), ScalableTarget>>,
@@ -50,6 +50,9 @@ pub struct Context {
 struct InFlight {
     change_id: String,
     submitted: u64,
+    /// Backends whose weight this change (or an earlier one it replaced, still PENDING then)
+    /// lowered; Route53 applies changes in order, so this one's INSYNC covers them all.
+    lowered: Vec<String>,
 }
 
 #[derive(Default)]
@@ -89,12 +92,13 @@ impl Context {
                     let mut inflight = self.inflight.lock().expect("inflight lock");
                     let mut settled = self.settled.lock().expect("settled lock");
                     inflight.retain(|split, f| {
-                        if f.change_id == id {
-                            settled.insert(split.clone(), now);
-                            false
-                        } else {
-                            true
+                        if f.change_id != id {
+                            return true;
                         }
+                        for b in &f.lowered {
+                            settled.insert((split.clone(), b.clone()), now);
+                        }
+                        false
                     });
                 }
                 Ok(false) => {}
@@ -105,23 +109,37 @@ impl Context {
         }
     }
 
-    /// Why a split must not scale down yet, if it must not: its latest change is not INSYNC, or
-    /// the drain delay since it was has not passed. Returns (reason, unix time it may).
-    fn scale_down_hold(&self, split: &str, drain: Duration, now: u64) -> Option<(String, u64)> {
-        if let Some(f) = self.inflight.lock().expect("inflight lock").get(split) {
+    /// Why a backend whose weight dropped must not scale down yet, if it must not: the change
+    /// that lowered it is not INSYNC, or the drain delay since it was has not passed. Returns
+    /// (reason, unix time it may). Backends whose weight did not drop are not held here.
+    fn scale_down_hold(
+        &self,
+        split: &str,
+        backend: &str,
+        drain: Duration,
+        now: u64,
+    ) -> Option<(String, u64)> {
+        if let Some(f) = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(split)
+            .filter(|f| f.lowered.iter().any(|b| b == backend))
+        {
             return Some((
                 format!(
-                    "Route53 change {} (submitted at {}) to be INSYNC before scaling down",
+                    "Route53 change {} (submitted at {}) to be INSYNC before scaling {backend} down",
                     f.change_id, f.submitted
                 ),
                 now + 1,
             ));
         }
-        let at = *self.settled.lock().expect("settled lock").get(split)?;
+        let key = (split.to_string(), backend.to_string());
+        let at = *self.settled.lock().expect("settled lock").get(&key)?;
         let until = at + drain.as_secs();
         (now < until).then(|| {
             (
-                format!("DNS caches to drain until {until} (the last change was INSYNC at {at}) before scaling down"),
+                format!("DNS caches to drain until {until} (the change lowering {backend} was INSYNC at {at}) before scaling it down"),
                 until,
             )
         })
@@ -939,16 +957,35 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending], now: u64) {
         }
         let Some(r) = p.report.as_mut() else { continue };
         let name = p.work.doc.split.name().to_string();
-        let hold = ctx.scale_down_hold(&name, p.work.doc.split.spec.drain_delay(), now);
-        let lowers = r.autoscaling.iter().any(AasChange::lowers)
-            || r.ecs_changes.iter().any(|c| c.to < c.from);
-        if let (Some((why, until)), true) = (&hold, lowers) {
+        let drain = p.work.doc.split.spec.drain_delay();
+        let mut held = Vec::new();
+        let lowered: Vec<&String> = r
+            .ecs_changes
+            .iter()
+            .filter(|c| c.to < c.from)
+            .map(|c| &c.backend)
+            .chain(
+                r.autoscaling
+                    .iter()
+                    .filter(|c| c.lowers())
+                    .map(|c| &c.backend),
+            )
+            .collect();
+        for b in lowered {
+            if let Some(h) = ctx.scale_down_hold(&name, b, drain, now) {
+                held.push((b.clone(), h));
+            }
+        }
+        for (_, (why, until)) in &held {
             // Postponed, not failed: the report shows only what this cycle does.
             r.waiting_for.get_or_insert_with(|| why.clone());
             r.drain_until = Some(r.drain_until.unwrap_or(0).max(*until));
-            r.ecs_changes.retain(|c| c.to >= c.from);
-            r.autoscaling.retain(|c| !c.lowers());
         }
+        let is_held = |b: &String| held.iter().any(|(h, _)| h == b);
+        r.ecs_changes
+            .retain(|c| c.to >= c.from || !is_held(&c.backend));
+        r.autoscaling
+            .retain(|c| !c.lowers() || !is_held(&c.backend));
         let bounds = r.autoscaling.clone();
         for c in bounds {
             let why = if c.lowers() {
@@ -1008,11 +1045,30 @@ fn changes_of(pending: &[Pending], idxs: &[usize]) -> Vec<Change> {
 fn mark_applied(ctx: &Context, pending: &mut [Pending], idxs: &[usize], change_id: &str, now: u64) {
     let mut inflight = ctx.inflight.lock().expect("inflight lock");
     for &i in idxs {
+        let name = pending[i].work.doc.split.name().to_string();
+        let mut lowered: Vec<String> = match &pending[i].report {
+            Some(Report {
+                observed: Some(before),
+                step_weights,
+                ..
+            }) => step_weights
+                .iter()
+                .filter(|(b, w)| before.get(*b).is_some_and(|old| old > *w))
+                .map(|(b, _)| b.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(prev) = inflight.get(&name) {
+            lowered.extend(prev.lowered.iter().cloned());
+            lowered.sort();
+            lowered.dedup();
+        }
         inflight.insert(
-            pending[i].work.doc.split.name().to_string(),
+            name,
             InFlight {
                 change_id: change_id.to_string(),
                 submitted: now,
+                lowered,
             },
         );
         if let Some(r) = pending[i].report.as_mut() {
@@ -1265,6 +1321,13 @@ mod tests {
         assert_eq!(dns.get_changes.load(Ordering::SeqCst), 1);
         assert_eq!(dns.changes.load(Ordering::SeqCst), 2);
         assert_eq!(weight(&dns, "b.example.com.", "blue"), Some(40));
+        let drain = Duration::from_secs(60);
+        assert!(
+            ctx.scale_down_hold("b", "blue", drain, 1_003).is_some(),
+            "blue dropped in a PENDING change"
+        );
+        assert_eq!(ctx.scale_down_hold("b", "green", drain, 1_003), None);
+        assert_eq!(ctx.scale_down_hold("a", "blue", drain, 1_003), None);
 
         // GetChange fails: the split does not fail and nothing is submitted again.
         *dns.status.lock().unwrap() = None;
@@ -1281,10 +1344,11 @@ mod tests {
         assert_eq!(dns.get_changes.load(Ordering::SeqCst), asked);
         assert!(ctx.inflight.lock().unwrap().is_empty());
         assert_eq!(
-            ctx.scale_down_hold("b", Duration::from_secs(60), 1_009)
-                .map(|h| h.1),
+            ctx.scale_down_hold("b", "blue", drain, 1_009).map(|h| h.1),
             Some(1_006 + 60),
             "the drain clock starts when the change was seen INSYNC"
         );
+        assert_eq!(ctx.scale_down_hold("b", "blue", drain, 1_066), None);
+        assert_eq!(ctx.scale_down_hold("b", "green", drain, 1_009), None);
     }
 }
