@@ -447,8 +447,10 @@ for page in c.get_paginator("list_hosted_zones").paginate():
     /// - ListHostedZonesByName: one per zone on a cold cache, none while cached.
     /// - ListResourceRecordSets per zone: min(ceil(zone records / 300), owned record names).
     /// - ChangeResourceRecordSets per zone: max(ceil(changes / 1000), ceil(value chars / 32000))
-    ///   (chars as Route53 counts them: Value elements, twice for UPSERT), GetChange one per batch.
+    ///   (chars as Route53 counts them: Value elements, twice for UPSERT). GetChange: none in the
+    ///   cycle that submits (a change is not awaited); one per batch in the split's next cycle.
     /// - ECS DescribeServices: ceil(services / 10) per cluster, every cycle.
+    /// - Application Auto Scaling DescribeScalableTargets: ceil(ECS services / 50), every cycle.
     /// - API Gateway GetDomainName, ELBv2 DescribeTargetGroups and DescribeLoadBalancers: one per
     ///   domain / target group on a cold cache.
     /// - ELBv2 DescribeTargetHealth: one per target group of an ECS backend whose weight rises in
@@ -488,7 +490,6 @@ for page in c.get_paginator("list_hosted_zones").paginate():
             let chars = value_chars.get(&z.id).copied().unwrap_or(0);
             let batches = changes.div_ceil(MAX_CHANGES).max(chars.div_ceil(MAX_CHARS)) as u64;
             add("route53.ChangeResourceRecordSets", batches);
-            add("route53.GetChange", batches);
         }
         let mut clusters: BTreeMap<&str, usize> = BTreeMap::new();
         for s in due {
@@ -505,6 +506,11 @@ for page in c.get_paginator("list_hosted_zones").paginate():
         for n in clusters.values() {
             add("ecs.DescribeServices", n.div_ceil(10) as u64);
         }
+        let services: usize = clusters.values().sum();
+        add(
+            "application-autoscaling.DescribeScalableTargets",
+            services.div_ceil(50) as u64,
+        );
         m.retain(|_, v| *v > 0);
         m
     }

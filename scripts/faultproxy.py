@@ -89,6 +89,7 @@ POST_WRITE_KINDS = ("drop", "500", "503")
 WRITE_OPS = {
     ("route53", "ChangeResourceRecordSets"),
     ("ecs", "UpdateService"),
+    ("application-autoscaling", "RegisterScalableTarget"),
 }
 
 # Headers that belong to one hop and must not be copied across the proxy.

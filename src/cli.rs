@@ -321,6 +321,13 @@ pub fn render_plan(name: &str, r: &Report) -> String {
             c.cluster, c.service, c.from, c.to
         );
     }
+    for c in &r.autoscaling {
+        let _ = writeln!(
+            s,
+            "  ~ application-autoscaling {}/{} min/max {}/{} -> {}/{}",
+            c.cluster, c.service, c.from.min, c.from.max, c.to.min, c.to.max
+        );
+    }
     if !r.has_changes() {
         let _ = writeln!(s, "  no changes");
     }

@@ -466,6 +466,10 @@ fn requeue(doc: &SplitDoc, r: &Report, resync: Duration, now: u64) -> Duration {
     }
     if let Some(until) = r.drain_until {
         d = d.min(Duration::from_secs(until.saturating_sub(now) + 1));
+        if r.pending_change.is_some() {
+            // The drain counts from INSYNC, which only a later cycle's GetChange sees.
+            d = d.min(poll_interval(doc, resync));
+        }
     }
     if let Some(at) = r.next_step_at {
         d = d.min(Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(200)));
@@ -510,6 +514,9 @@ fn record_report(m: &mut Managed, r: &Report, dry_run: bool) {
         }
         for c in &r.ecs_changes {
             info!(split = m.doc.split.name(), cluster = %c.cluster, service = %c.service, from = c.from, to = c.to, "dry-run: would set ECS desiredCount");
+        }
+        for c in &r.autoscaling {
+            info!(split = m.doc.split.name(), cluster = %c.cluster, service = %c.service, from_min = c.from.min, from_max = c.from.max, to_min = c.to.min, to_max = c.to.max, "dry-run: would set scalable target bounds");
         }
     }
     m.state = r.state.as_str();

@@ -626,7 +626,7 @@ mod tests {
         async fn change(&self, _: &str, _: &str, _: &[Change]) -> Result<String> {
             Err(Error::Other("unused".into()))
         }
-        async fn wait_insync(&self, _: &str, _: Duration) -> Result<()> {
+        async fn insync(&self, _: &str) -> Result<bool> {
             Err(Error::Other("unused".into()))
         }
     }
@@ -719,6 +719,7 @@ mod tests {
                 ecs: Arc::new(ecs),
                 targets: Arc::new(targets),
                 alarms: Arc::new(alarms),
+                autoscaling: Arc::new(crate::aws::autoscaling::NoAutoscaling),
             },
             options,
         )

@@ -274,6 +274,21 @@ fn plain_target(r: &RecordSet) -> Option<Target> {
     None
 }
 
+/// The hosted zone of every CloudFront distribution (edge-optimized API Gateway domains too).
+pub const CLOUDFRONT_ZONE: &str = "Z2FDTNDATAQYW2";
+
+/// Whether a record points somewhere other than `want` (a hand edit), as opposed to the same
+/// place written differently: a `dualstack.` prefix or evaluateTargetHealth that trafficshift now
+/// writes on its own.
+fn points_elsewhere(e: &RecordSet, want: &RecordSet) -> bool {
+    match (&e.alias, &want.alias) {
+        (Some(x), Some(y)) => {
+            !same_destination(&Target::Alias(x.clone()), &Target::Alias(y.clone()))
+        }
+        _ => e.alias != want.alias || e.values != want.values,
+    }
+}
+
 /// The record a backend must have.
 fn desired_record(
     split: &TrafficSplit,
@@ -284,6 +299,15 @@ fn desired_record(
 ) -> RecordSet {
     let spec = &split.spec.record;
     let (alias, values, ttl) = match target {
+        Target::Alias(a) if a.hosted_zone_id.eq_ignore_ascii_case(CLOUDFRONT_ZONE) => {
+            // Route53 refuses EvaluateTargetHealth=true on an alias to CloudFront (moto accepts
+            // it), whoever asked for it.
+            let a = AliasTarget {
+                evaluate_target_health: false,
+                ..a.clone()
+            };
+            (Some(a), vec![], None)
+        }
         Target::Alias(a) => (Some(a.clone()), vec![], None),
         Target::Cname(c) => (None, vec![c.clone()], Some(spec.ttl)),
     };
@@ -368,8 +392,7 @@ pub fn route53_changes(
                     .get(&b.name)
                     .map(|&iw| i64::from(iw) != old)
                     .unwrap_or(false)
-                    || e.alias != want.alias
-                    || e.values != want.values;
+                    || points_elsewhere(e, &want);
                 out.push(PlannedChange {
                     change: Change {
                         action: ChangeAction::Upsert,
@@ -472,4 +495,147 @@ pub fn check_batch(changes: &[Change]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Phase;
+
+    fn alias(dns: &str, zone: &str, eth: bool) -> Target {
+        Target::Alias(AliasTarget {
+            dns_name: dns.into(),
+            hosted_zone_id: zone.into(),
+            evaluate_target_health: eth,
+        })
+    }
+
+    fn state(split: &TrafficSplit, w: &Weights) -> RolloutState {
+        RolloutState {
+            owner: "test".into(),
+            split: split.name().into(),
+            generation: crate::rollout::generation(split),
+            phase: Phase::Complete,
+            step: 1,
+            since: 1,
+            start: w.clone(),
+            current: w.clone(),
+            drains: BTreeMap::new(),
+            capacity_since: None,
+            autoscaling: BTreeMap::new(),
+        }
+    }
+
+    fn weighted(backend: &str, weight: i64, target: &Target) -> RecordSet {
+        let Target::Alias(a) = target else {
+            panic!("alias only")
+        };
+        RecordSet {
+            name: "api.abceed.example.".into(),
+            rtype: "A".into(),
+            set_identifier: Some(backend.into()),
+            weight: Some(weight),
+            ttl: None,
+            alias: Some(a.clone()),
+            values: vec![],
+            health_check_id: None,
+            other_routing: false,
+        }
+    }
+
+    #[test]
+    fn aliases_to_cloudfront_never_evaluate_target_health() {
+        let split = TrafficSplit::test().with_weights(&[("lambda", 100), ("fargate", 0)]);
+        let targets: BTreeMap<String, Target> = [
+            // Asked for EvaluateTargetHealth=true, which Route53 refuses for CloudFront.
+            (
+                "lambda".to_string(),
+                alias("d111.cloudfront.net.", "Z2FDTNDATAQYW2", true),
+            ),
+            (
+                "fargate".to_string(),
+                alias("dualstack.alb-1.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true),
+            ),
+        ]
+        .into();
+        let obs = classify(&split, "test", &[], &targets).expect("nothing there");
+        let w = split.spec.weights.clone();
+        let changes =
+            route53_changes(&split, &obs, &w, &state(&split, &w), &targets, &w).expect("plan");
+        let eth: BTreeMap<String, bool> = changes
+            .iter()
+            .filter_map(|c| {
+                let a = c.change.record.alias.as_ref()?;
+                Some((
+                    c.change.record.set_identifier.clone()?,
+                    a.evaluate_target_health,
+                ))
+            })
+            .collect();
+        assert_eq!(
+            eth,
+            [("fargate".to_string(), true), ("lambda".to_string(), false)].into()
+        );
+    }
+
+    #[test]
+    fn moving_to_the_dualstack_name_is_an_update_not_drift() {
+        let split = TrafficSplit::test().with_weights(&[("lambda", 50), ("fargate", 50)]);
+        let lambda = alias(
+            "d-1.execute-api.us-east-1.amazonaws.com.",
+            "Z1UJRXOUMOOFQ8",
+            true,
+        );
+        let old_alb = alias("alb-1.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true);
+        let new_alb = alias("dualstack.alb-1.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true);
+        let w = split.spec.weights.clone();
+        let st = state(&split, &w);
+        let txt = RecordSet {
+            name: "_trafficshift.api.abceed.example.".into(),
+            rtype: "TXT".into(),
+            set_identifier: None,
+            weight: None,
+            ttl: Some(300),
+            alias: None,
+            values: to_txt_values(&st.encode()),
+            health_check_id: None,
+            other_routing: false,
+        };
+        let records = [
+            weighted("lambda", 50, &lambda),
+            weighted("fargate", 50, &old_alb),
+            txt,
+        ];
+        let refs: Vec<&RecordSet> = records.iter().collect();
+        let targets: BTreeMap<String, Target> = [
+            ("lambda".to_string(), lambda.clone()),
+            ("fargate".to_string(), new_alb.clone()),
+        ]
+        .into();
+        let obs = classify(&split, "test", &refs, &targets).expect("owned");
+        let changes = route53_changes(&split, &obs, &w, &st, &targets, &w).expect("plan");
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let c = &changes[0];
+        assert_eq!(c.change.action, ChangeAction::Upsert);
+        assert_eq!(
+            c.change.record.alias.as_ref().map(|a| a.dns_name.as_str()),
+            Some("dualstack.alb-1.elb.amazonaws.com.")
+        );
+        assert!(!c.drift, "same load balancer, not a hand edit: {c:?}");
+
+        // Another load balancer is a hand edit.
+        let records = [
+            weighted("lambda", 50, &lambda),
+            weighted(
+                "fargate",
+                50,
+                &alias("alb-2.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true),
+            ),
+            records[2].clone(),
+        ];
+        let refs: Vec<&RecordSet> = records.iter().collect();
+        let obs = classify(&split, "test", &refs, &targets).expect("owned");
+        let changes = route53_changes(&split, &obs, &w, &st, &targets, &w).expect("plan");
+        assert!(changes.iter().any(|c| c.drift), "{changes:?}");
+    }
 }

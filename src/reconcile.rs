@@ -1,7 +1,12 @@
 //! One reconcile cycle over the splits that are due. Level-triggered: every cycle reads the live
 //! state (one Route53 listing per zone, batched ECS describes), decides, plans, then applies in
 //! the order that never makes traffic worse: ECS scale-ups, the Route53 batch (weights and state
-//! together, atomically), ECS scale-downs. `plan` and `--dry-run` run the same code minus apply.
+//! together, atomically), Application Auto Scaling bounds, ECS scale-downs. `plan` and
+//! `--dry-run` run the same code minus apply.
+//!
+//! A Route53 change is submitted, not waited for: its id is kept in the `Context` and GetChange
+//! is asked once per later cycle of its split until INSYNC. Nothing else waits on it except that
+//! split's scale-downs, which wait for INSYNC plus the drain delay.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -10,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tracing::{info, warn};
 
-use crate::aws::{AliasTarget, Aws, Change, EcsService, RecordSet, Zone};
+use crate::aws::{AliasTarget, Aws, Change, EcsService, RecordSet, ScalableTarget, Zone};
 use crate::gates::GateChecker;
 use crate::plan::{self, Observed, PlannedChange, Target};
 use crate::rollout::{self, Decision, EcsObs, GateSummary, Note, SplitState};
@@ -28,9 +33,26 @@ pub struct Context {
     pub gates: GateChecker,
     pub owner: String,
     pub dry_run: bool,
-    /// How long to wait for a Route53 change to be INSYNC.
-    pub insync_timeout: Duration,
     cache: Mutex<Cache>,
+    /// Route53 changes submitted and not yet seen INSYNC, by split name (in memory: after a
+    /// restart the drains recorded in the TXT, counted from the write, are all there is).
+    inflight: Mutex<HashMap<String, InFlight>>,
+    /// When the change that lowered a backend's weight was seen INSYNC (unix seconds), by
+    /// (split, backend): the backend's drain clock starts there.
+    settled: Mutex<HashMap<(String, String), u64>>,
+    /// Users' scalable-target bounds read before trafficshift first raised them, until a TXT
+    /// write records them (see `autoscaling_changes`).
+    bounds: Mutex<HashMap<(String, String), ScalableTarget>>,
+}
+
+/// A submitted Route53 change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InFlight {
+    change_id: String,
+    submitted: u64,
+    /// Backends whose weight this change (or an earlier one it replaced, still PENDING then)
+    /// lowered; Route53 applies changes in order, so this one's INSYNC covers them all.
+    lowered: Vec<String>,
 }
 
 #[derive(Default)]
@@ -46,9 +68,81 @@ impl Context {
             aws,
             owner: owner.into(),
             dry_run,
-            insync_timeout: Duration::from_secs(120),
             cache: Mutex::new(Cache::default()),
+            inflight: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            bounds: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Ask GetChange once for each change of these splits still PENDING. A failed GetChange
+    /// leaves the change pending (it is asked again next cycle) and never resubmits anything:
+    /// the batch was accepted.
+    async fn check_inflight(&self, splits: &[&str], now: u64) {
+        let ids: std::collections::BTreeSet<String> = {
+            let inflight = self.inflight.lock().expect("inflight lock");
+            splits
+                .iter()
+                .filter_map(|s| inflight.get(*s).map(|f| f.change_id.clone()))
+                .collect()
+        };
+        for id in ids {
+            match self.aws.dns.insync(&id).await {
+                Ok(true) => {
+                    let mut inflight = self.inflight.lock().expect("inflight lock");
+                    let mut settled = self.settled.lock().expect("settled lock");
+                    inflight.retain(|split, f| {
+                        if f.change_id != id {
+                            return true;
+                        }
+                        for b in &f.lowered {
+                            settled.insert((split.clone(), b.clone()), now);
+                        }
+                        false
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(change = %id, error = %e, "GetChange failed; the change stays pending and is asked again next cycle")
+                }
+            }
+        }
+    }
+
+    /// Why a backend whose weight dropped must not scale down yet, if it must not: the change
+    /// that lowered it is not INSYNC, or the drain delay since it was has not passed. Returns
+    /// (reason, unix time it may). Backends whose weight did not drop are not held here.
+    fn scale_down_hold(
+        &self,
+        split: &str,
+        backend: &str,
+        drain: Duration,
+        now: u64,
+    ) -> Option<(String, u64)> {
+        if let Some(f) = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(split)
+            .filter(|f| f.lowered.iter().any(|b| b == backend))
+        {
+            return Some((
+                format!(
+                    "Route53 change {} (submitted at {}) to be INSYNC before scaling {backend} down",
+                    f.change_id, f.submitted
+                ),
+                now + 1,
+            ));
+        }
+        let key = (split.to_string(), backend.to_string());
+        let at = *self.settled.lock().expect("settled lock").get(&key)?;
+        let until = at + drain.as_secs();
+        (now < until).then(|| {
+            (
+                format!("DNS caches to drain until {until} (the change lowering {backend} was INSYNC at {at}) before scaling it down"),
+                until,
+            )
+        })
     }
 
     async fn zone(&self, name_or_id: &str) -> Result<Zone> {
@@ -128,6 +222,24 @@ pub struct EcsChange {
     pub to: i32,
 }
 
+/// A change of an autoscaled ECS service's scalable-target bounds (its desired count belongs to
+/// Application Auto Scaling, so trafficshift moves the minimum instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AasChange {
+    pub backend: String,
+    pub cluster: String,
+    pub service: String,
+    pub from: ScalableTarget,
+    pub to: ScalableTarget,
+}
+
+impl AasChange {
+    /// Back to (towards) the user's bounds: a scale-down, held like one.
+    pub fn lowers(&self) -> bool {
+        self.to.min < self.from.min || self.to.max < self.from.max
+    }
+}
+
 /// What one reconcile of one split found and did.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -144,6 +256,8 @@ pub struct Report {
     pub ecs: BTreeMap<String, EcsService>,
     pub route53: Vec<PlannedChange>,
     pub ecs_changes: Vec<EcsChange>,
+    /// Scalable-target bounds changes of autoscaled ECS backends.
+    pub autoscaling: Vec<AasChange>,
     pub notes: Vec<Note>,
     pub drift_corrected: bool,
     pub rolled_back: bool,
@@ -151,11 +265,13 @@ pub struct Report {
     pub applied: bool,
     /// Drains still pending: unix time the last one ends.
     pub drain_until: Option<u64>,
+    /// The Route53 change this cycle submitted, PENDING until a later cycle sees it INSYNC.
+    pub pending_change: Option<String>,
 }
 
 impl Report {
     pub fn has_changes(&self) -> bool {
-        !self.route53.is_empty() || !self.ecs_changes.is_empty()
+        !self.route53.is_empty() || !self.ecs_changes.is_empty() || !self.autoscaling.is_empty()
     }
 }
 
@@ -178,6 +294,9 @@ struct Pending {
 /// Run one cycle. `apply` false computes the plan only.
 /// `now_ms`: Unix time in milliseconds.
 pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> Vec<Outcome> {
+    // 0. Changes still PENDING from earlier cycles: one GetChange each, never a wait.
+    let due: Vec<&str> = work.iter().map(|w| w.doc.split.name()).collect();
+    ctx.check_inflight(&due, now_ms / 1000).await;
     // 1. Zones and listings: one pass per zone, or targeted lists when cheaper.
     let mut by_zone: BTreeMap<String, Vec<Work>> = BTreeMap::new();
     for w in work {
@@ -270,6 +389,18 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
     }
     let mut services: HashMap<(String, String), EcsService> = HashMap::new();
     let mut cluster_errors: HashMap<String, Error> = HashMap::new();
+    // 2b. Application Auto Scaling: one batched describe for every ECS service of the cycle.
+    let pairs: Vec<(String, String)> = wanted
+        .iter()
+        .flat_map(|(c, svcs)| svcs.iter().map(move |s| (c.clone(), s.clone())))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let scalable: Result<HashMap<(String, String), ScalableTarget>> = if pairs.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        ctx.aws.autoscaling.ecs_targets(&pairs).await
+    };
     for (cluster, mut svcs) in wanted {
         svcs.sort();
         svcs.dedup();
@@ -324,13 +455,13 @@ pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> 
     join_all(
         pending
             .iter_mut()
-            .map(|p| plan_split(ctx, p, &services, &cluster_errors, now_ms)),
+            .map(|p| plan_split(ctx, p, &services, &cluster_errors, &scalable, now_ms)),
     )
     .await;
 
     // 5. Apply.
     if apply && !ctx.dry_run {
-        apply_all(ctx, &mut pending).await;
+        apply_all(ctx, &mut pending, now_ms / 1000).await;
     }
 
     for p in pending {
@@ -434,7 +565,9 @@ async fn resolve_targets(
             return Err(Error::Other(format!("backend {} has no kind", b.name)));
         };
         let t = if cname {
-            Target::Cname(alias.dns_name.clone())
+            // `dualstack.` is for A/AAAA aliases; a CNAME keeps the name it always had.
+            let n = &alias.dns_name;
+            Target::Cname(n.strip_prefix("dualstack.").unwrap_or(n).to_string())
         } else {
             Target::Alias(alias)
         };
@@ -621,9 +754,10 @@ async fn plan_split(
     p: &mut Pending,
     services: &HashMap<(String, String), EcsService>,
     cluster_errors: &HashMap<String, Error>,
+    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
     now_ms: u64,
 ) {
-    match plan_split_inner(ctx, p, services, cluster_errors, now_ms).await {
+    match plan_split_inner(ctx, p, services, cluster_errors, scalable, now_ms).await {
         Ok(r) => p.report = Some(r),
         Err(e) => p.error = Some(e),
     }
@@ -634,6 +768,7 @@ async fn plan_split_inner(
     p: &mut Pending,
     services: &HashMap<(String, String), EcsService>,
     cluster_errors: &HashMap<String, Error>,
+    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
     now_ms: u64,
 ) -> Result<Report> {
     let now = now_ms / 1000;
@@ -713,6 +848,17 @@ async fn plan_split_inner(
     }
     notes.extend(d.notes.iter().cloned());
 
+    // Autoscaled services first: their bounds go into the state the batch below writes.
+    let has_ecs = split.spec.backends.iter().any(|b| b.ecs.is_some());
+    let none = HashMap::new();
+    let scalable = match scalable {
+        Ok(s) => s,
+        // Without knowing whether an autoscaler owns a desired count, writing it could fight it.
+        Err(e) if has_ecs => return Err(clone_err(e)),
+        Err(_) => &none,
+    };
+    let autoscaling = autoscaling_changes(ctx, &split, obs.state.as_ref(), &mut d, scalable);
+
     let intended = obs
         .state
         .as_ref()
@@ -738,6 +884,10 @@ async fn plan_split_inner(
     let mut ecs_changes = Vec::new();
     for b in &split.spec.backends {
         let Some(e) = &b.ecs else { continue };
+        if scalable.contains_key(&(e.cluster.clone(), e.service.clone())) {
+            // Application Auto Scaling owns this desired count; see `autoscaling_changes`.
+            continue;
+        }
         let Some(&want) = d.ecs_desired.get(&b.name) else {
             continue;
         };
@@ -784,12 +934,81 @@ async fn plan_split_inner(
         ecs: ecs_live,
         route53,
         ecs_changes,
+        autoscaling,
         notes,
         drift_corrected,
         rolled_back: d.rolled_back,
         applied: false,
         drain_until,
+        pending_change: None,
     })
+}
+
+/// Bounds for the autoscaled ECS backends of a split. The decided task count becomes the
+/// scalable target's minimum (the maximum grows to it if needed), so the autoscaler can scale
+/// above it but not below; when the count falls back to the user's minimum, the user's bounds
+/// return. The user's bounds are kept in the state TXT (`d.state.autoscaling`) from the first
+/// raise until they are restored; until a batch has written them they live in the `Context`.
+fn autoscaling_changes(
+    ctx: &Context,
+    split: &TrafficSplit,
+    stored: Option<&crate::state::RolloutState>,
+    d: &mut Decision,
+    scalable: &HashMap<(String, String), ScalableTarget>,
+) -> Vec<AasChange> {
+    let mut out = Vec::new();
+    let mut remembered = ctx.bounds.lock().expect("bounds lock");
+    for b in &split.spec.backends {
+        let Some(e) = &b.ecs else { continue };
+        let key = (e.cluster.clone(), e.service.clone());
+        let Some(&live) = scalable.get(&key) else {
+            continue;
+        };
+        let Some(&want) = d.ecs_desired.get(&b.name) else {
+            continue;
+        };
+        let want = i32::try_from(want).unwrap_or(i32::MAX);
+        let user = stored
+            .and_then(|s| s.autoscaling.get(&b.name).copied())
+            .or_else(|| remembered.get(&key).copied())
+            .unwrap_or(live);
+        let to = if want > user.min {
+            ScalableTarget {
+                min: want,
+                max: user.max.max(want),
+            }
+        } else {
+            user
+        };
+        if to == user && live == user {
+            // Restored (or never raised): forget the user's bounds.
+            d.state.autoscaling.remove(&b.name);
+            remembered.remove(&key);
+        } else {
+            d.state.autoscaling.insert(b.name.clone(), user);
+            if stored.is_none_or(|s| !s.autoscaling.contains_key(&b.name)) {
+                remembered.insert(key.clone(), user);
+            }
+        }
+        if live != to {
+            out.push(AasChange {
+                backend: b.name.clone(),
+                cluster: e.cluster.clone(),
+                service: e.service.clone(),
+                from: live,
+                to,
+            });
+        }
+    }
+    out
+}
+
+async fn set_bounds(ctx: &Context, split: &str, c: &AasChange, why: &str) -> Result<()> {
+    info!(split, cluster = %c.cluster, service = %c.service, from_min = c.from.min, from_max = c.from.max, to_min = c.to.min, to_max = c.to.max, reason = why, "scalable target bounds");
+    ctx.aws
+        .autoscaling
+        .set_bounds(&c.cluster, &c.service, c.to)
+        .await
 }
 
 async fn set_desired(ctx: &Context, split: &str, c: &EcsChange, why: &str) -> Result<()> {
@@ -797,7 +1016,7 @@ async fn set_desired(ctx: &Context, split: &str, c: &EcsChange, why: &str) -> Re
     ctx.aws.ecs.set_desired(&c.cluster, &c.service, c.to).await
 }
 
-async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
+async fn apply_all(ctx: &Context, pending: &mut [Pending], now: u64) {
     // ECS scale-ups first: capacity before traffic.
     for p in pending.iter_mut() {
         let Some(r) = &p.report else { continue };
@@ -832,9 +1051,9 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
             let comment = comment_for(pending, &chunk);
             let res = submit(ctx, &zone_id, &comment, &changes).await;
             match res {
-                Ok(()) => {
+                Ok(id) => {
                     ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
-                    mark_applied(pending, &chunk)
+                    mark_applied(ctx, pending, &chunk, &id, now)
                 }
                 Err(e) if chunk.len() > 1 && !e.is_retryable() => {
                     // One bad split must not block the zone (external-dns #421): retry alone.
@@ -843,9 +1062,9 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
                         let changes = changes_of(pending, &[i]);
                         let comment = comment_for(pending, &[i]);
                         match submit(ctx, &zone_id, &comment, &changes).await {
-                            Ok(()) => {
+                            Ok(id) => {
                                 ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
-                                mark_applied(pending, &[i])
+                                mark_applied(ctx, pending, &[i], &id, now)
                             }
                             Err(e) => pending[i].error = Some(e),
                         }
@@ -860,13 +1079,60 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
         }
     }
 
-    // ECS scale-downs last, only for splits whose writes went through.
+    // Scalable-target bounds after the batch that records the users' bounds in the TXT (a weight
+    // only rose above if the live service already had the tasks), then ECS scale-downs, only for
+    // splits whose writes went through and whose last change is INSYNC and drained.
     for p in pending.iter_mut() {
         if p.error.is_some() {
             continue;
         }
-        let Some(r) = &p.report else { continue };
+        let Some(r) = p.report.as_mut() else { continue };
         let name = p.work.doc.split.name().to_string();
+        let drain = p.work.doc.split.spec.drain_delay();
+        let mut held = Vec::new();
+        let lowered: Vec<&String> = r
+            .ecs_changes
+            .iter()
+            .filter(|c| c.to < c.from)
+            .map(|c| &c.backend)
+            .chain(
+                r.autoscaling
+                    .iter()
+                    .filter(|c| c.lowers())
+                    .map(|c| &c.backend),
+            )
+            .collect();
+        for b in lowered {
+            if let Some(h) = ctx.scale_down_hold(&name, b, drain, now) {
+                held.push((b.clone(), h));
+            }
+        }
+        for (_, (why, until)) in &held {
+            // Postponed, not failed: the report shows only what this cycle does.
+            r.waiting_for.get_or_insert_with(|| why.clone());
+            r.drain_until = Some(r.drain_until.unwrap_or(0).max(*until));
+        }
+        let is_held = |b: &String| held.iter().any(|(h, _)| h == b);
+        r.ecs_changes
+            .retain(|c| c.to >= c.from || !is_held(&c.backend));
+        r.autoscaling
+            .retain(|c| !c.lowers() || !is_held(&c.backend));
+        let bounds = r.autoscaling.clone();
+        for c in bounds {
+            let why = if c.lowers() {
+                "weight lowered and drained: user's bounds back"
+            } else {
+                "capacity before traffic: minimum raised"
+            };
+            if let Err(e) = set_bounds(ctx, &name, &c, why).await {
+                p.error = Some(e);
+                break;
+            }
+        }
+        if p.error.is_some() {
+            continue;
+        }
+        let Some(r) = &p.report else { continue };
         let downs: Vec<EcsChange> = r
             .ecs_changes
             .iter()
@@ -907,11 +1173,40 @@ fn changes_of(pending: &[Pending], idxs: &[usize]) -> Vec<Change> {
         .collect()
 }
 
-fn mark_applied(pending: &mut [Pending], idxs: &[usize]) {
+fn mark_applied(ctx: &Context, pending: &mut [Pending], idxs: &[usize], change_id: &str, now: u64) {
+    let mut inflight = ctx.inflight.lock().expect("inflight lock");
     for &i in idxs {
+        let name = pending[i].work.doc.split.name().to_string();
+        let mut lowered: Vec<String> = match &pending[i].report {
+            Some(Report {
+                observed: Some(before),
+                step_weights,
+                ..
+            }) => step_weights
+                .iter()
+                .filter(|(b, w)| before.get(*b).is_some_and(|old| old > *w))
+                .map(|(b, _)| b.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(prev) = inflight.get(&name) {
+            lowered.extend(prev.lowered.iter().cloned());
+            lowered.sort();
+            lowered.dedup();
+        }
+        inflight.insert(
+            name,
+            InFlight {
+                change_id: change_id.to_string(),
+                submitted: now,
+                lowered,
+            },
+        );
         if let Some(r) = pending[i].report.as_mut() {
             r.applied = true;
-            // The batch was atomic and is INSYNC: Route53 now shows exactly the step weights.
+            r.pending_change = Some(change_id.to_string());
+            // The batch was atomic and accepted: Route53's API now shows exactly the step
+            // weights (resolvers follow once the change is INSYNC).
             r.observed = Some(r.step_weights.clone());
             r.drift = 0.0;
         }
@@ -985,14 +1280,212 @@ fn batches(pending: &[Pending], idxs: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
-async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change]) -> Result<()> {
+/// Submit one batch and return its change id. INSYNC is not awaited here (see `check_inflight`):
+/// an error from this function always means ChangeResourceRecordSets itself failed.
+async fn submit(ctx: &Context, zone_id: &str, comment: &str, changes: &[Change]) -> Result<String> {
     plan::check_batch(changes)?;
-    let id = ctx.aws.dns.change(zone_id, comment, changes).await?;
-    ctx.aws.dns.wait_insync(&id, ctx.insync_timeout).await
+    ctx.aws.dns.change(zone_id, comment, changes).await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::aws::{Alarms, ChangeAction, Dns, Ecs, Targets};
+
+    /// Route53 in memory. GetChange answers what `status` says (None: an error).
+    #[derive(Default)]
+    struct FakeDns {
+        records: Mutex<Vec<RecordSet>>,
+        changes: AtomicUsize,
+        get_changes: AtomicUsize,
+        status: Mutex<Option<bool>>,
+    }
+
+    #[async_trait]
+    impl Dns for FakeDns {
+        async fn find_zone(&self, _: &str) -> Result<Zone> {
+            Ok(Zone {
+                id: "Z1".into(),
+                name: "example.com.".into(),
+                record_count: 10,
+                private: false,
+            })
+        }
+        async fn list_all(&self, _: &str) -> Result<Vec<RecordSet>> {
+            Ok(self.records.lock().unwrap().clone())
+        }
+        async fn list_from(&self, _: &str, name: &str) -> Result<Vec<RecordSet>> {
+            let txt = crate::state::txt_name(name);
+            Ok(self
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.name == name || r.name == txt)
+                .cloned()
+                .collect())
+        }
+        async fn change(&self, _: &str, _: &str, changes: &[Change]) -> Result<String> {
+            let n = self.changes.fetch_add(1, Ordering::SeqCst);
+            let mut records = self.records.lock().unwrap();
+            for c in changes {
+                let key =
+                    |r: &RecordSet| (r.name.clone(), r.rtype.clone(), r.set_identifier.clone());
+                records.retain(|r| key(r) != key(&c.record));
+                if c.action != ChangeAction::Delete {
+                    records.push(c.record.clone());
+                }
+            }
+            Ok(format!("C{n}"))
+        }
+        async fn insync(&self, _: &str) -> Result<bool> {
+            self.get_changes.fetch_add(1, Ordering::SeqCst);
+            (*self.status.lock().unwrap())
+                .ok_or_else(|| Error::Other("GetChange: connection reset".into()))
+        }
+    }
+
+    struct Unused;
+    #[async_trait]
+    impl Ecs for Unused {
+        async fn describe(&self, _: &str, _: &[String]) -> Result<Vec<EcsService>> {
+            Ok(vec![])
+        }
+        async fn set_desired(&self, _: &str, _: &str, _: i32) -> Result<()> {
+            Err(Error::Other("unused".into()))
+        }
+    }
+    #[async_trait]
+    impl Targets for Unused {
+        async fn api_gateway_domain(&self, _: &str) -> Result<AliasTarget> {
+            Err(Error::Other("unused".into()))
+        }
+        async fn target_group_lb(&self, _: &str) -> Result<AliasTarget> {
+            Err(Error::Other("unused".into()))
+        }
+        async fn target_health(&self, _: &str) -> Result<(u32, u32)> {
+            Err(Error::Other("unused".into()))
+        }
+    }
+    #[async_trait]
+    impl Alarms for Unused {
+        async fn alarm_states(&self, _: &[String]) -> Result<Vec<(String, String)>> {
+            Ok(vec![])
+        }
+    }
+
+    fn work(name: &str, blue: u32) -> Work {
+        let split: TrafficSplit = serde_json::from_value(serde_json::json!({
+            "apiVersion": "trafficshift.dev/v1alpha1",
+            "kind": "TrafficSplit",
+            "metadata": {"name": name},
+            "spec": {
+                "record": {"hostedZone": "example.com", "name": format!("{name}.example.com"), "type": "CNAME"},
+                "backends": [
+                    {"name": "blue", "target": {"cname": "blue.example.net"}},
+                    {"name": "green", "target": {"cname": "green.example.net"}}
+                ],
+                "weights": {"blue": blue, "green": 100 - blue}
+            }
+        }))
+        .expect("split");
+        Work {
+            doc: SplitDoc {
+                split,
+                file: "test.yaml".into(),
+                line: 1,
+                hash: "h".into(),
+            },
+            gates: BTreeMap::new(),
+        }
+    }
+
+    fn ctx(dns: Arc<FakeDns>) -> Context {
+        let u = Arc::new(Unused);
+        Context::new(
+            Aws {
+                dns,
+                ecs: u.clone(),
+                targets: u.clone(),
+                alarms: u,
+                autoscaling: Arc::new(crate::aws::autoscaling::NoAutoscaling),
+            },
+            "test",
+            false,
+        )
+    }
+
+    fn weight(dns: &FakeDns, name: &str, backend: &str) -> Option<i64> {
+        dns.records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == name && r.set_identifier.as_deref() == Some(backend))
+            .and_then(|r| r.weight)
+    }
+
+    #[tokio::test]
+    async fn a_pending_change_holds_nothing_and_a_failed_get_change_resubmits_nothing() {
+        let dns = Arc::new(FakeDns::default());
+        *dns.status.lock().unwrap() = Some(false);
+        let ctx = ctx(dns.clone());
+
+        // One batch for both splits; the cycle returns without waiting for INSYNC.
+        let out = cycle(&ctx, vec![work("a", 100), work("b", 100)], 1_000_000, true).await;
+        assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+        assert_eq!(dns.changes.load(Ordering::SeqCst), 1);
+        assert_eq!(dns.get_changes.load(Ordering::SeqCst), 0, "not awaited");
+        let pending: Vec<Option<String>> = out
+            .iter()
+            .map(|o| o.result.as_ref().unwrap().pending_change.clone())
+            .collect();
+        assert_eq!(pending, vec![Some("C0".into()), Some("C0".into())]);
+
+        // Still PENDING: split b moves on regardless, and the change is asked once.
+        let out = cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_002_000, true).await;
+        assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+        assert_eq!(dns.get_changes.load(Ordering::SeqCst), 1);
+        assert_eq!(dns.changes.load(Ordering::SeqCst), 2);
+        assert_eq!(weight(&dns, "b.example.com.", "blue"), Some(40));
+        let drain = Duration::from_secs(60);
+        assert!(
+            ctx.scale_down_hold("b", "blue", drain, 1_003).is_some(),
+            "blue dropped in a PENDING change"
+        );
+        assert_eq!(ctx.scale_down_hold("b", "green", drain, 1_003), None);
+        assert_eq!(ctx.scale_down_hold("a", "blue", drain, 1_003), None);
+
+        // GetChange fails: the split does not fail and nothing is submitted again.
+        *dns.status.lock().unwrap() = None;
+        let out = cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_004_000, true).await;
+        assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+        assert_eq!(dns.changes.load(Ordering::SeqCst), 2, "no resubmission");
+        assert!(dns.get_changes.load(Ordering::SeqCst) >= 2);
+
+        // INSYNC: forgotten, never asked again.
+        *dns.status.lock().unwrap() = Some(true);
+        cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_006_000, true).await;
+        let asked = dns.get_changes.load(Ordering::SeqCst);
+        cycle(&ctx, vec![work("a", 100), work("b", 40)], 1_008_000, true).await;
+        assert_eq!(dns.get_changes.load(Ordering::SeqCst), asked);
+        assert!(ctx.inflight.lock().unwrap().is_empty());
+        assert_eq!(
+            ctx.scale_down_hold("b", "blue", drain, 1_009).map(|h| h.1),
+            Some(1_006 + 60),
+            "the drain clock starts when the change was seen INSYNC"
+        );
+        assert_eq!(ctx.scale_down_hold("b", "blue", drain, 1_066), None);
+        assert_eq!(ctx.scale_down_hold("b", "green", drain, 1_009), None);
+    }
+}
+
+#[cfg(test)]
+mod gate_clock_tests {
     use super::*;
     use crate::spec::Gate;
 

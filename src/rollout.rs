@@ -312,6 +312,7 @@ pub fn decide(i: &Inputs) -> Decision {
                 start,
                 drains: i.stored.map(|s| s.drains.clone()).unwrap_or_default(),
                 capacity_since: None,
+                autoscaling: i.stored.map(|s| s.autoscaling.clone()).unwrap_or_default(),
             }
         }
     };

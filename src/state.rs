@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::aws::ScalableTarget;
 use crate::spec::Weights;
 
 pub const HERITAGE: &str = "trafficshift";
@@ -65,6 +66,10 @@ pub struct RolloutState {
     /// (TXT key `capwait`, written only while set; older TXTs have none). Kept here so
     /// `rollout.progressDeadline` counts from the first wait even across restarts.
     pub capacity_since: Option<u64>,
+    /// Autoscaled ECS backends whose scalable-target bounds trafficshift raised: the user's own
+    /// bounds, restored when the share falls back. TXT key `aas` (`name:min:max;...`), written
+    /// only when not empty; TXTs without it decode to none.
+    pub autoscaling: BTreeMap<String, ScalableTarget>,
 }
 
 fn weights_str(w: &Weights) -> String {
@@ -95,8 +100,19 @@ impl RolloutState {
             .map(|(k, d)| format!("{k}:{}@{}", d.share, d.until))
             .collect::<Vec<_>>()
             .join(";");
+        let aas = if self.autoscaling.is_empty() {
+            String::new()
+        } else {
+            let v = self
+                .autoscaling
+                .iter()
+                .map(|(k, b)| format!("{k}:{}:{}", b.min, b.max))
+                .collect::<Vec<_>>()
+                .join(";");
+            format!(",aas={v}")
+        };
         let mut out = format!(
-            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={}",
+            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={}{aas}",
             self.owner,
             self.split,
             self.generation,
@@ -140,6 +156,23 @@ impl RolloutState {
                 })
                 .collect::<Option<_>>()?,
         };
+        let autoscaling = match kv.get("aas").copied().unwrap_or("") {
+            "" => BTreeMap::new(),
+            s => s
+                .split(';')
+                .map(|e| {
+                    let mut it = e.splitn(3, ':');
+                    let (k, min, max) = (it.next()?, it.next()?, it.next()?);
+                    Some((
+                        k.to_string(),
+                        ScalableTarget {
+                            min: min.parse().ok()?,
+                            max: max.parse().ok()?,
+                        },
+                    ))
+                })
+                .collect::<Option<_>>()?,
+        };
         Some(RolloutState {
             owner: kv.get("owner")?.to_string(),
             split: kv.get("split")?.to_string(),
@@ -154,6 +187,7 @@ impl RolloutState {
                 None => None,
                 Some(v) => Some(v.parse().ok()?),
             },
+            autoscaling,
         })
     }
 
@@ -236,7 +270,33 @@ mod tests {
             )]
             .into(),
             capacity_since: None,
+            autoscaling: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn autoscaling_bounds_round_trip_and_are_optional() {
+        let mut s = sample();
+        // Without bounds the payload is the one earlier versions wrote and read.
+        assert!(!s.encode().contains("aas="), "{}", s.encode());
+        let old = "heritage=trafficshift,owner=prod-eu,split=api,gen=abc123def456,phase=progressing,step=2,since=1764000000,start=fargate:0;lambda:100,cur=fargate:25;lambda:75,drain=fargate:50@1764000120";
+        assert_eq!(RolloutState::decode(old), Some(s.clone()));
+        s.autoscaling
+            .insert("fargate".into(), ScalableTarget { min: 1, max: 10 });
+        s.autoscaling
+            .insert("web".into(), ScalableTarget { min: 0, max: 4 });
+        assert!(
+            s.encode().ends_with(",aas=fargate:1:10;web:0:4"),
+            "{}",
+            s.encode()
+        );
+        let back = RolloutState::decode(&from_txt_values(&to_txt_values(&s.encode())));
+        assert_eq!(back, Some(s));
+        assert_eq!(
+            RolloutState::decode(&format!("{old},aas=fargate:1")),
+            None,
+            "a malformed value is not ours to guess"
+        );
     }
 
     #[test]

@@ -104,28 +104,36 @@ fn weights_of(records: &[Value], name: &str) -> BTreeSet<(String, i64, String)> 
         .collect()
 }
 
-#[tokio::test]
-async fn zones_are_found_by_name_and_by_id() {
-    let moto = Moto::start();
-    let aws = moto.connect().await;
-    let name = format!("{}.example.com", unique("zone"));
-    // A private zone of the same name must lose against the public one.
+/// Create a private hosted zone with boto3; returns its bare id.
+fn create_private_zone(moto: &Moto, name: &str) -> String {
     let vpc = moto.boto3_json("ec2", "create_vpc", json!({"CidrBlock": "10.1.0.0/16"}));
     let vpc_id = vpc["Vpc"]["VpcId"].as_str().expect("vpc id");
-    moto.boto3_json(
+    let out = moto.boto3_json(
         "route53",
         "create_hosted_zone",
         json!({"Name": name, "CallerReference": unique("ref"),
                "HostedZoneConfig": {"PrivateZone": true},
                "VPC": {"VPCRegion": "us-east-1", "VPCId": vpc_id}}),
     );
+    let id = out["HostedZone"]["Id"].as_str().expect("zone id");
+    id.trim_start_matches("/hostedzone/").to_string()
+}
+
+#[tokio::test]
+async fn zones_are_found_by_name_and_by_id() {
+    let moto = Moto::start();
+    let aws = moto.connect().await;
+    let name = format!("{}.example.com", unique("zone"));
     let (id, fqdn) = create_zone(&moto, &name);
+    // A zone of a name under it and one of a longer name beside it are other zones.
+    create_zone(&moto, &format!("sub.{name}"));
+    create_zone(&moto, &format!("{name}x"));
 
     for query in [name.clone(), fqdn.clone(), name.to_uppercase()] {
         let z = aws.dns.find_zone(&query).await.expect("found by name");
         assert_eq!(z.id, id, "{query}");
         assert_eq!(z.name, fqdn);
-        assert!(!z.private, "public zone preferred for {query}");
+        assert!(!z.private, "{query}");
     }
     for query in [id.clone(), format!("/hostedzone/{id}")] {
         let z = aws.dns.find_zone(&query).await.expect("found by id");
@@ -183,10 +191,10 @@ async fn weighted_set_is_created_upserted_and_deleted_in_batches() {
         !id.is_empty() && !id.starts_with("/change/"),
         "bare change id: {id}"
     );
-    aws.dns
-        .wait_insync(&id, Duration::from_secs(10))
-        .await
-        .expect("INSYNC");
+    assert!(
+        aws.dns.insync(&id).await.expect("GetChange"),
+        "moto: INSYNC at once"
+    );
 
     let read = boto3_records(&moto, &zone);
     assert_eq!(
@@ -239,10 +247,10 @@ async fn weighted_set_is_created_upserted_and_deleted_in_batches() {
         )
         .await
         .expect("upsert batch");
-    aws.dns
-        .wait_insync(&id, Duration::from_secs(10))
-        .await
-        .expect("INSYNC");
+    assert!(
+        aws.dns.insync(&id).await.expect("GetChange"),
+        "moto: INSYNC at once"
+    );
     let read = boto3_records(&moto, &zone);
     let weights: BTreeSet<(String, i64)> = weights_of(&read, &name)
         .into_iter()
@@ -598,6 +606,8 @@ async fn api_gateway_domains_resolve_to_alias_targets() {
             .as_str()
             .expect("distributionHostedZoneId")
     );
+    // A CloudFront target: Route53 refuses EvaluateTargetHealth=true on it.
+    assert!(!t.evaluate_target_health, "{t:?}");
 
     let http = format!("{}.example.com", unique("http"));
     let h = moto.boto3_json(
@@ -660,9 +670,13 @@ out = {"tg": tg["TargetGroupArn"], "lonely": lonely["TargetGroupArn"], "dns": lb
         .target_group_lb(tg)
         .await
         .expect("target_group_lb");
+    // The ALB's dualstack name, which answers AAAA as well as A.
     assert_eq!(
         t.dns_name,
-        format!("{}.", out["dns"].as_str().expect("dns").to_lowercase())
+        format!(
+            "dualstack.{}.",
+            out["dns"].as_str().expect("dns").to_lowercase()
+        )
     );
     assert_eq!(t.hosted_zone_id, out["zone"].as_str().expect("zone"));
     assert!(t.evaluate_target_health);
@@ -762,4 +776,135 @@ async fn unreachable_endpoint_is_transient_and_every_attempt_counted() {
     assert_eq!(err.kind(), "aws_transient", "{err}");
     assert!(err.is_retryable());
     assert_eq!(after - before, 5, "5 attempts, each counted");
+}
+
+/// Issue #9 3j: a name that matches two hosted zones (two public, or public and private) is an
+/// error naming both ids; the zone id picks one.
+#[tokio::test]
+async fn a_zone_name_matching_two_zones_is_an_error_unless_the_id_is_given() {
+    let moto = Moto::start();
+    let aws = moto.connect().await;
+
+    let shared = format!("{}.example.com", unique("twin"));
+    let (public, fqdn) = create_zone(&moto, &shared);
+    let private = create_private_zone(&moto, &shared);
+    let both_public = format!("{}.example.com", unique("dup"));
+    let (first, _) = create_zone(&moto, &both_public);
+    let (second, _) = create_zone(&moto, &both_public);
+
+    for (query, ids) in [
+        (shared.clone(), [public.clone(), private.clone()]),
+        (format!("{both_public}."), [first.clone(), second.clone()]),
+    ] {
+        match aws.dns.find_zone(&query).await {
+            Err(Error::Conflict(msg)) => {
+                for id in &ids {
+                    assert!(msg.contains(id.as_str()), "{query}: {id} not named: {msg}");
+                }
+                assert!(msg.contains("spec.record.hostedZone"), "{msg}");
+            }
+            other => panic!("{query}: expected a Conflict naming {ids:?}, got {other:?}"),
+        }
+    }
+    for (id, private_zone) in [(public.clone(), false), (private.clone(), true)] {
+        let z = aws.dns.find_zone(&id).await.expect("found by id");
+        assert_eq!(
+            (z.id.as_str(), z.name.as_str()),
+            (id.as_str(), fqdn.as_str())
+        );
+        assert_eq!(z.private, private_zone);
+    }
+}
+
+/// Issue #9 3i: Route53 lists `_trafficshift-x.<name>` before `_trafficshift.<name>` ('-' sorts
+/// before '.'), moto after it; with the page boundary anywhere around them, a targeted listing
+/// must still return the name's records and its state TXT.
+#[tokio::test]
+async fn list_from_finds_the_state_record_across_page_boundaries() {
+    let moto = Moto::start();
+    let (zone, fqdn) = create_zone(&moto, &format!("{}.example.com", unique("order")));
+    let name = format!("api.{fqdn}");
+    let mine = [
+        weighted(&name, "blue", 70, "blue.example.net."),
+        weighted(&name, "green", 30, "green.example.net."),
+        txt(&format!("_trafficshift.{name}"), "split=api"),
+    ];
+    let others = [
+        txt(
+            &format!("_trafficshift-x.{name}"),
+            "beside the state record",
+        ),
+        txt(&format!("_trafficshift-x.{fqdn}"), "beside the name"),
+        txt(&format!("api-x.{fqdn}"), "sibling"),
+        txt(&format!("a._trafficshift.{name}"), "under the state record"),
+        txt(&format!("b.{name}"), "child after state"),
+        txt(&format!("zz.{fqdn}"), "after"),
+    ];
+    let batch: Vec<Value> = mine
+        .iter()
+        .chain(others.iter())
+        .map(|r| {
+            let mut rr = json!({"Name": r.name, "Type": r.rtype});
+            if let Some(a) = &r.alias {
+                rr["SetIdentifier"] = json!(r.set_identifier);
+                rr["Weight"] = json!(r.weight);
+                rr["AliasTarget"] = json!({"DNSName": a.dns_name, "HostedZoneId": a.hosted_zone_id,
+                                           "EvaluateTargetHealth": a.evaluate_target_health});
+            } else {
+                rr["TTL"] = json!(r.ttl);
+                rr["ResourceRecords"] = json!(r
+                    .values
+                    .iter()
+                    .map(|v| json!({"Value": v}))
+                    .collect::<Vec<_>>());
+            }
+            json!({"Action": "CREATE", "ResourceRecordSet": rr})
+        })
+        .collect();
+    moto.boto3_json(
+        "route53",
+        "change_resource_record_sets",
+        json!({"HostedZoneId": zone, "ChangeBatch": {"Changes": batch}}),
+    );
+    // The zone as moto lists it: the state record and its `-x` neighbour are adjacent, so some
+    // page size below puts a boundary between them.
+    let listed: Vec<String> = boto3_records(&moto, &zone)
+        .iter()
+        .map(|r| r["Name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let at = listed
+        .iter()
+        .position(|n| n == &format!("_trafficshift.{name}"))
+        .expect("state record listed");
+    assert!(
+        listed.get(at + 1) == Some(&format!("_trafficshift-x.{name}"))
+            || listed.get(at.wrapping_sub(1)) == Some(&format!("_trafficshift-x.{name}")),
+        "neighbours in moto's order: {listed:?}"
+    );
+
+    let config = moto.loader().load().await;
+    let limiter = std::sync::Arc::new(trafficshift::aws::limiter::RateLimiter::with_burst(
+        1000.0, 100,
+    ));
+    // From 2: moto ignores StartRecordIdentifier, so a page must hold both weighted records of
+    // the name or the listing cannot move past them.
+    for page in 2..=listed.len() as i32 {
+        let dns = trafficshift::aws::route53::Route53Dns::new(
+            aws_sdk_route53::Client::new(&config),
+            limiter.clone(),
+        )
+        .with_page_size(page);
+        let got = trafficshift::aws::Dns::list_from(&dns, &zone, &name)
+            .await
+            .expect("list_from");
+        let got: Vec<RecordSet> = got
+            .into_iter()
+            .filter(|r| r.name == name || r.name == format!("_trafficshift.{name}"))
+            .collect();
+        assert_eq!(
+            sorted(got),
+            sorted(mine.to_vec()),
+            "page size {page}; moto's order {listed:?}"
+        );
+    }
 }

@@ -155,7 +155,7 @@ fn first_convergence_and_steady_state_make_the_minimum_of_calls() {
         &after,
         &Default::default(),
     );
+    // The change is not awaited: its GetChange belongs to the split's next cycle, not this one.
     min.insert("route53.ChangeResourceRecordSets".into(), 1);
-    min.insert("route53.GetChange".into(), 1);
     assert_minimal("one document edited", &actual, &min);
 }

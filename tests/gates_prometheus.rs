@@ -36,7 +36,7 @@ impl Dns for Unused {
     async fn change(&self, _: &str, _: &str, _: &[Change]) -> Result<String> {
         unused()
     }
-    async fn wait_insync(&self, _: &str, _: Duration) -> Result<()> {
+    async fn insync(&self, _: &str) -> Result<bool> {
         unused()
     }
 }
@@ -80,6 +80,7 @@ fn checker() -> GateChecker {
             ecs: u.clone(),
             targets: u.clone(),
             alarms: u,
+            autoscaling: Arc::new(trafficshift::aws::autoscaling::NoAutoscaling),
         },
         GateOptions {
             allow_loopback: true,

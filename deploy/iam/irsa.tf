@@ -90,7 +90,7 @@ variable "apigateway_domain_names" {
 }
 
 variable "region" {
-  description = "Region of the API Gateway custom domains."
+  description = "Region of the API Gateway custom domains and of the ECS services' scalable targets."
   type        = string
 }
 
@@ -237,6 +237,20 @@ data "aws_iam_policy_document" "trafficshift" {
     sid       = "EcsReadTheManagedServices"
     actions   = ["ecs:DescribeServices"]
     resources = var.ecs_service_arns
+  }
+
+  statement {
+    sid       = "AutoScalingReadScalableTargets"
+    actions   = ["application-autoscaling:DescribeScalableTargets"]
+    resources = ["*"] # no resource-level permissions for this read-only call
+  }
+
+  statement {
+    sid     = "AutoScalingMoveTheMinimumOfScalableTargets"
+    actions = ["application-autoscaling:RegisterScalableTarget"]
+    # Scalable-target ARNs carry an id AWS chooses; trafficshift only registers targets that
+    # already exist (the ECS services' own), moving their minimum and restoring it.
+    resources = ["arn:aws:application-autoscaling:${var.region}:*:scalable-target/*"]
   }
 
   statement {

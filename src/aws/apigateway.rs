@@ -33,13 +33,19 @@ pub async fn rest_domain(
         .distribution_domain_name
         .zip(d.distribution_hosted_zone_id);
     // moto fills both names for every domain; the endpoint type says which one serves it.
-    let chosen = if is_regional {
-        regional.or(edge)
-    } else {
-        edge.or(regional)
+    let chosen = match (is_regional, regional, edge) {
+        (true, Some(r), _) | (false, Some(r), None) => Some((r, true)),
+        (_, _, Some(e)) => Some((e, false)),
+        (_, None, None) => None,
     };
     match chosen {
-        Some((name, zone)) => Ok(Some(target(&name, zone))),
+        Some(((name, zone), true)) => Ok(Some(target(&name, zone))),
+        // An edge-optimized domain is a CloudFront distribution: Route53 refuses
+        // EvaluateTargetHealth=true on an alias to CloudFront.
+        Some(((name, zone), false)) => Ok(Some(AliasTarget {
+            evaluate_target_health: false,
+            ..target(&name, zone)
+        })),
         None => Err(Error::NotFound(format!(
             "API Gateway REST custom domain {domain_name} has no regional or edge endpoint name yet: check its endpoint configuration"
         ))),

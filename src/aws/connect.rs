@@ -8,6 +8,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 
+use super::autoscaling::AppAutoscaling;
 use super::cloudwatch::CloudWatchAlarms;
 use super::ecs::EcsClient;
 use super::elbv2::AwsTargets;
@@ -86,5 +87,8 @@ pub fn from_config(opts: &AwsOptions, config: &SdkConfig) -> Aws {
         alarms: Arc::new(CloudWatchAlarms::new(aws_sdk_cloudwatch::Client::new(
             &config,
         ))),
+        autoscaling: Arc::new(AppAutoscaling::new(
+            aws_sdk_applicationautoscaling::Client::new(&config),
+        )),
     }
 }

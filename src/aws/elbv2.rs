@@ -2,7 +2,7 @@
 //! (through their load balancer), plus target health.
 
 use async_trait::async_trait;
-use aws_sdk_elasticloadbalancingv2::types::TargetHealthStateEnum;
+use aws_sdk_elasticloadbalancingv2::types::{LoadBalancerTypeEnum, TargetHealthStateEnum};
 
 use super::route53::normalize_name;
 use super::{apigateway, retry, AliasTarget, Targets};
@@ -105,9 +105,16 @@ impl Targets for AwsTargets {
             .into_iter()
             .next()
             .ok_or_else(lb_not_found)?;
+        // An ALB's `dualstack.` name answers both A and AAAA; the bare name answers A only, so
+        // an AAAA alias to it would resolve to nothing.
+        let dualstack = lb.r#type == Some(LoadBalancerTypeEnum::Application);
         match (lb.dns_name, lb.canonical_hosted_zone_id) {
             (Some(dns), Some(zone)) => Ok(AliasTarget {
-                dns_name: normalize_name(&dns),
+                dns_name: if dualstack {
+                    dualstack_name(&dns)
+                } else {
+                    normalize_name(&dns)
+                },
                 hosted_zone_id: zone,
                 evaluate_target_health: true,
             }),
@@ -140,6 +147,16 @@ impl Targets for AwsTargets {
             })
             .count();
         Ok((count(healthy), count(all.len())))
+    }
+}
+
+/// `dualstack.<name>`, once.
+pub fn dualstack_name(dns: &str) -> String {
+    let n = normalize_name(dns);
+    if n.starts_with("dualstack.") {
+        n
+    } else {
+        format!("dualstack.{n}")
     }
 }
 

@@ -2,13 +2,12 @@
 //! them with the official SDK. Unit tests use hand-written fakes of these traits; integration tests
 //! run the real implementations against moto.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 
 use crate::Result;
 
 pub mod apigateway;
+pub mod autoscaling;
 pub mod cloudwatch;
 pub mod connect;
 pub mod ecs;
@@ -79,8 +78,8 @@ pub struct Zone {
 /// Route53: zones, records, atomic change batches.
 #[async_trait]
 pub trait Dns: Send + Sync {
-    /// Resolve a zone by id (`Z...`) or by name (exact match; a public zone is preferred over a
-    /// private one of the same name). NotFound names the zone.
+    /// Resolve a zone by id (`Z...`) or by name (exact match). NotFound names the zone; a name
+    /// that matches several zones (public or private) is a Conflict naming their ids.
     async fn find_zone(&self, name_or_id: &str) -> Result<Zone>;
     /// Every record of the zone (one paged pass, 300 per page).
     async fn list_all(&self, zone_id: &str) -> Result<Vec<RecordSet>>;
@@ -89,8 +88,9 @@ pub trait Dns: Send + Sync {
     async fn list_from(&self, zone_id: &str, name: &str) -> Result<Vec<RecordSet>>;
     /// Submit one atomic change batch; returns the change id.
     async fn change(&self, zone_id: &str, comment: &str, changes: &[Change]) -> Result<String>;
-    /// Poll GetChange until INSYNC or the timeout.
-    async fn wait_insync(&self, change_id: &str, timeout: Duration) -> Result<()>;
+    /// One GetChange: whether the change is INSYNC (false while it is PENDING). Never waits, so
+    /// a slow propagation holds no reconcile cycle.
+    async fn insync(&self, change_id: &str) -> Result<bool>;
 }
 
 /// What trafficshift needs to know about an ECS service.
@@ -141,6 +141,26 @@ pub trait Targets: Send + Sync {
     async fn target_health(&self, target_group_arn: &str) -> Result<(u32, u32)>;
 }
 
+/// An Application Auto Scaling scalable target of an ECS service's desired count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalableTarget {
+    pub min: i32,
+    pub max: i32,
+}
+
+/// Application Auto Scaling, `ecs:service:DesiredCount` targets only.
+#[async_trait]
+pub trait Autoscaling: Send + Sync {
+    /// The scalable targets of these `(cluster, service)` pairs (batched, 50 resource ids per
+    /// call). Services without one are absent from the answer.
+    async fn ecs_targets(
+        &self,
+        services: &[(String, String)],
+    ) -> Result<std::collections::HashMap<(String, String), ScalableTarget>>;
+    /// Set the target's bounds (RegisterScalableTarget on an existing target updates it in place).
+    async fn set_bounds(&self, cluster: &str, service: &str, bounds: ScalableTarget) -> Result<()>;
+}
+
 /// CloudWatch alarms.
 #[async_trait]
 pub trait Alarms: Send + Sync {
@@ -155,4 +175,5 @@ pub struct Aws {
     pub ecs: std::sync::Arc<dyn Ecs>,
     pub targets: std::sync::Arc<dyn Targets>,
     pub alarms: std::sync::Arc<dyn Alarms>,
+    pub autoscaling: std::sync::Arc<dyn Autoscaling>,
 }

@@ -4,7 +4,6 @@
 use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_route53::types as r53;
@@ -13,25 +12,34 @@ use aws_sdk_route53::Client;
 use super::limiter::RateLimiter;
 use super::retry::{self, Idempotency};
 use super::{AliasTarget, Change, ChangeAction, Dns, RecordSet, Zone};
-use crate::error::AwsFailure;
 use crate::{Error, Result};
 
 const SERVICE: &str = "route53";
 /// Route53's largest page of ListResourceRecordSets.
 const PAGE: i32 = 300;
-/// Time between GetChange polls.
-const POLL: Duration = Duration::from_secs(1);
 
 /// The `Dns` edge backed by Route53.
 pub struct Route53Dns {
     client: Client,
     limiter: Arc<RateLimiter>,
+    page: i32,
 }
 
 impl Route53Dns {
     /// `limiter` should be shared by everything in the process that talks to Route53.
     pub fn new(client: Client, limiter: Arc<RateLimiter>) -> Self {
-        Route53Dns { client, limiter }
+        Route53Dns {
+            client,
+            limiter,
+            page: PAGE,
+        }
+    }
+
+    /// Smaller pages of ListResourceRecordSets, so tests can put page boundaries where they want
+    /// them without writing hundreds of records.
+    pub fn with_page_size(mut self, page: i32) -> Self {
+        self.page = page.clamp(1, PAGE);
+        self
     }
 
     async fn get_zone(&self, id: &str) -> Result<Option<Zone>> {
@@ -99,7 +107,7 @@ impl Route53Dns {
                     .client
                     .list_resource_record_sets()
                     .hosted_zone_id(zone_id)
-                    .max_items(PAGE);
+                    .max_items(self.page);
                 if let Some((name, rtype, ident)) = start {
                     req = req
                         .start_record_name(name)
@@ -141,10 +149,19 @@ impl Route53Dns {
             if enough || !out.is_truncated {
                 return Ok(records);
             }
-            match out.next_record_name {
-                Some(name) => next = Some((name, out.next_record_type, out.next_record_identifier)),
+            let start = match out.next_record_name {
+                Some(name) => Some((name, out.next_record_type, out.next_record_identifier)),
                 None => return Ok(records),
+            };
+            if start == next {
+                // moto ignores StartRecordIdentifier: a page smaller than the weighted records of
+                // one name and type would be asked for again and again.
+                return Err(Error::Other(format!(
+                    "ListResourceRecordSets of zone {zone_id} did not advance past {:?}",
+                    start.map(|s| s.0)
+                )));
             }
+            next = start;
         }
     }
 }
@@ -167,8 +184,26 @@ impl Dns for Route53Dns {
             }
         }
         let name = normalize_name(name_or_id);
-        let mut zones = self.zones_named(&name).await?;
-        zones.sort_by_key(|z| z.private);
+        let zones = self.zones_named(&name).await?;
+        if zones.len() > 1 {
+            // Two public zones of one name, or a public and a private one: choosing would be a
+            // guess about which resolvers the user means, and a wrong guess writes the wrong zone.
+            let ids: Vec<String> = zones
+                .iter()
+                .map(|z| {
+                    format!(
+                        "{} ({})",
+                        z.id,
+                        if z.private { "private" } else { "public" }
+                    )
+                })
+                .collect();
+            return Err(Error::Conflict(format!(
+                "hosted zone name {name} matches {} hosted zones: {}; set spec.record.hostedZone to the id of the one to use",
+                zones.len(),
+                ids.join(", ")
+            )));
+        }
         zones.into_iter().next().ok_or_else(not_found)
     }
 
@@ -227,38 +262,20 @@ impl Dns for Route53Dns {
         Ok(bare_change_id(&info.id).to_string())
     }
 
-    async fn wait_insync(&self, change_id: &str, timeout: Duration) -> Result<()> {
+    async fn insync(&self, change_id: &str) -> Result<bool> {
         let id = bare_change_id(change_id);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let out = retry::call(SERVICE, "GetChange", Idempotency::Idempotent, || {
-                let req = self.client.get_change().id(id);
-                let limiter = &self.limiter;
-                async move {
-                    limiter.acquire().await;
-                    req.send().await
-                }
-            })
-            .await?;
-            if out
-                .change_info
-                .is_some_and(|i| i.status == r53::ChangeStatus::Insync)
-            {
-                return Ok(());
+        let out = retry::call(SERVICE, "GetChange", Idempotency::Idempotent, || {
+            let req = self.client.get_change().id(id);
+            let limiter = &self.limiter;
+            async move {
+                limiter.acquire().await;
+                req.send().await
             }
-            if tokio::time::Instant::now() + POLL > deadline {
-                return Err(Error::Aws {
-                    service: SERVICE,
-                    operation: "GetChange",
-                    failure: AwsFailure::Transient,
-                    message: format!(
-                        "change {id} not INSYNC after {} s — the change was accepted and Route53 is still propagating it; the next reconcile checks again",
-                        timeout.as_secs()
-                    ),
-                });
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await?;
+        Ok(out
+            .change_info
+            .is_some_and(|i| i.status == r53::ChangeStatus::Insync))
     }
 }
 
@@ -331,18 +348,23 @@ pub fn decode_escapes(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Route53's listing order: names compared label by label from the right, bytewise per label
-/// (case-insensitive, escapes decoded, trailing dot ignored), a name before the names under it.
+/// Route53's listing order: the name with its labels reversed and a trailing dot
+/// (`www.example.com.` is `com.example.www.`), compared as one byte string (case-insensitive,
+/// escapes decoded). So `-`, `*` and the other characters below `.` sort a label before its own
+/// prefix: `com.example.a-b.` < `com.example.a.`, and `_trafficshift-x.api` comes before
+/// `_trafficshift.api`.
 pub fn route53_order(a: &str, b: &str) -> Ordering {
-    let a = normalize_name(a);
-    let b = normalize_name(b);
-    let labels = |s: &str| -> Vec<Vec<u8>> {
-        s.trim_end_matches('.')
-            .rsplit('.')
-            .map(|l| l.as_bytes().to_vec())
-            .collect()
-    };
-    labels(&a).cmp(&labels(&b))
+    order_key(a).cmp(&order_key(b))
+}
+
+fn order_key(name: &str) -> Vec<u8> {
+    let name = normalize_name(name);
+    let mut key = Vec::with_capacity(name.len() + 1);
+    for label in name.trim_end_matches('.').rsplit('.') {
+        key.extend_from_slice(label.as_bytes());
+        key.push(b'.');
+    }
+    key
 }
 
 /// SDK record -> our model.
@@ -441,7 +463,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn order_compares_reversed_labels() {
+    fn order_compares_reversed_names_as_strings() {
         use Ordering::*;
         assert_eq!(route53_order("a.example.com.", "a.example.com"), Equal);
         assert_eq!(route53_order("A.Example.COM.", "a.example.com."), Equal);
@@ -450,13 +472,30 @@ mod tests {
         assert_eq!(route53_order("example.com.", "a.example.com."), Less);
         // Rightmost labels decide first.
         assert_eq!(route53_order("z.a.com.", "a.b.com."), Less);
-        // Label by label, not as one string: "a" < "a-b" although '-' < '.'.
-        assert_eq!(route53_order("x.a.example.com.", "a-b.example.com."), Less);
+        // One string with the trailing dot, not label by label: '-' (0x2d) and '*' (0x2a) sort
+        // before '.', so "com.example.a-b." < "com.example.a." < "com.example.a.x.".
+        assert_eq!(route53_order("a-b.example.com.", "a.example.com."), Less);
+        assert_eq!(route53_order("a-b.example.com.", "x.a.example.com."), Less);
+        assert_eq!(route53_order("a*.example.com.", "a.example.com."), Less);
         assert_eq!(
-            route53_order("_trafficshift.a.example.com.", "a-b.example.com."),
+            route53_order(
+                "_trafficshift-x.api.example.com.",
+                "_trafficshift.api.example.com."
+            ),
             Less
         );
-        // Bytewise per label: digits < '_' < lower-case letters; '*' before all of them.
+        assert_eq!(
+            route53_order("api.example.com.", "_trafficshift-x.api.example.com."),
+            Less
+        );
+        assert_eq!(
+            route53_order(
+                "x._trafficshift.api.example.com.",
+                "_trafficshift.api.example.com."
+            ),
+            Greater
+        );
+        // Bytewise: digits < '_' < lower-case letters; '*' before all of them.
         assert_eq!(route53_order("9.a.com.", "_trafficshift.a.com."), Less);
         assert_eq!(route53_order("_trafficshift.a.com.", "b.a.com."), Less);
         assert_eq!(route53_order("\\052.a.com.", "_trafficshift.a.com."), Less);
