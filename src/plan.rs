@@ -39,6 +39,9 @@ pub struct Observed {
     pub txt: Option<RecordSet>,
     /// The state decoded from an owned TXT.
     pub state: Option<RolloutState>,
+    /// Why an owned TXT could not be read as a state (then `state` is None and a new rollout
+    /// starts from what Route53 shows).
+    pub state_problem: Option<String>,
     /// Observed split in percent (normalised from Route53 weights); None when nothing exists.
     pub weights: Option<Weights>,
     /// Raw Route53 weights by SetIdentifier, for the drift metric and logs.
@@ -108,11 +111,14 @@ pub fn classify(
     }
     let txt = txts.first().map(|r| (*r).clone());
     let mut state = None;
+    let mut state_problem = None;
     if let Some(t) = &txt {
         let payload = from_txt_values(&t.values);
         match RolloutState::owner_of(&payload) {
             Some(o) if o == owner => {
-                state = RolloutState::decode(&payload);
+                state = RolloutState::decode_checked(&payload)
+                    .map_err(|e| state_problem = Some(e))
+                    .ok();
                 if let Some(s) = &state {
                     if s.split != split.name() {
                         return Err(Error::Conflict(format!(
@@ -228,7 +234,8 @@ pub fn classify(
             .iter()
             .map(|b| (b.name.clone(), 0))
             .collect();
-        all.extend(raw_weights.clone());
+        // Route53 answers a set whose weights are all 0 evenly across its records.
+        all.extend(crate::weights::route53_shares(&raw_weights));
         crate::weights::normalize(&all)
     };
 
@@ -240,6 +247,7 @@ pub fn classify(
         plain: plain_rec,
         txt,
         state,
+        state_problem,
         weights,
         raw_weights,
     })
@@ -320,17 +328,6 @@ pub fn route53_changes(
     targets: &BTreeMap<String, Target>,
     intended: &Weights,
 ) -> Result<Vec<PlannedChange>> {
-    if weights.values().all(|&w| w == 0) {
-        return Err(Error::Unsafe(format!(
-            "split {} would set every weight to 0",
-            split.name()
-        )));
-    }
-    if let Some((b, w)) = weights.iter().find(|(_, &w)| w > 255) {
-        return Err(Error::Unsafe(format!(
-            "weight {w} for {b} exceeds Route53's maximum of 255"
-        )));
-    }
     let mut out = Vec::new();
     if let Some(p) = &obs.plain {
         out.push(PlannedChange {
@@ -389,6 +386,26 @@ pub fn route53_changes(
             }),
         }
     }
+    // The guard reads the set as it will be after the batch, record by record: a map that names
+    // no backend (or only unknown ones) would otherwise write 0 everywhere and pass.
+    let after: Vec<(&str, u32)> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), weights.get(&b.name).copied().unwrap_or(0)))
+        .collect();
+    if after.iter().all(|&(_, w)| w == 0) {
+        return Err(Error::Unsafe(format!(
+            "split {} would set every weight to 0",
+            split.name()
+        )));
+    }
+    if let Some((b, w)) = after.iter().find(|&&(_, w)| w > 255) {
+        return Err(Error::Unsafe(format!(
+            "weight {w} for {b} exceeds Route53's maximum of 255"
+        )));
+    }
+
     let encoded = state.encode();
     let txt_value = to_txt_values(&encoded);
     let txt_record = RecordSet {
@@ -406,22 +423,38 @@ pub fn route53_changes(
         .txt
         .as_ref()
         .is_some_and(|t| from_txt_values(&t.values) == encoded && t.ttl == txt_record.ttl);
-    if !txt_same {
+    if txt_same && out.is_empty() {
+        return Ok(out);
+    }
+    // Fenced write: the TXT is replaced by DELETE of exactly what was read plus CREATE, in the
+    // batch that carries the weights. Route53 rejects the whole batch when the TXT changed since
+    // it was read (a second controller, a hand edit), so no decision made on a stale read is ever
+    // applied. The fence also guards a batch whose state is unchanged (a drift correction).
+    let why = if txt_same {
+        "state: unchanged (fence)".to_string()
+    } else {
+        format!("state: {} step {} ", phase_word(state), state.step)
+            .trim_end()
+            .to_string()
+    };
+    if let Some(old) = &obs.txt {
         out.push(PlannedChange {
             change: Change {
-                action: if obs.txt.is_some() {
-                    ChangeAction::Upsert
-                } else {
-                    ChangeAction::Create
-                },
-                record: txt_record,
+                action: ChangeAction::Delete,
+                record: old.clone(),
             },
-            why: format!("state: {} step {} ", phase_word(state), state.step)
-                .trim_end()
-                .to_string(),
+            why: why.clone(),
             drift: false,
         });
     }
+    out.push(PlannedChange {
+        change: Change {
+            action: ChangeAction::Create,
+            record: txt_record,
+        },
+        why,
+        drift: false,
+    });
     Ok(out)
 }
 

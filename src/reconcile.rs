@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::FutureExt;
 use tracing::{info, warn};
 
 use crate::aws::{AliasTarget, Aws, Change, EcsService, RecordSet, Zone};
@@ -372,6 +373,7 @@ fn clone_err(e: &Error) -> Error {
         },
         Error::NotFound(m) => Error::NotFound(m.clone()),
         Error::Conflict(m) => Error::Conflict(m.clone()),
+        Error::Fenced(m) => Error::Fenced(m.clone()),
         other => Error::Other(other.to_string()),
     }
 }
@@ -445,7 +447,7 @@ fn gates_matter(split: &TrafficSplit, obs: &Observed) -> bool {
         return false;
     }
     match &obs.state {
-        Some(s) if s.generation == rollout::generation(split) => s.phase == Phase::Progressing,
+        Some(s) if rollout::same_generation(&s.generation, split) => s.phase == Phase::Progressing,
         _ => true,
     }
 }
@@ -520,9 +522,31 @@ async fn plan_split(
     cluster_errors: &HashMap<String, Error>,
     now_ms: u64,
 ) {
-    match plan_split_inner(ctx, p, services, cluster_errors, now_ms).await {
-        Ok(r) => p.report = Some(r),
-        Err(e) => p.error = Some(e),
+    // Planning is pure code over remote input, and property-tested not to panic. Should a bug
+    // slip through anyway, it costs this split its cycle, never the other splits or the process:
+    // nothing is written for it, and the panic is reported as its error.
+    let planned = std::panic::AssertUnwindSafe(plan_split_inner(
+        ctx,
+        p,
+        services,
+        cluster_errors,
+        now_ms,
+    ))
+    .catch_unwind()
+    .await;
+    match planned {
+        Ok(Ok(r)) => p.report = Some(r),
+        Ok(Err(e)) => p.error = Some(e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            p.error = Some(Error::Other(format!(
+                "internal error while planning (nothing written; please report it): {what}"
+            )));
+        }
     }
 }
 
@@ -543,11 +567,20 @@ async fn plan_split_inner(
     if obs
         .state
         .as_ref()
-        .is_none_or(|s| s.generation != rollout::generation(&split))
+        .is_none_or(|s| !rollout::same_generation(&s.generation, &split))
     {
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
     let mut notes = Vec::new();
+    if let Some(why) = &obs.state_problem {
+        notes.push(Note {
+            warning: true,
+            reason: "StateInvalid",
+            message: format!(
+                "the stored rollout state cannot be read ({why}); starting a new rollout from what Route53 shows"
+            ),
+        });
+    }
     if gates_matter(&split, &obs) {
         notes.extend(check_gates(ctx, &split, &mut p.work.gates, now).await);
     }
@@ -716,9 +749,15 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
                                 ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
                                 mark_applied(pending, &[i])
                             }
-                            Err(e) => pending[i].error = Some(e),
+                            Err(e) => {
+                                pending[i].error = Some(fence_lost(ctx, &zone_id, &pending[i], e).await)
+                            }
                         }
                     }
+                }
+                Err(e) if chunk.len() == 1 => {
+                    let i = chunk[0];
+                    pending[i].error = Some(fence_lost(ctx, &zone_id, &pending[i], e).await);
                 }
                 Err(e) => {
                     for &i in &chunk {
@@ -754,6 +793,54 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
             }
         }
     }
+}
+
+/// A split's rejected batch, checked against its fence: when the state TXT is no longer what the
+/// batch was decided on (another controller with this owner id, or a hand edit, came between
+/// read and write), the rejection is the fence doing its job. Nothing was written; the split is
+/// re-read and re-decided on the next, soon, cycle. Other rejections keep their error.
+async fn fence_lost(ctx: &Context, zone_id: &str, p: &Pending, e: Error) -> Error {
+    if !matches!(
+        e,
+        Error::Aws {
+            failure: crate::error::AwsFailure::Permanent,
+            ..
+        }
+    ) {
+        return e;
+    }
+    let Some(r) = &p.report else { return e };
+    let txt_name = crate::state::txt_name(&fqdn(&p.work.doc.split.spec.record.name));
+    let txt_changes: Vec<&Change> = r
+        .route53
+        .iter()
+        .map(|c| &c.change)
+        .filter(|c| c.record.name == txt_name && c.record.rtype == "TXT")
+        .collect();
+    if txt_changes.is_empty() {
+        return e;
+    }
+    // What the batch expected to find: the TXT it deletes, or none when it only creates one.
+    let expected = txt_changes
+        .iter()
+        .find(|c| c.action == crate::aws::ChangeAction::Delete)
+        .map(|c| &c.record);
+    let Ok(now) = ctx
+        .aws
+        .dns
+        .list_from(zone_id, &fqdn(&p.work.doc.split.spec.record.name))
+        .await
+    else {
+        return e;
+    };
+    let found = now.iter().find(|r| r.name == txt_name && r.rtype == "TXT");
+    if found == expected {
+        return e;
+    }
+    Error::Fenced(format!(
+        "{txt_name} changed between read and write (another controller with owner id {:?}, or a hand edit); nothing was written, the split is re-read and re-decided",
+        ctx.owner
+    ))
 }
 
 /// Records a batch adds to its zone (creates minus deletes).

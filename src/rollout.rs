@@ -102,8 +102,27 @@ pub struct Decision {
 }
 
 /// Hash of what defines a rollout: target weights, steps and backend names. Editing gates, the
-/// interval or `paused` does not restart a rollout.
+/// interval or `paused` does not restart a rollout, and neither does reordering `backends`.
 pub fn generation(split: &TrafficSplit) -> String {
+    let mut names: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
+    hash_of(split, &names)
+}
+
+/// The generation releases up to 0.1 wrote: backends in document order. A state TXT they wrote
+/// must still name the same rollout after an upgrade, or the upgrade would restart every rollout
+/// in flight and forget its holds.
+fn legacy_generation(split: &TrafficSplit) -> String {
+    let names: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+    hash_of(split, &names)
+}
+
+/// Whether a stored generation is this document's rollout (current or legacy hash).
+pub fn same_generation(stored: &str, split: &TrafficSplit) -> bool {
+    stored == generation(split) || stored == legacy_generation(split)
+}
+
+fn hash_of(split: &TrafficSplit, backend_names: &[&str]) -> String {
     let mut h = Sha256::new();
     for (k, v) in &split.spec.weights {
         h.update(format!("w:{k}={v};"));
@@ -111,8 +130,8 @@ pub fn generation(split: &TrafficSplit) -> String {
     for s in split.spec.steps() {
         h.update(format!("s:{s};"));
     }
-    for b in &split.spec.backends {
-        h.update(format!("b:{};", b.name));
+    for b in backend_names {
+        h.update(format!("b:{b};"));
     }
     h.finalize()
         .iter()
@@ -138,7 +157,122 @@ fn usable(split: &TrafficSplit, w: &Weights) -> Option<Weights> {
             *slot = *v;
         }
     }
-    (out.values().sum::<u32>() == 100).then_some(out)
+    // u64: a hand-edited TXT can hold any u32, and the sum must not overflow.
+    (out.values().map(|&v| u64::from(v)).sum::<u64>() == 100).then_some(out)
+}
+
+/// What Route53 answers for an observed set, as a usable split. Route53 answers a set whose
+/// weights are all 0 evenly across its records, so such a set counts as equal shares (for
+/// capacity and drains alike), not as no traffic.
+fn observed_shares(split: &TrafficSplit, observed: &Weights) -> Option<Weights> {
+    let mut records: Vec<&String> = observed
+        .keys()
+        .filter(|k| split.backend(k).is_some())
+        .collect();
+    if records.is_empty() || observed.values().any(|&v| v > 0) {
+        return usable(split, observed);
+    }
+    records.sort();
+    let n = records.len() as u32;
+    let mut out = zeroes(split);
+    for (i, k) in records.into_iter().enumerate() {
+        // 100 / n, the remainder to the first names: integers summing to 100.
+        out.insert(k.clone(), 100 / n + u32::from((i as u32) < 100 % n));
+    }
+    Some(out)
+}
+
+/// Stored times further ahead of this clock than this are not believed (a controller on another
+/// node may run a little ahead; a hand-edited `since` far in the future would hold a step forever).
+const MAX_CLOCK_SKEW_SECS: u64 = 600;
+
+/// Why a stored state of this rollout (same owner and generation) does not fit the document and
+/// cannot be carried forward. The TXT is remote input anyone with Route53 access can edit: a state
+/// that passes here keeps every index and sum in `decide` in range.
+fn validate_stored(
+    split: &TrafficSplit,
+    s: &RolloutState,
+    target: &Weights,
+    steps: &[u32],
+    now: u64,
+) -> Result<(), String> {
+    let n = steps.len();
+    if s.split != split.name() {
+        return Err(format!("it names split {:?}", s.split));
+    }
+    let ok_step = match s.phase {
+        Phase::Progressing => s.step < n,
+        Phase::Complete => s.step == n,
+        Phase::RolledBack => s.step <= n,
+    };
+    if !ok_step {
+        return Err(format!(
+            "step {} does not fit phase {:?} of a {n}-step rollout",
+            s.step, s.phase
+        ));
+    }
+    for (what, w) in [("start", &s.start), ("cur", &s.current)] {
+        let names: Vec<&str> = w.keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+        want.sort_unstable();
+        if names != want {
+            return Err(format!(
+                "{what} names backends {names:?}, the document {want:?}"
+            ));
+        }
+        if usable(split, w).is_none() {
+            return Err(format!(
+                "{what} {} does not sum to 100",
+                crate::weights::show(w)
+            ));
+        }
+    }
+    // `cur` is always the start moved the step's share of the way to the target (the start
+    // itself when rolled back): anything else was not written by trafficshift.
+    let expected = match s.phase {
+        Phase::RolledBack => s.start.clone(),
+        _ if s.step == 0 => s.start.clone(),
+        _ => interpolate(&s.start, target, steps[s.step - 1]),
+    };
+    if s.current != expected {
+        return Err(format!(
+            "cur {} is not step {} from {} ({})",
+            crate::weights::show(&s.current),
+            s.step,
+            crate::weights::show(&s.start),
+            crate::weights::show(&expected)
+        ));
+    }
+    if s.since > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Err(format!("since {} is in the future", s.since));
+    }
+    let drain_limit = now
+        .saturating_add(split.spec.drain_delay().as_secs())
+        .saturating_add(MAX_CLOCK_SKEW_SECS);
+    for (b, d) in &s.drains {
+        if split.backend(b).is_none_or(|x| x.ecs.is_none()) {
+            return Err(format!("drain names {b:?}, not an ECS backend"));
+        }
+        if d.share > 100 || d.until > drain_limit {
+            return Err(format!("drain of {b} ({}% until {}) is out of range", d.share, d.until));
+        }
+    }
+    Ok(())
+}
+
+/// The drains of a state that are worth keeping across a restart of the rollout: ECS backends of
+/// the document, a share that is a percentage, an end no further away than a drain can last.
+fn sane_drains(split: &TrafficSplit, s: &RolloutState, now: u64) -> BTreeMap<String, Drain> {
+    let limit = now
+        .saturating_add(split.spec.drain_delay().as_secs())
+        .saturating_add(MAX_CLOCK_SKEW_SECS);
+    s.drains
+        .iter()
+        .filter(|(b, d)| {
+            split.backend(b).is_some_and(|x| x.ecs.is_some()) && d.share <= 100 && d.until <= limit
+        })
+        .map(|(b, d)| (b.clone(), *d))
+        .collect()
 }
 
 /// Why capacity for `want` is not in place yet, for backends whose weight rises above `baseline`.
@@ -184,18 +318,52 @@ pub fn decide(i: &Inputs) -> Decision {
     let gen = generation(split);
     let observed_or_zero = i
         .observed
-        .and_then(|o| usable(split, o))
+        .and_then(|o| observed_shares(split, o))
         .unwrap_or_else(|| zeroes(split));
     let mut notes = Vec::new();
 
-    let mut st = match i.stored {
-        Some(s) if s.generation == gen && s.owner == i.owner && s.step <= n => s.clone(),
+    // A stored state of this rollout that does not fit the document is not ours to trust.
+    let stored = match i.stored {
+        Some(s) if s.owner == i.owner && same_generation(&s.generation, split) => {
+            match validate_stored(split, s, &target, &steps, now) {
+                Ok(()) => Some(s),
+                Err(why) => {
+                    notes.push(Note {
+                        warning: true,
+                        reason: "StateInvalid",
+                        message: format!(
+                            "the stored rollout state does not fit the document ({why}); starting a new rollout from what Route53 shows"
+                        ),
+                    });
+                    None
+                }
+            }
+        }
+        Some(s) if s.owner != i.owner => {
+            notes.push(Note {
+                warning: true,
+                reason: "StateInvalid",
+                message: format!(
+                    "the stored rollout state belongs to owner {:?}; starting a new rollout from what Route53 shows",
+                    s.owner
+                ),
+            });
+            None
+        }
+        other => other,
+    };
+    let mut st = match stored {
+        Some(s) if same_generation(&s.generation, split) => RolloutState {
+            // A legacy hash is carried forward in the current form with the next write.
+            generation: gen.clone(),
+            ..s.clone()
+        },
         other => {
             // A new rollout starts from what trafficshift applied last (the TXT wins over hand
             // edits), else from what Route53 shows, else (nothing exists) from the target.
             let start = other
                 .and_then(|s| usable(split, &s.current))
-                .or_else(|| i.observed.and_then(|o| usable(split, o)))
+                .or_else(|| i.observed.and_then(|o| observed_shares(split, o)))
                 .unwrap_or_else(|| target.clone());
             let done = start == target;
             notes.push(Note {
@@ -220,7 +388,10 @@ pub fn decide(i: &Inputs) -> Decision {
                 since: stamp,
                 current: start.clone(),
                 start,
-                drains: i.stored.map(|s| s.drains.clone()).unwrap_or_default(),
+                drains: i
+                    .stored
+                    .map(|s| sane_drains(split, s, now))
+                    .unwrap_or_default(),
             }
         }
     };
@@ -264,7 +435,11 @@ pub fn decide(i: &Inputs) -> Decision {
             } else {
                 let next = interpolate(&st.start, &target, steps[st.step.min(n - 1)]);
                 // The first step leaves the start split at once; later ones hold for the interval.
-                let due = if st.step == 0 { 0 } else { st.since + interval };
+                let due = if st.step == 0 {
+                    0
+                } else {
+                    st.since.saturating_add(interval)
+                };
                 if now < due {
                     waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
                     next_step_at = Some(due);
@@ -308,7 +483,7 @@ pub fn decide(i: &Inputs) -> Decision {
                                 st.phase = Phase::Complete;
                                 SplitState::Complete
                             } else {
-                                next_step_at = Some(stamp + interval);
+                                next_step_at = Some(stamp.saturating_add(interval));
                                 SplitState::Progressing
                             }
                         }
@@ -344,7 +519,7 @@ pub fn decide(i: &Inputs) -> Decision {
                     b.name.clone(),
                     Drain {
                         share,
-                        until: stamp + drain_secs,
+                        until: stamp.saturating_add(drain_secs),
                     },
                 );
             }

@@ -107,14 +107,30 @@ impl RolloutState {
 
     /// Parse a TXT payload; None if it is not ours or is malformed.
     pub fn decode(payload: &str) -> Option<RolloutState> {
+        Self::decode_checked(payload).ok()
+    }
+
+    /// Parse a TXT payload, saying what is wrong when it cannot be read. Any input is accepted:
+    /// the record is remote state that anyone with Route53 access can edit.
+    pub fn decode_checked(payload: &str) -> Result<RolloutState, String> {
+        if payload.len() > MAX_PAYLOAD_CHARS {
+            return Err(format!(
+                "{} characters, more than a TXT value holds",
+                payload.len()
+            ));
+        }
         let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
         for part in payload.split(',') {
-            let (k, v) = part.split_once('=')?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{:?} is not key=value", cut(part)))?;
             kv.insert(k.trim(), v.trim());
         }
         if kv.get("heritage") != Some(&HERITAGE) {
-            return None;
+            return Err(format!("heritage is not {HERITAGE}"));
         }
+        let get = |k: &str| kv.get(k).copied().ok_or_else(|| format!("no {k}="));
+        let bad = |k: &str, v: &str| format!("{k}={:?} is malformed", cut(v));
         let drains = match kv.get("drain").copied().unwrap_or("") {
             "" => BTreeMap::new(),
             s => s
@@ -130,17 +146,19 @@ impl RolloutState {
                         },
                     ))
                 })
-                .collect::<Option<_>>()?,
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("drain", s))?,
         };
-        Some(RolloutState {
-            owner: kv.get("owner")?.to_string(),
-            split: kv.get("split")?.to_string(),
-            generation: kv.get("gen")?.to_string(),
-            phase: Phase::parse(kv.get("phase")?)?,
-            step: kv.get("step")?.parse().ok()?,
-            since: kv.get("since")?.parse().ok()?,
-            start: parse_weights(kv.get("start")?)?,
-            current: parse_weights(kv.get("cur")?)?,
+        let phase = get("phase")?;
+        Ok(RolloutState {
+            owner: get("owner")?.to_string(),
+            split: get("split")?.to_string(),
+            generation: get("gen")?.to_string(),
+            phase: Phase::parse(phase).ok_or_else(|| format!("unknown phase {:?}", cut(phase)))?,
+            step: get("step")?.parse().map_err(|_| bad("step", kv["step"]))?,
+            since: get("since")?.parse().map_err(|_| bad("since", kv["since"]))?,
+            start: parse_weights(get("start")?).ok_or_else(|| bad("start", kv["start"]))?,
+            current: parse_weights(get("cur")?).ok_or_else(|| bad("cur", kv["cur"]))?,
             drains,
         })
     }
@@ -162,6 +180,32 @@ impl RolloutState {
             None
         }
     }
+}
+
+/// Route53's limit on one TXT record value: quotes and separating spaces included.
+pub const MAX_TXT_VALUE_CHARS: usize = 4000;
+
+/// The longest payload whose TXT value fits (each 255-character string adds two quotes and a
+/// space).
+const MAX_PAYLOAD_CHARS: usize = MAX_TXT_VALUE_CHARS;
+
+/// At most 40 characters of remote input, for messages.
+fn cut(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(40)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+/// Length of the TXT value `to_txt_values` makes of a payload.
+pub fn txt_value_len(payload: &str) -> usize {
+    let chunks = payload.len().div_ceil(255).max(1);
+    payload.len() + 3 * chunks - 1
 }
 
 /// TXT record values are quoted strings of at most 255 characters each.
