@@ -525,15 +525,10 @@ async fn plan_split(
     // Planning is pure code over remote input, and property-tested not to panic. Should a bug
     // slip through anyway, it costs this split its cycle, never the other splits or the process:
     // nothing is written for it, and the panic is reported as its error.
-    let planned = std::panic::AssertUnwindSafe(plan_split_inner(
-        ctx,
-        p,
-        services,
-        cluster_errors,
-        now_ms,
-    ))
-    .catch_unwind()
-    .await;
+    let planned =
+        std::panic::AssertUnwindSafe(plan_split_inner(ctx, p, services, cluster_errors, now_ms))
+            .catch_unwind()
+            .await;
     match planned {
         Ok(Ok(r)) => p.report = Some(r),
         Ok(Err(e)) => p.error = Some(e),
@@ -750,7 +745,8 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending]) {
                                 mark_applied(pending, &[i])
                             }
                             Err(e) => {
-                                pending[i].error = Some(fence_lost(ctx, &zone_id, &pending[i], e).await)
+                                pending[i].error =
+                                    Some(fence_lost(ctx, &zone_id, &pending[i], e).await)
                             }
                         }
                     }

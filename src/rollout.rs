@@ -104,7 +104,12 @@ pub struct Decision {
 /// Hash of what defines a rollout: target weights, steps and backend names. Editing gates, the
 /// interval or `paused` does not restart a rollout, and neither does reordering `backends`.
 pub fn generation(split: &TrafficSplit) -> String {
-    let mut names: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+    let mut names: Vec<&str> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
     names.sort_unstable();
     hash_of(split, &names)
 }
@@ -113,7 +118,12 @@ pub fn generation(split: &TrafficSplit) -> String {
 /// must still name the same rollout after an upgrade, or the upgrade would restart every rollout
 /// in flight and forget its holds.
 fn legacy_generation(split: &TrafficSplit) -> String {
-    let names: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+    let names: Vec<&str> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
     hash_of(split, &names)
 }
 
@@ -213,7 +223,12 @@ fn validate_stored(
     }
     for (what, w) in [("start", &s.start), ("cur", &s.current)] {
         let names: Vec<&str> = w.keys().map(String::as_str).collect();
-        let mut want: Vec<&str> = split.spec.backends.iter().map(|b| b.name.as_str()).collect();
+        let mut want: Vec<&str> = split
+            .spec
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
         want.sort_unstable();
         if names != want {
             return Err(format!(
@@ -254,7 +269,10 @@ fn validate_stored(
             return Err(format!("drain names {b:?}, not an ECS backend"));
         }
         if d.share > 100 || d.until > drain_limit {
-            return Err(format!("drain of {b} ({}% until {}) is out of range", d.share, d.until));
+            return Err(format!(
+                "drain of {b} ({}% until {}) is out of range",
+                d.share, d.until
+            ));
         }
     }
     Ok(())
@@ -312,7 +330,19 @@ pub fn decide(i: &Inputs) -> Decision {
     // `now` for comparisons (rounded down), `stamp` for times written down (rounded up).
     let now = i.now_ms / 1000;
     let stamp = i.now_ms.div_ceil(1000);
-    let target = usable(split, &split.spec.weights).unwrap_or_else(|| split.spec.weights.clone());
+    // `validate` refuses a target that does not sum to 100; should one get here anyway, its
+    // proportions are used, so every split written still sums to 100.
+    let target = usable(split, &split.spec.weights)
+        .or_else(|| {
+            let mut known = zeroes(split);
+            for (k, v) in &split.spec.weights {
+                if let Some(slot) = known.get_mut(k) {
+                    *slot = *v;
+                }
+            }
+            crate::weights::normalize(&known)
+        })
+        .unwrap_or_else(|| split.spec.weights.clone());
     let steps = split.spec.steps();
     let n = steps.len();
     let gen = generation(split);
@@ -838,6 +868,268 @@ mod tests {
             world.decide().write,
             Some(w(&[("lambda", 0), ("fargate", 100)]))
         );
+    }
+
+    fn invalid_notes(d: &Decision) -> Vec<&Note> {
+        d.notes
+            .iter()
+            .filter(|n| n.reason == "StateInvalid")
+            .collect()
+    }
+
+    /// The crash: a TXT edited to `step=2,since=1` while a 2-step rollout holds at step 1.
+    #[test]
+    fn a_tampered_step_starts_over_from_route53_instead_of_panicking() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 300));
+        world.ecs = ecs(20, 20, true);
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        let mut tampered = world.stored.clone().unwrap();
+        tampered.step = 2;
+        tampered.since = 1;
+        world.stored = Some(tampered);
+        world.ecs = ecs(20, 20, true);
+        world.now += 10;
+        let d = world.decide();
+        let notes = invalid_notes(&d);
+        assert_eq!(notes.len(), 1, "{:?}", d.notes);
+        assert!(notes[0].warning);
+        assert!(notes[0].message.contains("step 2"), "{}", notes[0].message);
+        // A new rollout from what Route53 shows (50/50): its first step is half-way to the target.
+        assert_eq!(d.state.start, w(&[("lambda", 50), ("fargate", 50)]));
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.write, Some(w(&[("lambda", 25), ("fargate", 75)])));
+    }
+
+    #[test]
+    fn every_kind_of_misfit_state_is_reported_and_replaced() {
+        let split = TrafficSplit::test().with_steps(&[50, 100], 300);
+        let mut world = World::new(split);
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        let good = world.stored.clone().unwrap();
+        assert_eq!(good.step, 1);
+        let cases: Vec<(&str, Box<dyn Fn(&mut RolloutState)>)> = vec![
+            ("step past the steps", Box::new(|s| s.step = 7)),
+            ("progressing at the last step", Box::new(|s| s.step = 2)),
+            (
+                "complete before the end",
+                Box::new(|s| s.phase = Phase::Complete),
+            ),
+            (
+                "unknown backend",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 50), ("ghost", 50)]);
+                }),
+            ),
+            (
+                "missing backend",
+                Box::new(|s| s.start = w(&[("lambda", 100)])),
+            ),
+            (
+                "all-zero cur",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 0), ("fargate", 0)]);
+                }),
+            ),
+            (
+                "cur not summing to 100",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 60), ("fargate", 60)]);
+                }),
+            ),
+            (
+                "overflowing start",
+                Box::new(|s| {
+                    s.start = w(&[("lambda", u32::MAX), ("fargate", 101)]);
+                }),
+            ),
+            (
+                "cur not the step's weights",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 10), ("fargate", 90)]);
+                }),
+            ),
+            ("since far in the future", Box::new(|s| s.since = u64::MAX)),
+            (
+                "drain of an unknown backend",
+                Box::new(|s| {
+                    s.drains.insert(
+                        "ghost".into(),
+                        Drain {
+                            share: 5,
+                            until: 1_100,
+                        },
+                    );
+                }),
+            ),
+            (
+                "drain forever",
+                Box::new(|s| {
+                    s.drains.insert(
+                        "fargate".into(),
+                        Drain {
+                            share: 5,
+                            until: u64::MAX,
+                        },
+                    );
+                }),
+            ),
+            ("another split", Box::new(|s| s.split = "web".into())),
+            (
+                "another owner",
+                Box::new(|s| s.owner = "someone-else".into()),
+            ),
+        ];
+        for (what, edit) in cases {
+            let mut bad = good.clone();
+            edit(&mut bad);
+            world.stored = Some(bad);
+            let d = world.decide();
+            assert_eq!(invalid_notes(&d).len(), 1, "{what}: {:?}", d.notes);
+            assert_eq!(d.state.owner, "test", "{what}");
+            assert_eq!(
+                d.state.start,
+                w(&[("lambda", 50), ("fargate", 50)]),
+                "{what}: restarts from what Route53 shows"
+            );
+            assert!(
+                d.state.drains.values().all(|x| x.until < u64::MAX),
+                "{what}"
+            );
+        }
+        // The untouched state is carried as is.
+        world.stored = Some(good.clone());
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(d.state, good);
+    }
+
+    #[test]
+    fn an_all_zero_set_is_equal_shares_for_capacity_and_drains() {
+        // Route53 answers 0/0 as 50/50: fargate already carries half the traffic.
+        let mut world =
+            World::new(TrafficSplit::test().with_weights(&[("lambda", 100), ("fargate", 0)]));
+        world.observed = Some(w(&[("lambda", 0), ("fargate", 0)]));
+        world.ecs = ecs(2, 2, true);
+        let d = world.decide();
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(
+            d.state.drains.get("fargate").map(|x| x.share),
+            Some(50),
+            "fargate drains the half it carried"
+        );
+        assert_eq!(
+            d.ecs_desired["fargate"], 10,
+            "10 tasks = 50% of 20 until drained"
+        );
+        // Raising fargate from an all-zero set needs capacity only above its 50% share.
+        let mut world =
+            World::new(TrafficSplit::test().with_weights(&[("lambda", 40), ("fargate", 60)]));
+        world.observed = Some(w(&[("lambda", 0), ("fargate", 0)]));
+        world.ecs = ecs(10, 10, true);
+        let d = world.decide();
+        assert_eq!(
+            d.write,
+            Some(w(&[("lambda", 50), ("fargate", 50)])),
+            "what Route53 answers, written out; 60% needs 12 tasks and 10 run"
+        );
+        assert_eq!(d.ecs_desired["fargate"], 12);
+        assert!(d.waiting_for.unwrap().contains("stable at 12 tasks"));
+    }
+
+    #[test]
+    fn generation_ignores_backend_order_and_accepts_the_legacy_hash() {
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 300);
+        let mut swapped = split.clone();
+        swapped.spec.backends.reverse();
+        assert_eq!(generation(&split), generation(&swapped));
+        // The fixture lists lambda before fargate: the legacy hash (document order) differs.
+        assert_ne!(legacy_generation(&split), generation(&split));
+        assert!(same_generation(&legacy_generation(&split), &split));
+        assert!(same_generation(&legacy_generation(&swapped), &swapped));
+        assert!(!same_generation("000000000000", &split));
+    }
+
+    /// Each released TXT format, as written by that release, must be carried forward: same step,
+    /// same hold, same drains, rewritten in the current form.
+    #[test]
+    fn released_state_formats_carry_forward_without_restarting() {
+        let fixture = include_str!("../tests/fixtures/state-v1.txt");
+        let states: Vec<RolloutState> = fixture
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let payload = crate::state::from_txt_values(&[l.to_string()]);
+                RolloutState::decode_checked(&payload).unwrap_or_else(|e| panic!("{l}: {e}"))
+            })
+            .collect();
+        assert_eq!(states.len(), 2);
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 300);
+
+        // Progressing at step 1, 100 s into a 300 s hold.
+        let mut world = World::new(split.clone());
+        world.stored = Some(states[0].clone());
+        world.observed = Some(w(&[("lambda", 75), ("fargate", 25)]));
+        world.ecs = ecs(20, 20, true);
+        world.now = 1_764_000_100;
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "no restart: {:?}", d.notes);
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.state.since, 1_764_000_000, "the hold keeps its start");
+        assert_eq!(d.next_step_at, Some(1_764_000_300));
+        assert_eq!(d.write, Some(w(&[("lambda", 75), ("fargate", 25)])));
+        assert_eq!(
+            d.state.generation,
+            generation(&split),
+            "rewritten in the current form"
+        );
+        assert_eq!(
+            RolloutState {
+                generation: states[0].generation.clone(),
+                ..d.state.clone()
+            },
+            states[0]
+        );
+        // After the upgrade the rewritten state is carried as is, and the rollout goes on.
+        world.stored = Some(d.state.clone());
+        world.now = 1_764_000_300;
+        let d = world.decide();
+        assert_eq!(d.state.step, 2);
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+
+        // Rolled back, draining fargate's 50% until 1764000520.
+        let mut world = World::new(split.clone());
+        world.stored = Some(states[1].clone());
+        world.observed = Some(w(&[("lambda", 100), ("fargate", 0)]));
+        world.ecs = ecs(10, 10, true);
+        world.now = 1_764_000_460;
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(d.status, SplitState::RolledBack);
+        assert_eq!(d.ecs_desired["fargate"], 10, "the drain is kept");
+        assert_eq!(d.state.drains, states[1].drains);
+    }
+
+    /// Any string decodes to a state or to a reason, never a panic.
+    #[test]
+    fn decoding_odd_payloads_never_panics() {
+        for p in [
+            "",
+            ",",
+            "=",
+            "heritage=trafficshift",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=paused,step=0,since=0,start=,cur=,drain=",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=complete,step=99999999999999999999999,since=0,start=,cur=,drain=",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=complete,step=1,since=-1,start=a:1,cur=a:x,drain=",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=complete,step=1,since=1,start=a,cur=a:1,drain=a:1@",
+        ] {
+            assert!(RolloutState::decode_checked(p).is_err(), "{p}");
+        }
+        let huge = format!("heritage=trafficshift,owner={}", "x".repeat(5000));
+        assert!(RolloutState::decode_checked(&huge)
+            .unwrap_err()
+            .contains("characters"));
     }
 
     proptest! {

@@ -156,7 +156,9 @@ impl RolloutState {
             generation: get("gen")?.to_string(),
             phase: Phase::parse(phase).ok_or_else(|| format!("unknown phase {:?}", cut(phase)))?,
             step: get("step")?.parse().map_err(|_| bad("step", kv["step"]))?,
-            since: get("since")?.parse().map_err(|_| bad("since", kv["since"]))?,
+            since: get("since")?
+                .parse()
+                .map_err(|_| bad("since", kv["since"]))?,
             start: parse_weights(get("start")?).ok_or_else(|| bad("start", kv["start"]))?,
             current: parse_weights(get("cur")?).ok_or_else(|| bad("cur", kv["cur"]))?,
             drains,
