@@ -8,6 +8,9 @@ use crate::spec::Weights;
 
 pub const HERITAGE: &str = "trafficshift";
 
+/// The longest owner id (`--owner-id`); it is stored in every state TXT.
+pub const MAX_OWNER_LEN: usize = 63;
+
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
