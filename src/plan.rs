@@ -406,8 +406,13 @@ pub fn route53_changes(
         )));
     }
 
+    // Compared with what was read as is; written with the next write count.
     let encoded = state.encode();
-    let txt_value = to_txt_values(&encoded);
+    let written = RolloutState {
+        rev: state.rev.saturating_add(1),
+        ..state.clone()
+    };
+    let txt_value = to_txt_values(&written.encode());
     let txt_record = RecordSet {
         name: txt_name(&fqdn(&split.spec.record.name)),
         rtype: "TXT".into(),
@@ -429,7 +434,8 @@ pub fn route53_changes(
     // Fenced write: the TXT is replaced by DELETE of exactly what was read plus CREATE, in the
     // batch that carries the weights. Route53 rejects the whole batch when the TXT changed since
     // it was read (a second controller, a hand edit), so no decision made on a stale read is ever
-    // applied. The fence also guards a batch whose state is unchanged (a drift correction).
+    // applied. The fence also guards a batch whose state is otherwise unchanged (a drift
+    // correction): the write count alone changes.
     let why = if txt_same {
         "state: unchanged (fence)".to_string()
     } else {
@@ -702,6 +708,7 @@ mod tests {
             start: w(&[("lambda", 100), ("fargate", 0)]),
             current: w(&[("lambda", 100), ("fargate", 0)]),
             drains: BTreeMap::new(),
+            rev: 0,
         };
         for bad in [
             w(&[("ghost", 100)]),
@@ -734,6 +741,7 @@ mod tests {
         start: Weights,
         current: Weights,
         drains: BTreeMap<String, Drain>,
+        rev: u64,
         /// Replace the payload after `heritage=...,owner=test,` by this text.
         garbage: Option<String>,
     }
@@ -774,10 +782,14 @@ mod tests {
                     0..3,
                 ),
                 prop::option::weighted(0.1, "[ -~]{0,80}"),
+                prop_oneof![0u64..10, any::<u64>()],
             ),
         )
             .prop_map(
-                |((owner, split, gen, phase, step, since), (start, current, drains, garbage))| {
+                |(
+                    (owner, split, gen, phase, step, since),
+                    (start, current, drains, garbage, rev),
+                )| {
                     StoredCase {
                         owner,
                         split,
@@ -788,6 +800,7 @@ mod tests {
                         start,
                         current,
                         drains,
+                        rev,
                         garbage,
                     }
                 },
@@ -886,6 +899,7 @@ mod tests {
                     start: s.start.clone(),
                     current: s.current.clone(),
                     drains: s.drains.clone(),
+                    rev: s.rev,
                 };
                 let payload = match &s.garbage {
                     Some(g) => format!("heritage=trafficshift,owner=test,{g}"),

@@ -422,6 +422,7 @@ pub fn decide(i: &Inputs) -> Decision {
                     .stored
                     .map(|s| sane_drains(split, s, now))
                     .unwrap_or_default(),
+                rev: i.stored.map_or(0, |s| s.rev),
             }
         }
     };

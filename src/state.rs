@@ -64,6 +64,10 @@ pub struct RolloutState {
     pub current: Weights,
     /// ECS backends still draining after their weight dropped.
     pub drains: BTreeMap<String, Drain>,
+    /// Writes of this record so far. Each write carries a new value, so the fenced write (DELETE
+    /// of the exact value read + CREATE) never re-creates a value seen before, even when nothing
+    /// else in the state changed. Absent (0) in TXTs written before fencing.
+    pub rev: u64,
 }
 
 fn weights_str(w: &Weights) -> String {
@@ -95,7 +99,7 @@ impl RolloutState {
             .collect::<Vec<_>>()
             .join(";");
         format!(
-            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={}",
+            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={},rev={}",
             self.owner,
             self.split,
             self.generation,
@@ -104,7 +108,8 @@ impl RolloutState {
             self.since,
             weights_str(&self.start),
             weights_str(&self.current),
-            drains
+            drains,
+            self.rev
         )
     }
 
@@ -165,6 +170,10 @@ impl RolloutState {
             start: parse_weights(get("start")?).ok_or_else(|| bad("start", kv["start"]))?,
             current: parse_weights(get("cur")?).ok_or_else(|| bad("cur", kv["cur"]))?,
             drains,
+            rev: match kv.get("rev") {
+                Some(v) => v.parse().map_err(|_| bad("rev", v))?,
+                None => 0,
+            },
         })
     }
 
@@ -272,6 +281,7 @@ mod tests {
                 },
             )]
             .into(),
+            rev: 7,
         }
     }
 
