@@ -18,6 +18,11 @@ The first stdout line is `{"port": N}`. Control endpoints (never faulted, never 
     GET  /__proxy/stats   counts per service.operation and per fault, and the current config
     POST /__proxy/config  JSON: fault_rate, faults, max_delay, post_write_fault_rate, only, seed
     POST /__proxy/reset   zero the counters (and the per-operation sequence used for determinism)
+
+`--route53-fencing` makes ChangeResourceRecordSets follow Route53's rules, which moto does not
+enforce: a DELETE must name a record with exactly the values it has now, a CREATE must not find
+one, or the whole batch fails with InvalidChangeBatch (logged with `"rejected"`, never forwarded).
+Batches are checked and forwarded one at a time, so the check and the write are atomic.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import xml.etree.ElementTree as ET
 
 FAULT_KINDS = ("throttle", "500", "503", "delay", "drop")
 POST_WRITE_KINDS = ("drop", "500", "503")
@@ -208,6 +214,75 @@ def error_code(fault: str, service: str, operation: str) -> tuple[int, str, str]
     raise ValueError(f"no error response for fault {fault}")
 
 
+R53_NS = "https://route53.amazonaws.com/doc/2013-04-01/"
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(el, name: str):
+    for c in el:
+        if _local(c.tag) == name:
+            return c
+    return None
+
+
+def _text(el, name: str):
+    c = _child(el, name) if el is not None else None
+    return c.text if c is not None else None
+
+
+def _rrset(el) -> tuple[tuple, dict]:
+    """(key, comparable content) of a ResourceRecordSet element (request or listing)."""
+    name = (_text(el, "Name") or "").lower().replace("\\052", "*")
+    if not name.endswith("."):
+        name += "."
+    key = (name, _text(el, "Type") or "", _text(el, "SetIdentifier") or "")
+    rrs = _child(el, "ResourceRecords")
+    values = sorted(_text(r, "Value") or "" for r in rrs) if rrs is not None else []
+    alias = _child(el, "AliasTarget")
+    content = {
+        "ttl": _text(el, "TTL"),
+        "weight": _text(el, "Weight"),
+        "values": values,
+        "alias": None
+        if alias is None
+        else ((_text(alias, "DNSName") or "").lower().rstrip("."), _text(alias, "HostedZoneId")),
+    }
+    return key, content
+
+
+def fencing_problem(body: bytes, list_zone) -> str | None:
+    """Route53's DELETE/CREATE rules for a change batch against the zone as it is now; the
+    first violation as Route53 words it, or None. `list_zone(zone_id)` returns the records."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    changes = [c for c in root.iter() if _local(c.tag) == "Change"]
+    if not changes:
+        return None
+    current = dict(_rrset(r) for r in list_zone())
+    for c in changes:
+        action = _text(c, "Action")
+        key, content = _rrset(_child(c, "ResourceRecordSet"))
+        label = f"[name='{key[0]}', type='{key[1]}'" + (f", set-identifier='{key[2]}'" if key[2] else "") + "]"
+        if action == "DELETE":
+            if key not in current:
+                return f"Tried to delete resource record set {label} but it was not found"
+            if current[key] != content:
+                return f"Tried to delete resource record set {label} but the values provided do not match the current values"
+            del current[key]
+        elif action == "CREATE":
+            if key in current:
+                return f"Tried to create resource record set {label} but it already exists"
+            current[key] = content
+        else:
+            current[key] = content
+    return None
+
+
 def _cbor_text(s: str) -> bytes:
     data = s.encode()
     n = len(data)
@@ -269,6 +344,7 @@ class Config:
         self.post_write_kinds = list(args.post_write_kinds)
         self.only = list(args.only)
         self.seed = args.seed
+        self.route53_fencing = getattr(args, "route53_fencing", False)
 
     def as_dict(self):
         return {
@@ -327,6 +403,8 @@ class State:
     def __init__(self, config: Config, log_path: str | None):
         self.config = config
         self.lock = threading.Lock()
+        # Held across a fenced batch's check and its forwarding.
+        self.write_lock = threading.Lock()
         self.log = open(log_path, "a", encoding="utf-8") if log_path else None
         self.reset()
 
@@ -478,6 +556,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finally:
             conn.close()
 
+    def _list_zone(self, zone_id: str) -> list:
+        """Every ResourceRecordSet element of a zone, read from moto."""
+        out, params = [], {}
+        while True:
+            query = urllib.parse.urlencode(params)
+            up = self.upstream
+            conn = http.client.HTTPConnection(up.hostname, up.port or 80, timeout=self.upstream_timeout)
+            try:
+                # moto picks the service from the signature's credential scope (it checks no more).
+                auth = self.headers.get("Authorization", "") or (
+                    "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/route53/aws4_request, "
+                    "SignedHeaders=host, Signature=0"
+                )
+                conn.request(
+                    "GET",
+                    f"/2013-04-01/hostedzone/{zone_id}/rrset" + (f"?{query}" if query else ""),
+                    headers={"Authorization": auth},
+                )
+                root = ET.fromstring(conn.getresponse().read())
+            finally:
+                conn.close()
+            sets = _child(root, "ResourceRecordSets")
+            out.extend(list(sets) if sets is not None else [])
+            if (_text(root, "IsTruncated") or "false") != "true":
+                return out
+            params = {"name": _text(root, "NextRecordName"), "type": _text(root, "NextRecordType")}
+            if _text(root, "NextRecordIdentifier"):
+                params["identifier"] = _text(root, "NextRecordIdentifier")
+
+    def _fenced_forward(self, body: bytes, entry: dict):
+        """Check a change batch against Route53's rules, then forward it, atomically."""
+        zone_id = self.path.split("/hostedzone/", 1)[1].split("/", 1)[0]
+        with self.state.write_lock:
+            problem = fencing_problem(body, lambda: self._list_zone(zone_id))
+            if problem is not None:
+                entry["rejected"] = problem
+                request_id = str(uuid.uuid4())
+                payload = (
+                    f'<?xml version="1.0"?>\n<ErrorResponse xmlns="{R53_NS}"><Error><Type>Sender</Type>'
+                    f"<Code>InvalidChangeBatch</Code><Message>{problem}</Message></Error>"
+                    f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+                ).encode()
+                return 400, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], payload, True
+            return (*self._forward(body), False)
+
     def _handle(self):
         started = time.time()
         body = self._read_body()
@@ -546,8 +669,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
 
             try:
-                status, headers, data = self._forward(body)
-            except (OSError, http.client.HTTPException) as exc:
+                if cfg.route53_fencing and (service, operation) == ("route53", "ChangeResourceRecordSets"):
+                    status, headers, data, rejected = self._fenced_forward(body, entry)
+                    if rejected:
+                        entry["status"] = status
+                        entry["error_code"] = "InvalidChangeBatch"
+                        finish()
+                        self._send(status, dict(headers), data)
+                        return
+                else:
+                    status, headers, data = self._forward(body)
+            except (OSError, http.client.HTTPException, ET.ParseError) as exc:
                 entry["error"] = f"upstream: {exc}"
                 entry["status"] = 502
                 finish()
@@ -620,6 +752,12 @@ def parse_args(argv=None):
         help="limit faults to these services or service.operation names (comma-separated)",
     )
     p.add_argument("--log", default=None, help="append one JSON line per request to this file")
+    p.add_argument(
+        "--route53-fencing",
+        action="store_true",
+        help="apply Route53's DELETE/CREATE rules to change batches (moto does not): a DELETE must "
+        "match the record exactly, a CREATE must not find one, else InvalidChangeBatch",
+    )
     args = p.parse_args(argv)
     for name in ("fault_rate", "post_write_faults"):
         if not 0.0 <= getattr(args, name) <= 1.0:
