@@ -910,7 +910,8 @@ mod tests {
         world.cycle();
         let good = world.stored.clone().unwrap();
         assert_eq!(good.step, 1);
-        let cases: Vec<(&str, Box<dyn Fn(&mut RolloutState)>)> = vec![
+        type Edit = Box<dyn Fn(&mut RolloutState)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("step past the steps", Box::new(|s| s.step = 7)),
             ("progressing at the last step", Box::new(|s| s.step = 2)),
             (
