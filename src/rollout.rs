@@ -261,35 +261,34 @@ fn validate_stored(
     if s.since > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
         return Err(format!("since {} is in the future", s.since));
     }
-    let drain_limit = now
-        .saturating_add(split.spec.drain_delay().as_secs())
-        .saturating_add(MAX_CLOCK_SKEW_SECS);
+    // A drain's end is not checked here: editing drainDelay (or the TTL behind its default)
+    // does not restart a rollout, so an end beyond today's delay can be legitimate; it is bounded
+    // by `sane_drains` instead.
     for (b, d) in &s.drains {
         if split.backend(b).is_none_or(|x| x.ecs.is_none()) {
             return Err(format!("drain names {b:?}, not an ECS backend"));
         }
-        if d.share > 100 || d.until > drain_limit {
-            return Err(format!(
-                "drain of {b} ({}% until {}) is out of range",
-                d.share, d.until
-            ));
+        if d.share > 100 {
+            return Err(format!("drain of {b} at {}% is out of range", d.share));
         }
     }
     Ok(())
 }
 
-/// The drains of a state that are worth keeping across a restart of the rollout: ECS backends of
-/// the document, a share that is a percentage, an end no further away than a drain can last.
+/// The drains of a stored state worth keeping: ECS backends of the document, a share that is a
+/// percentage, an end no further away than a drain of this document can last (a hand-edited
+/// `until` must not keep a service scaled up for ever).
 fn sane_drains(split: &TrafficSplit, s: &RolloutState, now: u64) -> BTreeMap<String, Drain> {
     let limit = now
         .saturating_add(split.spec.drain_delay().as_secs())
         .saturating_add(MAX_CLOCK_SKEW_SECS);
     s.drains
         .iter()
-        .filter(|(b, d)| {
-            split.backend(b).is_some_and(|x| x.ecs.is_some()) && d.share <= 100 && d.until <= limit
+        .filter(|(b, d)| split.backend(b).is_some_and(|x| x.ecs.is_some()) && d.share <= 100)
+        .map(|(b, d)| {
+            let until = d.until.min(limit);
+            (b.clone(), Drain { until, ..*d })
         })
-        .map(|(b, d)| (b.clone(), *d))
         .collect()
 }
 
@@ -386,6 +385,7 @@ pub fn decide(i: &Inputs) -> Decision {
         Some(s) if same_generation(&s.generation, split) => RolloutState {
             // A legacy hash is carried forward in the current form with the next write.
             generation: gen.clone(),
+            drains: sane_drains(split, s, now),
             ..s.clone()
         },
         other => {
@@ -966,13 +966,13 @@ mod tests {
                 }),
             ),
             (
-                "drain forever",
+                "drain of more than everything",
                 Box::new(|s| {
                     s.drains.insert(
                         "fargate".into(),
                         Drain {
-                            share: 5,
-                            until: u64::MAX,
+                            share: 101,
+                            until: 1_100,
                         },
                     );
                 }),
@@ -1005,6 +1005,21 @@ mod tests {
         let d = world.decide();
         assert!(d.notes.is_empty(), "{:?}", d.notes);
         assert_eq!(d.state, good);
+        // A drain that would never end is kept, but only as long as a drain can last (120 s
+        // drainDelay plus 600 s of clock skew): editing drainDelay does not restart a rollout.
+        let mut forever = good.clone();
+        forever.drains.insert(
+            "fargate".into(),
+            Drain {
+                share: 50,
+                until: u64::MAX,
+            },
+        );
+        world.stored = Some(forever);
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(d.state.step, good.step);
+        assert_eq!(d.state.drains["fargate"].until, world.now + 120 + 600);
     }
 
     #[test]
