@@ -60,6 +60,10 @@ FAULTPROXY_<NAME> env var or POST /__proxy/config {"<name>": value} turns it on;
 Log: a refused request has "refused": "<Code>: <message>"; every ChangeResourceRecordSets entry has
 "capacity" (what the layer served at that moment, per CLUSTER/SERVICE) and "layer_time"; an
 autoscaling write is a line with service "layer", operation "autoscaling.SetDesiredCount".
+
+`--route53-fencing` is `--route53-validate` with change batches checked and forwarded one at a time,
+so a DELETE of a value another writer has just replaced fails as it does on Route53 (moto does not
+enforce it, and checking then forwarding two batches at once would let both through).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import awslayer  # noqa: E402 - the realistic layer lives beside this script
@@ -318,6 +323,7 @@ class Config:
         self.post_write_kinds = list(args.post_write_kinds)
         self.only = list(args.only)
         self.seed = args.seed
+        self.route53_fencing = getattr(args, "route53_fencing", False)
 
     def as_dict(self):
         return {
@@ -376,6 +382,8 @@ class State:
     def __init__(self, config: Config, log_path: str | None):
         self.config = config
         self.lock = threading.Lock()
+        # Held across a fenced batch's check and its forwarding.
+        self.write_lock = threading.Lock()
         self.log = open(log_path, "a", encoding="utf-8") if log_path else None
         self.reset()
 
@@ -620,21 +628,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send(status, headers, payload)
                 return
 
-            if ctx is not None:
-                answer = self.layer.before(ctx, layer_roll)
-                if answer is not None:
-                    finish()
-                    self._send(*answer)
-                    return
-
+            # Route53 applies a batch atomically: with --route53-fencing its check against the zone
+            # and its write happen under one lock, so no other batch lands in between.
+            atomic = (
+                cfg.route53_fencing
+                and ctx is not None
+                and (service, operation) == ("route53", "ChangeResourceRecordSets")
+            )
+            if atomic:
+                state.write_lock.acquire()
             try:
-                status, headers, data = self._forward(body)
-            except (OSError, http.client.HTTPException) as exc:
-                entry["error"] = f"upstream: {exc}"
-                entry["status"] = 502
-                finish()
-                self._send(502, {"Content-Type": "text/plain"}, f"faultproxy: upstream failed: {exc}".encode())
-                return
+                if ctx is not None:
+                    answer = self.layer.before(ctx, layer_roll)
+                    if answer is not None:
+                        finish()
+                        self._send(*answer)
+                        return
+                try:
+                    status, headers, data = self._forward(body)
+                except (OSError, http.client.HTTPException, ET.ParseError) as exc:
+                    entry["error"] = f"upstream: {exc}"
+                    entry["status"] = 502
+                    finish()
+                    self._send(502, {"Content-Type": "text/plain"}, f"faultproxy: upstream failed: {exc}".encode())
+                    return
+            finally:
+                if atomic:
+                    state.write_lock.release()
             entry["upstream_status"] = status
             if ctx is not None:
                 # Even a response about to be lost updates what the layer knows (the write happened).
@@ -706,6 +726,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--log", default=None, help="append one JSON line per request to this file")
     awslayer.add_arguments(p)
+    p.add_argument(
+        "--route53-fencing",
+        action="store_true",
+        help="--route53-validate, with each change batch checked and forwarded atomically (one at a time)",
+    )
     args = p.parse_args(argv)
     for name in ("fault_rate", "post_write_faults"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -718,6 +743,8 @@ def parse_args(argv=None):
     if not host or not port.isdigit():
         p.error("--listen must be host:port")
     args.listen_addr = (host, int(port))
+    if args.route53_fencing:
+        args.route53_validate = True
     return args
 
 

@@ -75,6 +75,11 @@ pub enum Error {
     #[error("refusing to write: {0}")]
     Unsafe(String),
 
+    /// A fenced write lost its race: the state record changed between read and write (a second
+    /// controller, a hand edit). Nothing was written; the split is re-read and re-decided soon.
+    #[error("write not applied: {0}")]
+    Fenced(String),
+
     #[error("gate {gate}: {message}")]
     Gate { gate: String, message: String },
 
@@ -127,6 +132,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::Unsafe(_) => "unsafe",
+            Error::Fenced(_) => "fenced",
             Error::Gate { .. } => "gate",
             Error::Http(_) => "http",
             Error::Unreachable(_) => "unreachable",
@@ -143,6 +149,7 @@ impl Error {
                 ..
             } | Error::Http(_)
                 | Error::Io { .. }
+                | Error::Fenced(_)
         )
     }
 }

@@ -39,6 +39,9 @@ pub struct Observed {
     pub txt: Option<RecordSet>,
     /// The state decoded from an owned TXT.
     pub state: Option<RolloutState>,
+    /// Why an owned TXT could not be read as a state (then `state` is None and a new rollout
+    /// starts from what Route53 shows).
+    pub state_problem: Option<String>,
     /// Observed split in percent (normalised from Route53 weights); None when nothing exists.
     pub weights: Option<Weights>,
     /// Raw Route53 weights by SetIdentifier, for the drift metric and logs.
@@ -108,11 +111,14 @@ pub fn classify(
     }
     let txt = txts.first().map(|r| (*r).clone());
     let mut state = None;
+    let mut state_problem = None;
     if let Some(t) = &txt {
         let payload = from_txt_values(&t.values);
         match RolloutState::owner_of(&payload) {
             Some(o) if o == owner => {
-                state = RolloutState::decode(&payload);
+                state = RolloutState::decode_checked(&payload)
+                    .map_err(|e| state_problem = Some(e))
+                    .ok();
                 if let Some(s) = &state {
                     if s.split != split.name() {
                         return Err(Error::Conflict(format!(
@@ -228,7 +234,8 @@ pub fn classify(
             .iter()
             .map(|b| (b.name.clone(), 0))
             .collect();
-        all.extend(raw_weights.clone());
+        // Route53 answers a set whose weights are all 0 evenly across its records.
+        all.extend(crate::weights::route53_shares(&raw_weights));
         crate::weights::normalize(&all)
     };
 
@@ -240,6 +247,7 @@ pub fn classify(
         plain: plain_rec,
         txt,
         state,
+        state_problem,
         weights,
         raw_weights,
     })
@@ -344,17 +352,6 @@ pub fn route53_changes(
     targets: &BTreeMap<String, Target>,
     intended: &Weights,
 ) -> Result<Vec<PlannedChange>> {
-    if weights.values().all(|&w| w == 0) {
-        return Err(Error::Unsafe(format!(
-            "split {} would set every weight to 0",
-            split.name()
-        )));
-    }
-    if let Some((b, w)) = weights.iter().find(|(_, &w)| w > 255) {
-        return Err(Error::Unsafe(format!(
-            "weight {w} for {b} exceeds Route53's maximum of 255"
-        )));
-    }
     let mut out = Vec::new();
     if let Some(p) = &obs.plain {
         out.push(PlannedChange {
@@ -412,8 +409,33 @@ pub fn route53_changes(
             }),
         }
     }
+    // The guard reads the set as it will be after the batch, record by record: a map that names
+    // no backend (or only unknown ones) would otherwise write 0 everywhere and pass.
+    let after: Vec<(&str, u32)> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), weights.get(&b.name).copied().unwrap_or(0)))
+        .collect();
+    if after.iter().all(|&(_, w)| w == 0) {
+        return Err(Error::Unsafe(format!(
+            "split {} would set every weight to 0",
+            split.name()
+        )));
+    }
+    if let Some((b, w)) = after.iter().find(|&&(_, w)| w > 255) {
+        return Err(Error::Unsafe(format!(
+            "weight {w} for {b} exceeds Route53's maximum of 255"
+        )));
+    }
+
+    // Compared with what was read as is; written with the next write count.
     let encoded = state.encode();
-    let txt_value = to_txt_values(&encoded);
+    let written = RolloutState {
+        rev: state.rev.saturating_add(1),
+        ..state.clone()
+    };
+    let txt_value = to_txt_values(&written.encode());
     let txt_record = RecordSet {
         name: txt_name(&fqdn(&split.spec.record.name)),
         rtype: "TXT".into(),
@@ -429,22 +451,39 @@ pub fn route53_changes(
         .txt
         .as_ref()
         .is_some_and(|t| from_txt_values(&t.values) == encoded && t.ttl == txt_record.ttl);
-    if !txt_same {
+    if txt_same && out.is_empty() {
+        return Ok(out);
+    }
+    // Fenced write: the TXT is replaced by DELETE of exactly what was read plus CREATE, in the
+    // batch that carries the weights. Route53 rejects the whole batch when the TXT changed since
+    // it was read (a second controller, a hand edit), so no decision made on a stale read is ever
+    // applied. The fence also guards a batch whose state is otherwise unchanged (a drift
+    // correction): the write count alone changes.
+    let why = if txt_same {
+        "state: unchanged (fence)".to_string()
+    } else {
+        format!("state: {} step {} ", phase_word(state), state.step)
+            .trim_end()
+            .to_string()
+    };
+    if let Some(old) = &obs.txt {
         out.push(PlannedChange {
             change: Change {
-                action: if obs.txt.is_some() {
-                    ChangeAction::Upsert
-                } else {
-                    ChangeAction::Create
-                },
-                record: txt_record,
+                action: ChangeAction::Delete,
+                record: old.clone(),
             },
-            why: format!("state: {} step {} ", phase_word(state), state.step)
-                .trim_end()
-                .to_string(),
+            why: why.clone(),
             drift: false,
         });
     }
+    out.push(PlannedChange {
+        change: Change {
+            action: ChangeAction::Create,
+            record: txt_record,
+        },
+        why,
+        drift: false,
+    });
     Ok(out)
 }
 
@@ -500,8 +539,6 @@ pub fn check_batch(changes: &[Change]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Phase;
-
     fn alias(dns: &str, zone: &str, eth: bool) -> Target {
         Target::Alias(AliasTarget {
             dns_name: dns.into(),
@@ -523,15 +560,60 @@ mod tests {
             drains: BTreeMap::new(),
             capacity_since: None,
             autoscaling: BTreeMap::new(),
+            rev: 0,
         }
     }
 
-    fn weighted(backend: &str, weight: i64, target: &Target) -> RecordSet {
+    fn weighted_to(backend: &str, weight: i64, target: &Target) -> RecordSet {
         let Target::Alias(a) = target else {
             panic!("alias only")
         };
         RecordSet {
             name: "api.abceed.example.".into(),
+            rtype: "A".into(),
+            set_identifier: Some(backend.into()),
+            weight: Some(weight),
+            ttl: None,
+            alias: Some(a.clone()),
+            values: vec![],
+            health_check_id: None,
+            other_routing: false,
+        }
+    }
+
+    use crate::rollout::{self, EcsObs, GateSummary};
+    use crate::spec::OnGateFailure;
+    use crate::state::{Drain, Phase};
+    use proptest::prelude::*;
+
+    const NOW_MS: u64 = 1_764_000_000_000;
+
+    fn w(pairs: &[(&str, u32)]) -> Weights {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    fn targets() -> BTreeMap<String, Target> {
+        ["lambda", "fargate"]
+            .into_iter()
+            .map(|b| {
+                (
+                    b.to_string(),
+                    Target::Alias(AliasTarget {
+                        dns_name: format!("{b}.lb.example."),
+                        hosted_zone_id: "ZLB".into(),
+                        evaluate_target_health: false,
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    fn weighted(split: &TrafficSplit, backend: &str, weight: i64) -> RecordSet {
+        let Target::Alias(a) = &targets()[backend] else {
+            unreachable!()
+        };
+        RecordSet {
+            name: fqdn(&split.spec.record.name),
             rtype: "A".into(),
             set_identifier: Some(backend.into()),
             weight: Some(weight),
@@ -602,8 +684,8 @@ mod tests {
             other_routing: false,
         };
         let records = [
-            weighted("lambda", 50, &lambda),
-            weighted("fargate", 50, &old_alb),
+            weighted_to("lambda", 50, &lambda),
+            weighted_to("fargate", 50, &old_alb),
             txt,
         ];
         let refs: Vec<&RecordSet> = records.iter().collect();
@@ -625,8 +707,8 @@ mod tests {
 
         // Another load balancer is a hand edit.
         let records = [
-            weighted("lambda", 50, &lambda),
-            weighted(
+            weighted_to("lambda", 50, &lambda),
+            weighted_to(
                 "fargate",
                 50,
                 &alias("alb-2.elb.amazonaws.com.", "Z35SXDOTRQ7X7K", true),
@@ -637,5 +719,443 @@ mod tests {
         let obs = classify(&split, "test", &refs, &targets).expect("owned");
         let changes = route53_changes(&split, &obs, &w, &st, &targets, &w).expect("plan");
         assert!(changes.iter().any(|c| c.drift), "{changes:?}");
+    }
+
+    fn txt(split: &TrafficSplit, payload: &str, ttl: i64) -> RecordSet {
+        RecordSet {
+            name: txt_name(&fqdn(&split.spec.record.name)),
+            rtype: "TXT".into(),
+            set_identifier: None,
+            weight: None,
+            ttl: Some(ttl),
+            alias: None,
+            values: to_txt_values(payload),
+            health_check_id: None,
+            other_routing: false,
+        }
+    }
+
+    /// Route53's rules for a change batch, written from its documentation (not from the code
+    /// under test): all or nothing; DELETE needs a record with exactly the given values; CREATE
+    /// needs none of that name, type and set identifier; UPSERT replaces.
+    fn apply_like_route53(zone: &mut Vec<RecordSet>, changes: &[Change]) -> Result<(), String> {
+        let mut next = zone.clone();
+        let key = |r: &RecordSet| (r.name.clone(), r.rtype.clone(), r.set_identifier.clone());
+        for c in changes {
+            let at = next.iter().position(|r| key(r) == key(&c.record));
+            match (c.action, at) {
+                (ChangeAction::Delete, Some(i)) if next[i] == c.record => {
+                    next.remove(i);
+                }
+                (ChangeAction::Delete, _) => {
+                    return Err(format!(
+                        "Tried to delete {} but the values do not match",
+                        c.record.name
+                    ))
+                }
+                (ChangeAction::Create, Some(_)) => {
+                    return Err(format!(
+                        "Tried to create {} but it already exists",
+                        c.record.name
+                    ))
+                }
+                (ChangeAction::Create, None) => next.push(c.record.clone()),
+                (ChangeAction::Upsert, Some(i)) => next[i] = c.record.clone(),
+                (ChangeAction::Upsert, None) => next.push(c.record.clone()),
+            }
+        }
+        *zone = next;
+        Ok(())
+    }
+
+    fn plan_once(
+        split: &TrafficSplit,
+        zone: &[RecordSet],
+        ecs: &BTreeMap<String, EcsObs>,
+        now_ms: u64,
+    ) -> Vec<Change> {
+        let refs: Vec<&RecordSet> = zone.iter().collect();
+        let obs = classify(split, "test", &refs, &targets()).expect("ours");
+        let d = rollout::decide(&rollout::Inputs {
+            split,
+            owner: "test",
+            stored: obs.state.as_ref(),
+            observed: obs.weights.as_ref(),
+            ecs,
+            gates: &GateSummary::none(),
+            now_ms,
+        });
+        let intended = obs
+            .state
+            .as_ref()
+            .map(|s| s.current.clone())
+            .unwrap_or_default();
+        let Some(write) = d.write else { return vec![] };
+        route53_changes(split, &obs, &write, &d.state, &targets(), &intended)
+            .expect("plans")
+            .into_iter()
+            .map(|c| c.change)
+            .collect()
+    }
+
+    #[test]
+    fn a_hand_edit_between_read_and_write_fails_the_batch() {
+        let split = TrafficSplit::test().with_steps(&[50, 100], 60);
+        let full: BTreeMap<String, EcsObs> = [(
+            "fargate".to_string(),
+            EcsObs {
+                desired: 20,
+                running: 20,
+                stable: true,
+                ..EcsObs::default()
+            },
+        )]
+        .into();
+        let mut zone = vec![
+            weighted(&split, "lambda", 100),
+            weighted(&split, "fargate", 0),
+        ];
+        // No TXT yet: CREATE alone, which fails if someone created one meanwhile.
+        let first = plan_once(&split, &zone, &full, NOW_MS);
+        let txts: Vec<&Change> = first.iter().filter(|c| c.record.rtype == "TXT").collect();
+        assert_eq!(txts.len(), 1);
+        assert_eq!(txts[0].action, ChangeAction::Create);
+        apply_like_route53(&mut zone, &first).unwrap();
+        let read = zone.iter().find(|r| r.rtype == "TXT").cloned().unwrap();
+
+        // The next step is planned on that read; the DELETE repeats exactly what was read.
+        let later = NOW_MS + 61_000;
+        let second = plan_once(&split, &zone, &full, later);
+        let del: Vec<&Change> = second
+            .iter()
+            .filter(|c| c.record.rtype == "TXT" && c.action == ChangeAction::Delete)
+            .collect();
+        assert_eq!(del.len(), 1);
+        assert_eq!(
+            del[0].record, read,
+            "DELETE carries the exact value and TTL read"
+        );
+        assert!(second
+            .iter()
+            .all(|c| c.action != ChangeAction::Upsert || c.record.rtype != "TXT"));
+
+        // A hand edit lands between read and write: the whole batch fails, weights included.
+        let mut edited = zone.clone();
+        for r in edited.iter_mut().filter(|r| r.rtype == "TXT") {
+            r.values = to_txt_values(&from_txt_values(&r.values).replace("since=", "since=1"));
+        }
+        let before = edited.clone();
+        assert!(apply_like_route53(&mut edited, &second).is_err());
+        assert_eq!(edited, before, "nothing applied");
+        // Without the edit the same batch goes through.
+        apply_like_route53(&mut zone, &second).unwrap();
+    }
+
+    #[test]
+    fn the_zero_guard_reads_the_weights_written() {
+        let split = TrafficSplit::test();
+        let zone = [
+            weighted(&split, "lambda", 100),
+            weighted(&split, "fargate", 0),
+        ];
+        let refs: Vec<&RecordSet> = zone.iter().collect();
+        let obs = classify(&split, "test", &refs, &targets()).unwrap();
+        let state = crate::state::RolloutState {
+            owner: "test".into(),
+            split: "api".into(),
+            generation: "x".into(),
+            phase: Phase::Complete,
+            step: 1,
+            since: 1,
+            start: w(&[("lambda", 100), ("fargate", 0)]),
+            current: w(&[("lambda", 100), ("fargate", 0)]),
+            drains: BTreeMap::new(),
+            rev: 0,
+            capacity_since: None,
+            autoscaling: BTreeMap::new(),
+        };
+        for bad in [
+            w(&[("ghost", 100)]),
+            w(&[("lambda", 0), ("fargate", 0)]),
+            w(&[]),
+            w(&[("lambda", 256), ("fargate", 0)]),
+        ] {
+            let r = route53_changes(&split, &obs, &bad, &state, &targets(), &Weights::new());
+            assert!(matches!(r, Err(Error::Unsafe(_))), "{bad:?}: {r:?}");
+        }
+        // An all-zero set as read is equal shares, not "nothing there".
+        let zero = [
+            weighted(&split, "lambda", 0),
+            weighted(&split, "fargate", 0),
+        ];
+        let refs: Vec<&RecordSet> = zero.iter().collect();
+        let obs = classify(&split, "test", &refs, &targets()).unwrap();
+        assert_eq!(obs.weights, Some(w(&[("lambda", 50), ("fargate", 50)])));
+    }
+
+    #[derive(Debug, Clone)]
+    struct StoredCase {
+        owner: &'static str,
+        split: &'static str,
+        /// 0 current hash, 1 legacy hash, 2 something else.
+        gen: u8,
+        phase: Phase,
+        step: usize,
+        since: u64,
+        start: Weights,
+        current: Weights,
+        drains: BTreeMap<String, Drain>,
+        rev: u64,
+        /// Replace the payload after `heritage=...,owner=test,` by this text.
+        garbage: Option<String>,
+    }
+
+    fn any_weights() -> impl Strategy<Value = Weights> {
+        prop::collection::btree_map(
+            prop::sample::select(vec!["lambda".to_string(), "fargate".into(), "ghost".into()]),
+            prop_oneof![4 => 0u32..=100, 1 => any::<u32>()],
+            0..4,
+        )
+    }
+
+    fn any_stored() -> impl Strategy<Value = StoredCase> {
+        let now = NOW_MS / 1000;
+        (
+            (
+                prop::sample::select(vec!["test", "test", "test", "other"]),
+                prop::sample::select(vec!["api", "api", "api", "web"]),
+                0u8..3,
+                prop::sample::select(vec![Phase::Progressing, Phase::Complete, Phase::RolledBack]),
+                prop_oneof![8 => 0usize..6, 1 => any::<usize>()],
+                prop_oneof![4 => now - 1000..now + 1000, 1 => any::<u64>()],
+            ),
+            (
+                any_weights(),
+                any_weights(),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "lambda".to_string(),
+                        "fargate".into(),
+                        "ghost".into(),
+                    ]),
+                    (
+                        prop_oneof![0u32..=100, any::<u32>()],
+                        prop_oneof![now - 500..now + 500, any::<u64>()],
+                    )
+                        .prop_map(|(share, until)| Drain { share, until }),
+                    0..3,
+                ),
+                prop::option::weighted(0.1, "[ -~]{0,80}"),
+                prop_oneof![0u64..10, any::<u64>()],
+            ),
+        )
+            .prop_map(
+                |(
+                    (owner, split, gen, phase, step, since),
+                    (start, current, drains, garbage, rev),
+                )| {
+                    StoredCase {
+                        owner,
+                        split,
+                        gen,
+                        phase,
+                        step,
+                        since,
+                        start,
+                        current,
+                        drains,
+                        rev,
+                        garbage,
+                    }
+                },
+            )
+    }
+
+    fn any_document() -> impl Strategy<Value = TrafficSplit> {
+        (
+            prop_oneof![
+                4 => (0u32..=100).prop_map(|l| vec![("lambda", l), ("fargate", 100 - l)]),
+                1 => (0u32..300, 0u32..300).prop_map(|(l, f)| vec![("lambda", l), ("fargate", f)]),
+                1 => Just(vec![("ghost", 100)]),
+            ],
+            prop::option::of(prop::collection::vec(0u32..=120, 0..5)),
+            0u64..600,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(weights, steps, interval, hold, paused, swap)| {
+                let mut split = TrafficSplit::test().with_weights(&weights);
+                if let Some(steps) = steps {
+                    split = split.with_steps(&steps, interval).with_rollout(|r| {
+                        r.paused = paused;
+                        if hold {
+                            r.on_gate_failure = OnGateFailure::Hold;
+                        }
+                    });
+                }
+                if swap {
+                    split.spec.backends.reverse();
+                }
+                split
+            })
+    }
+
+    fn any_gates() -> impl Strategy<Value = GateSummary> {
+        (any::<bool>(), prop::option::weighted(0.2, "[a-z]{1,8}")).prop_map(|(passing, tripped)| {
+            GateSummary {
+                all_passing: passing && tripped.is_none(),
+                failing: if passing {
+                    vec![]
+                } else {
+                    vec!["g: failing".into()]
+                },
+                tripped: tripped.map(|g| (g, "bad".into())),
+                ..GateSummary::default()
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Arbitrary stored states x observations x documents through `decide` and the planner:
+        /// no panic, and nothing written that Route53 would answer badly: never every weight 0,
+        /// never a weight above 255, never a weight raised above what Route53 answers before ECS
+        /// can carry it, and the state TXT only ever fenced (DELETE of what was read + CREATE).
+        #[test]
+        fn nothing_unsafe_is_written_from_any_state(
+            split in any_document(),
+            stored in prop::option::of(any_stored()),
+            observed in prop::option::of(prop::collection::btree_map(
+                prop::sample::select(vec!["lambda".to_string(), "fargate".into()]),
+                prop_oneof![0i64..=3, 0i64..=255],
+                1..3,
+            )),
+            ecs in prop::option::of((0i32..30, 0i32..30, any::<bool>())),
+            gates in any_gates(),
+            now_offset_ms in 0u64..2_000_000,
+        ) {
+            let now_ms = NOW_MS + now_offset_ms;
+            let mut zone: Vec<RecordSet> = observed
+                .iter()
+                .flatten()
+                .map(|(b, &wt)| weighted(&split, b, wt))
+                .collect();
+            if let Some(s) = &stored {
+                let state = crate::state::RolloutState {
+                    owner: s.owner.into(),
+                    split: s.split.into(),
+                    generation: match s.gen {
+                        0 => rollout::generation(&split),
+                        1 => {
+                            // The legacy hash: backends in document order.
+                            let mut h = sha2::Sha256::new();
+                            use sha2::Digest;
+                            for (k, v) in &split.spec.weights { h.update(format!("w:{k}={v};")); }
+                            for st in split.spec.steps() { h.update(format!("s:{st};")); }
+                            for b in &split.spec.backends { h.update(format!("b:{};", b.name)); }
+                            h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+                        }
+                        _ => "0123456789ab".into(),
+                    },
+                    phase: s.phase,
+                    step: s.step,
+                    since: s.since,
+                    start: s.start.clone(),
+                    current: s.current.clone(),
+                    drains: s.drains.clone(),
+                    rev: s.rev,
+                    capacity_since: None,
+                    autoscaling: BTreeMap::new(),
+                };
+                let payload = match &s.garbage {
+                    Some(g) => format!("heritage=trafficshift,owner=test,{g}"),
+                    None => state.encode(),
+                };
+                zone.push(txt(&split, &payload, 300));
+            }
+            let ecs_obs: BTreeMap<String, EcsObs> = ecs
+                .map(|(desired, running, stable)| ("fargate".to_string(), EcsObs { desired, running, stable, ..EcsObs::default() }))
+                .into_iter()
+                .collect();
+
+            let refs: Vec<&RecordSet> = zone.iter().collect();
+            // A conflict (another owner, another split) is reported and nothing is written.
+            let Ok(obs) = classify(&split, "test", &refs, &targets()) else { return Ok(()); };
+            let d = rollout::decide(&rollout::Inputs {
+                split: &split,
+                owner: "test",
+                stored: obs.state.as_ref(),
+                observed: obs.weights.as_ref(),
+                ecs: &ecs_obs,
+                gates: &gates,
+                now_ms,
+            });
+            let Some(write) = &d.write else { return Ok(()); };
+            let intended = obs.state.as_ref().map(|s| s.current.clone()).unwrap_or_default();
+            let planned = route53_changes(&split, &obs, write, &d.state, &targets(), &intended);
+            let valid_doc = crate::spec::validate::check(&split).is_empty();
+            prop_assert!(planned.is_ok() || !valid_doc, "a valid document must plan: {planned:?}");
+            let Ok(planned) = planned else { return Ok(()); };
+            let changes: Vec<Change> = planned.into_iter().map(|c| c.change).collect();
+            prop_assert!(check_batch(&changes).is_ok());
+            if changes.is_empty() {
+                return Ok(());
+            }
+
+            // The set as Route53 holds it after the batch.
+            let mut after = zone.clone();
+            apply_like_route53(&mut after, &changes).map_err(TestCaseError::fail)?;
+            let set: BTreeMap<String, i64> = after
+                .iter()
+                .filter(|r| r.rtype == "A")
+                .map(|r| (r.set_identifier.clone().unwrap_or_default(), r.weight.unwrap_or(0)))
+                .collect();
+            prop_assert!(set.values().any(|&x| x > 0), "all weights 0: {set:?}");
+            prop_assert!(set.values().all(|&x| (0..=255).contains(&x)), "out of range: {set:?}");
+
+            // Capacity: fargate (20 tasks at full traffic) raised above the share Route53 answered
+            // (rounded up to a whole percent) only with ceil(20 * share / 100) tasks stable.
+            let total: i64 = set.values().sum();
+            prop_assert_eq!(total, 100, "{:?}", set);
+            let new = set.get("fargate").copied().unwrap_or(0);
+            let before: Vec<(&String, i64)> = observed.iter().flatten().map(|(k, &v)| (k, v)).collect();
+            let old_ceil = match before.iter().find(|(k, _)| *k == "fargate") {
+                None => 0,
+                Some(_) => {
+                    let sum: i64 = before.iter().map(|(_, v)| v).sum();
+                    if sum == 0 {
+                        // Route53 answers an all-zero set evenly.
+                        (100 + before.len() as i64 - 1) / before.len() as i64
+                    } else {
+                        let f = before.iter().find(|(k, _)| *k == "fargate").unwrap().1;
+                        (100 * f + sum - 1) / sum
+                    }
+                }
+            };
+            if new > old_ceil {
+                let need = (20 * new + 99) / 100;
+                let ok = ecs.is_some_and(|(desired, running, stable)| {
+                    i64::from(desired) >= need && i64::from(running) >= need && stable
+                });
+                prop_assert!(ok, "fargate raised {old_ceil}% -> {new}% with ECS {ecs:?} (needs {need})");
+            }
+
+            // The state TXT is only ever written fenced.
+            let txt_changes: Vec<&Change> = changes.iter().filter(|c| c.record.rtype == "TXT").collect();
+            let read = zone.iter().find(|r| r.rtype == "TXT");
+            match read {
+                Some(old) => {
+                    prop_assert_eq!(txt_changes.len(), 2);
+                    prop_assert_eq!(txt_changes[0].action, ChangeAction::Delete);
+                    prop_assert_eq!(&txt_changes[0].record, old);
+                    prop_assert_eq!(txt_changes[1].action, ChangeAction::Create);
+                }
+                None => {
+                    prop_assert_eq!(txt_changes.len(), 1);
+                    prop_assert_eq!(txt_changes[0].action, ChangeAction::Create);
+                }
+            }
+        }
     }
 }

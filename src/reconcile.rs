@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::FutureExt;
 use tracing::{info, warn};
 
 use crate::aws::{AliasTarget, Aws, Change, EcsService, RecordSet, ScalableTarget, Zone};
@@ -507,6 +508,7 @@ fn clone_err(e: &Error) -> Error {
         },
         Error::NotFound(m) => Error::NotFound(m.clone()),
         Error::Conflict(m) => Error::Conflict(m.clone()),
+        Error::Fenced(m) => Error::Fenced(m.clone()),
         other => Error::Other(other.to_string()),
     }
 }
@@ -582,7 +584,7 @@ fn gates_matter(split: &TrafficSplit, obs: &Observed) -> bool {
         return false;
     }
     match &obs.state {
-        Some(s) if s.generation == rollout::generation(split) => s.phase == Phase::Progressing,
+        Some(s) if rollout::same_generation(&s.generation, split) => s.phase == Phase::Progressing,
         _ => true,
     }
 }
@@ -757,9 +759,26 @@ async fn plan_split(
     scalable: &Result<HashMap<(String, String), ScalableTarget>>,
     now_ms: u64,
 ) {
-    match plan_split_inner(ctx, p, services, cluster_errors, scalable, now_ms).await {
-        Ok(r) => p.report = Some(r),
-        Err(e) => p.error = Some(e),
+    // Planning is pure code over remote input, and property-tested not to panic. Should a bug
+    // slip through anyway, it costs this split its cycle, never the other splits or the process:
+    // nothing is written for it, and the panic is reported as its error.
+    let planned =
+        std::panic::AssertUnwindSafe(plan_split_inner(ctx, p, services, cluster_errors, scalable, now_ms))
+            .catch_unwind()
+            .await;
+    match planned {
+        Ok(Ok(r)) => p.report = Some(r),
+        Ok(Err(e)) => p.error = Some(e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            p.error = Some(Error::Other(format!(
+                "internal error while planning (nothing written; please report it): {what}"
+            )));
+        }
     }
 }
 
@@ -781,7 +800,7 @@ async fn plan_split_inner(
     if obs
         .state
         .as_ref()
-        .is_none_or(|s| s.generation != rollout::generation(&split))
+        .is_none_or(|s| !rollout::same_generation(&s.generation, &split))
     {
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
@@ -808,6 +827,15 @@ async fn plan_split_inner(
     }
 
     let mut notes = Vec::new();
+    if let Some(why) = &obs.state_problem {
+        notes.push(Note {
+            warning: true,
+            reason: "StateInvalid",
+            message: format!(
+                "the stored rollout state cannot be read ({why}); starting a new rollout from what Route53 shows"
+            ),
+        });
+    }
     if gates_matter(&split, &obs) {
         let capacity_wait = awaits_capacity(&split, &obs, now);
         notes.extend(
@@ -1066,9 +1094,16 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending], now: u64) {
                                 ctx.update_zone_count(&zone_id, |n| n + net_records(&changes));
                                 mark_applied(ctx, pending, &[i], &id, now)
                             }
-                            Err(e) => pending[i].error = Some(e),
+                            Err(e) => {
+                                pending[i].error =
+                                    Some(fence_lost(ctx, &zone_id, &pending[i], e).await)
+                            }
                         }
                     }
+                }
+                Err(e) if chunk.len() == 1 => {
+                    let i = chunk[0];
+                    pending[i].error = Some(fence_lost(ctx, &zone_id, &pending[i], e).await);
                 }
                 Err(e) => {
                     for &i in &chunk {
@@ -1151,6 +1186,54 @@ async fn apply_all(ctx: &Context, pending: &mut [Pending], now: u64) {
             }
         }
     }
+}
+
+/// A split's rejected batch, checked against its fence: when the state TXT is no longer what the
+/// batch was decided on (another controller with this owner id, or a hand edit, came between
+/// read and write), the rejection is the fence doing its job. Nothing was written; the split is
+/// re-read and re-decided on the next, soon, cycle. Other rejections keep their error.
+async fn fence_lost(ctx: &Context, zone_id: &str, p: &Pending, e: Error) -> Error {
+    if !matches!(
+        e,
+        Error::Aws {
+            failure: crate::error::AwsFailure::Permanent,
+            ..
+        }
+    ) {
+        return e;
+    }
+    let Some(r) = &p.report else { return e };
+    let txt_name = crate::state::txt_name(&fqdn(&p.work.doc.split.spec.record.name));
+    let txt_changes: Vec<&Change> = r
+        .route53
+        .iter()
+        .map(|c| &c.change)
+        .filter(|c| c.record.name == txt_name && c.record.rtype == "TXT")
+        .collect();
+    if txt_changes.is_empty() {
+        return e;
+    }
+    // What the batch expected to find: the TXT it deletes, or none when it only creates one.
+    let expected = txt_changes
+        .iter()
+        .find(|c| c.action == crate::aws::ChangeAction::Delete)
+        .map(|c| &c.record);
+    let Ok(now) = ctx
+        .aws
+        .dns
+        .list_from(zone_id, &fqdn(&p.work.doc.split.spec.record.name))
+        .await
+    else {
+        return e;
+    };
+    let found = now.iter().find(|r| r.name == txt_name && r.rtype == "TXT");
+    if found == expected {
+        return e;
+    }
+    Error::Fenced(format!(
+        "{txt_name} changed between read and write (another controller with owner id {:?}, or a hand edit); nothing was written, the split is re-read and re-decided",
+        ctx.owner
+    ))
 }
 
 /// Records a batch adds to its zone (creates minus deletes).
@@ -1593,5 +1676,328 @@ mod gate_clock_tests {
         for (arn, name) in table {
             assert_eq!(tg_name(arn), name);
         }
+    }
+}
+
+#[cfg(test)]
+mod fencing_tests {
+    use super::*;
+    use crate::aws::{Alarms, ChangeAction, Dns, Ecs, Targets};
+    use crate::error::AwsFailure;
+    use async_trait::async_trait;
+    use std::sync::Arc;
+
+    type Hook = Box<dyn FnOnce(&mut Vec<RecordSet>) + Send>;
+
+    /// One hosted zone with Route53's batch rules (all or nothing; DELETE must match exactly;
+    /// CREATE must find nothing) and a hook that edits the zone just before the next batch: a
+    /// hand edit between the controller's read and its write.
+    #[derive(Default)]
+    struct Zone53 {
+        records: Mutex<Vec<RecordSet>>,
+        before_next_change: Mutex<Option<Hook>>,
+    }
+
+    #[async_trait]
+    impl Dns for Zone53 {
+        async fn find_zone(&self, _: &str) -> Result<Zone> {
+            Ok(Zone {
+                id: "Z1".into(),
+                name: "abceed.example.".into(),
+                record_count: self.records.lock().unwrap().len() as i64,
+                private: false,
+            })
+        }
+        async fn list_all(&self, _: &str) -> Result<Vec<RecordSet>> {
+            Ok(self.records.lock().unwrap().clone())
+        }
+        async fn list_from(&self, _: &str, name: &str) -> Result<Vec<RecordSet>> {
+            let under = format!(".{name}");
+            Ok(self
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.name == name || r.name.ends_with(&under))
+                .cloned()
+                .collect())
+        }
+        async fn change(&self, _: &str, _: &str, changes: &[Change]) -> Result<String> {
+            if let Some(hook) = self.before_next_change.lock().unwrap().take() {
+                hook(&mut self.records.lock().unwrap());
+            }
+            let mut zone = self.records.lock().unwrap();
+            let mut next = zone.clone();
+            let key = |r: &RecordSet| (r.name.clone(), r.rtype.clone(), r.set_identifier.clone());
+            for c in changes {
+                let at = next.iter().position(|r| key(r) == key(&c.record));
+                let problem = match (c.action, at) {
+                    (ChangeAction::Delete, Some(i)) if next[i] == c.record => {
+                        next.remove(i);
+                        None
+                    }
+                    (ChangeAction::Delete, _) => Some("values do not match"),
+                    (ChangeAction::Create, Some(_)) => Some("it already exists"),
+                    (ChangeAction::Create, None) | (ChangeAction::Upsert, None) => {
+                        next.push(c.record.clone());
+                        None
+                    }
+                    (ChangeAction::Upsert, Some(i)) => {
+                        next[i] = c.record.clone();
+                        None
+                    }
+                };
+                if let Some(p) = problem {
+                    return Err(Error::Aws {
+                        service: "route53",
+                        operation: "ChangeResourceRecordSets",
+                        failure: AwsFailure::Permanent,
+                        message: format!("InvalidChangeBatch: {} {p}", c.record.name),
+                    });
+                }
+            }
+            *zone = next;
+            Ok("C1".into())
+        }
+        async fn insync(&self, _: &str) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// ECS services at 20 running tasks behind target group "tg".
+    struct Services;
+
+    #[async_trait]
+    impl Ecs for Services {
+        async fn describe(&self, cluster: &str, services: &[String]) -> Result<Vec<EcsService>> {
+            Ok(services
+                .iter()
+                .map(|s| EcsService {
+                    cluster: cluster.into(),
+                    service: s.clone(),
+                    arn: format!("arn:{s}"),
+                    status: "ACTIVE".into(),
+                    desired: 20,
+                    running: 20,
+                    pending: 0,
+                    deployments: 1,
+                    rollout_state: Some("COMPLETED".into()),
+                    target_groups: vec!["tg".into()],
+                })
+                .collect())
+        }
+        async fn set_desired(&self, _: &str, _: &str, _: i32) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Alias targets; the domain `boom.example` fails its first lookup and panics on the next
+    /// (a bug reached while planning one split).
+    #[derive(Default)]
+    struct Aliases {
+        boom_calls: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl Targets for Aliases {
+        async fn api_gateway_domain(&self, domain: &str) -> Result<AliasTarget> {
+            if domain == "boom.example" {
+                let mut n = self.boom_calls.lock().unwrap();
+                *n += 1;
+                if *n > 1 {
+                    panic!("a bug in one split's planning");
+                }
+                return Err(Error::NotFound("not yet".into()));
+            }
+            Ok(AliasTarget {
+                dns_name: format!("d-{domain}."),
+                hosted_zone_id: "ZAPI".into(),
+                evaluate_target_health: false,
+            })
+        }
+        async fn target_group_lb(&self, _: &str) -> Result<AliasTarget> {
+            Ok(AliasTarget {
+                dns_name: "alb.example.".into(),
+                hosted_zone_id: "ZALB".into(),
+                evaluate_target_health: false,
+            })
+        }
+        async fn target_health(&self, _: &str) -> Result<(u32, u32)> {
+            Ok((1, 1))
+        }
+    }
+
+    struct NoAlarms;
+
+    #[async_trait]
+    impl Alarms for NoAlarms {
+        async fn alarm_states(&self, _: &[String]) -> Result<Vec<(String, String)>> {
+            Ok(vec![])
+        }
+    }
+
+    fn context(dns: Arc<Zone53>) -> Context {
+        let aws = Aws {
+            dns,
+            ecs: Arc::new(Services),
+            targets: Arc::new(Aliases::default()),
+            alarms: Arc::new(NoAlarms),
+            autoscaling: Arc::new(crate::aws::autoscaling::NoAutoscaling),
+        };
+        Context::new(aws, "test", false)
+    }
+
+    fn work(name: &str) -> Work {
+        let mut split = TrafficSplit::test().with_steps(&[50, 100], 0);
+        split.metadata.name = name.into();
+        split.spec.record.name = format!("{name}.abceed.example.");
+        Work {
+            doc: SplitDoc {
+                split,
+                file: format!("{name}.yaml").into(),
+                line: 1,
+                hash: "h".into(),
+            },
+            gates: BTreeMap::new(),
+        }
+    }
+
+    fn weights_at(dns: &Zone53, name: &str) -> Weights {
+        dns.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.name == format!("{name}.abceed.example.") && r.weight.is_some())
+            .map(|r| (r.set_identifier.clone().unwrap(), r.weight.unwrap() as u32))
+            .collect()
+    }
+
+    fn by_name(outcomes: Vec<Outcome>) -> BTreeMap<String, Result<Report>> {
+        outcomes.into_iter().map(|o| (o.name, o.result)).collect()
+    }
+
+    fn w(pairs: &[(&str, u32)]) -> Weights {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// Weighted records of `name` at lambda 100 / fargate 0, no state TXT yet.
+    fn adoptable(dns: &Zone53, name: &str) {
+        for (b, weight, target) in [
+            ("lambda", 100, "d-api.abceed.example."),
+            ("fargate", 0, "alb.example."),
+        ] {
+            dns.records.lock().unwrap().push(RecordSet {
+                name: format!("{name}.abceed.example."),
+                rtype: "A".into(),
+                set_identifier: Some(b.into()),
+                weight: Some(weight),
+                ttl: None,
+                alias: Some(AliasTarget {
+                    dns_name: target.into(),
+                    hosted_zone_id: if b == "lambda" { "ZAPI" } else { "ZALB" }.into(),
+                    evaluate_target_health: false,
+                }),
+                values: vec![],
+                health_check_id: None,
+                other_routing: false,
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fenced_split_is_retried_soon_and_blocks_no_other() {
+        let dns = Arc::new(Zone53::default());
+        adoptable(&dns, "api");
+        adoptable(&dns, "web");
+        let ctx = context(dns.clone());
+        let now = 1_764_000_000_000;
+        let first = by_name(cycle(&ctx, vec![work("api"), work("web")], now, true).await);
+        assert!(first.values().all(|r| r.is_ok()), "{first:?}");
+        assert_eq!(
+            weights_at(&dns, "api"),
+            w(&[("lambda", 50), ("fargate", 50)])
+        );
+
+        // Someone edits api's state TXT (its TTL) after the next cycle's read, before its write.
+        let api_txt = crate::state::txt_name("api.abceed.example.");
+        let edit = api_txt.clone();
+        *dns.before_next_change.lock().unwrap() = Some(Box::new(move |zone| {
+            for r in zone.iter_mut().filter(|r| r.name == edit) {
+                r.ttl = Some(299);
+            }
+        }));
+        let second = by_name(cycle(&ctx, vec![work("api"), work("web")], now + 1000, true).await);
+        let api_err = second["api"].as_ref().unwrap_err();
+        assert!(matches!(api_err, Error::Fenced(_)), "{api_err}");
+        assert!(api_err.is_retryable(), "re-read soon, not at resync");
+        assert!(
+            second["web"].as_ref().unwrap().applied,
+            "web is not blocked"
+        );
+        assert_eq!(
+            weights_at(&dns, "web"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+        assert_eq!(
+            weights_at(&dns, "api"),
+            w(&[("lambda", 50), ("fargate", 50)]),
+            "nothing of the fenced batch applied"
+        );
+        let edited = dns
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == api_txt)
+            .cloned()
+            .unwrap();
+        assert_eq!(edited.ttl, Some(299), "the hand edit survives");
+
+        // The next cycle re-reads, re-decides and takes the step, once.
+        let third = by_name(cycle(&ctx, vec![work("api")], now + 2000, true).await);
+        assert!(third["api"].as_ref().unwrap().applied, "{third:?}");
+        assert_eq!(
+            weights_at(&dns, "api"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+        let txt = dns
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == api_txt)
+            .cloned()
+            .unwrap();
+        let state = crate::state::RolloutState::decode(&crate::state::from_txt_values(&txt.values))
+            .unwrap();
+        assert_eq!(
+            (state.step, state.rev),
+            (2, 2),
+            "step 2, second write of the TXT"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_planning_one_split_costs_only_that_split() {
+        let dns = Arc::new(Zone53::default());
+        let ctx = context(dns.clone());
+        let mut boom = work("boom");
+        boom.doc.split.spec.backends[0]
+            .api_gateway
+            .as_mut()
+            .unwrap()
+            .domain_name = "boom.example".into();
+        let out = by_name(cycle(&ctx, vec![boom, work("web")], 1_764_000_000_000, true).await);
+        let err = out["boom"].as_ref().unwrap_err().to_string();
+        assert!(err.contains("a bug in one split's planning"), "{err}");
+        assert!(out["web"].as_ref().unwrap().applied);
+        assert_eq!(
+            weights_at(&dns, "web"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+        assert!(
+            weights_at(&dns, "boom").is_empty(),
+            "nothing written for boom"
+        );
     }
 }

@@ -123,8 +123,37 @@ pub struct Decision {
 }
 
 /// Hash of what defines a rollout: target weights, steps and backend names. Editing gates, the
-/// interval or `paused` does not restart a rollout.
+/// interval or `paused` does not restart a rollout, and neither does reordering `backends`.
 pub fn generation(split: &TrafficSplit) -> String {
+    let mut names: Vec<&str> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    names.sort_unstable();
+    hash_of(split, &names)
+}
+
+/// The generation releases up to 0.1 wrote: backends in document order. A state TXT they wrote
+/// must still name the same rollout after an upgrade, or the upgrade would restart every rollout
+/// in flight and forget its holds.
+fn legacy_generation(split: &TrafficSplit) -> String {
+    let names: Vec<&str> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    hash_of(split, &names)
+}
+
+/// Whether a stored generation is this document's rollout (current or legacy hash).
+pub fn same_generation(stored: &str, split: &TrafficSplit) -> bool {
+    stored == generation(split) || stored == legacy_generation(split)
+}
+
+fn hash_of(split: &TrafficSplit, backend_names: &[&str]) -> String {
     let mut h = Sha256::new();
     for (k, v) in &split.spec.weights {
         h.update(format!("w:{k}={v};"));
@@ -132,8 +161,8 @@ pub fn generation(split: &TrafficSplit) -> String {
     for s in split.spec.steps() {
         h.update(format!("s:{s};"));
     }
-    for b in &split.spec.backends {
-        h.update(format!("b:{};", b.name));
+    for b in backend_names {
+        h.update(format!("b:{b};"));
     }
     h.finalize()
         .iter()
@@ -159,7 +188,129 @@ fn usable(split: &TrafficSplit, w: &Weights) -> Option<Weights> {
             *slot = *v;
         }
     }
-    (out.values().sum::<u32>() == 100).then_some(out)
+    // u64: a hand-edited TXT can hold any u32, and the sum must not overflow.
+    (out.values().map(|&v| u64::from(v)).sum::<u64>() == 100).then_some(out)
+}
+
+/// What Route53 answers for an observed set, as a usable split. Route53 answers a set whose
+/// weights are all 0 evenly across its records, so such a set counts as equal shares (for
+/// capacity and drains alike), not as no traffic.
+fn observed_shares(split: &TrafficSplit, observed: &Weights) -> Option<Weights> {
+    let mut records: Vec<&String> = observed
+        .keys()
+        .filter(|k| split.backend(k).is_some())
+        .collect();
+    if records.is_empty() || observed.values().any(|&v| v > 0) {
+        return usable(split, observed);
+    }
+    records.sort();
+    let n = records.len() as u32;
+    let mut out = zeroes(split);
+    for (i, k) in records.into_iter().enumerate() {
+        // 100 / n, the remainder to the first names: integers summing to 100.
+        out.insert(k.clone(), 100 / n + u32::from((i as u32) < 100 % n));
+    }
+    Some(out)
+}
+
+/// Stored times further ahead of this clock than this are not believed (a controller on another
+/// node may run a little ahead; a hand-edited `since` far in the future would hold a step forever).
+const MAX_CLOCK_SKEW_SECS: u64 = 600;
+
+/// Why a stored state of this rollout (same owner and generation) does not fit the document and
+/// cannot be carried forward. The TXT is remote input anyone with Route53 access can edit: a state
+/// that passes here keeps every index and sum in `decide` in range.
+fn validate_stored(
+    split: &TrafficSplit,
+    s: &RolloutState,
+    target: &Weights,
+    steps: &[u32],
+    now: u64,
+) -> Result<(), String> {
+    let n = steps.len();
+    if s.split != split.name() {
+        return Err(format!("it names split {:?}", s.split));
+    }
+    let ok_step = match s.phase {
+        Phase::Progressing => s.step < n,
+        Phase::Complete => s.step == n,
+        Phase::RolledBack => s.step <= n,
+    };
+    if !ok_step {
+        return Err(format!(
+            "step {} does not fit phase {:?} of a {n}-step rollout",
+            s.step, s.phase
+        ));
+    }
+    for (what, w) in [("start", &s.start), ("cur", &s.current)] {
+        let names: Vec<&str> = w.keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = split
+            .spec
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        want.sort_unstable();
+        if names != want {
+            return Err(format!(
+                "{what} names backends {names:?}, the document {want:?}"
+            ));
+        }
+        if usable(split, w).is_none() {
+            return Err(format!(
+                "{what} {} does not sum to 100",
+                crate::weights::show(w)
+            ));
+        }
+    }
+    // `cur` is always the start moved the step's share of the way to the target (the start
+    // itself when rolled back): anything else was not written by trafficshift.
+    let expected = match s.phase {
+        Phase::RolledBack => s.start.clone(),
+        _ if s.step == 0 => s.start.clone(),
+        _ => interpolate(&s.start, target, steps[s.step - 1]),
+    };
+    if s.current != expected {
+        return Err(format!(
+            "cur {} is not step {} from {} ({})",
+            crate::weights::show(&s.current),
+            s.step,
+            crate::weights::show(&s.start),
+            crate::weights::show(&expected)
+        ));
+    }
+    if s.since > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Err(format!("since {} is in the future", s.since));
+    }
+    // A drain's end is not checked here: editing drainDelay (or the TTL behind its default)
+    // does not restart a rollout, so an end beyond today's delay can be legitimate; it is bounded
+    // by `sane_drains` instead.
+    for (b, d) in &s.drains {
+        if split.backend(b).is_none_or(|x| x.ecs.is_none()) {
+            return Err(format!("drain names {b:?}, not an ECS backend"));
+        }
+        if d.share > 100 {
+            return Err(format!("drain of {b} at {}% is out of range", d.share));
+        }
+    }
+    Ok(())
+}
+
+/// The drains of a stored state worth keeping: ECS backends of the document, a share that is a
+/// percentage, an end no further away than a drain of this document can last (a hand-edited
+/// `until` must not keep a service scaled up for ever).
+fn sane_drains(split: &TrafficSplit, s: &RolloutState, now: u64) -> BTreeMap<String, Drain> {
+    let limit = now
+        .saturating_add(split.spec.drain_delay().as_secs())
+        .saturating_add(MAX_CLOCK_SKEW_SECS);
+    s.drains
+        .iter()
+        .filter(|(b, d)| split.backend(b).is_some_and(|x| x.ecs.is_some()) && d.share <= 100)
+        .map(|(b, d)| {
+            let until = d.until.min(limit);
+            (b.clone(), Drain { until, ..*d })
+        })
+        .collect()
 }
 
 /// Why capacity for `want` is not serving yet, for a backend whose weight rises above `baseline`.
@@ -268,24 +419,71 @@ pub fn decide(i: &Inputs) -> Decision {
     // `now` for comparisons (rounded down), `stamp` for times written down (rounded up).
     let now = i.now_ms / 1000;
     let stamp = i.now_ms.div_ceil(1000);
-    let target = usable(split, &split.spec.weights).unwrap_or_else(|| split.spec.weights.clone());
+    // `validate` refuses a target that does not sum to 100; should one get here anyway, its
+    // proportions are used, so every split written still sums to 100.
+    let target = usable(split, &split.spec.weights)
+        .or_else(|| {
+            let mut known = zeroes(split);
+            for (k, v) in &split.spec.weights {
+                if let Some(slot) = known.get_mut(k) {
+                    *slot = *v;
+                }
+            }
+            crate::weights::normalize(&known)
+        })
+        .unwrap_or_else(|| split.spec.weights.clone());
     let steps = split.spec.steps();
     let n = steps.len();
     let gen = generation(split);
     let observed_or_zero = i
         .observed
-        .and_then(|o| usable(split, o))
+        .and_then(|o| observed_shares(split, o))
         .unwrap_or_else(|| zeroes(split));
     let mut notes = Vec::new();
 
-    let mut st = match i.stored {
-        Some(s) if s.generation == gen && s.owner == i.owner && s.step <= n => s.clone(),
+    // A stored state of this rollout that does not fit the document is not ours to trust.
+    let stored = match i.stored {
+        Some(s) if s.owner == i.owner && same_generation(&s.generation, split) => {
+            match validate_stored(split, s, &target, &steps, now) {
+                Ok(()) => Some(s),
+                Err(why) => {
+                    notes.push(Note {
+                        warning: true,
+                        reason: "StateInvalid",
+                        message: format!(
+                            "the stored rollout state does not fit the document ({why}); starting a new rollout from what Route53 shows"
+                        ),
+                    });
+                    None
+                }
+            }
+        }
+        Some(s) if s.owner != i.owner => {
+            notes.push(Note {
+                warning: true,
+                reason: "StateInvalid",
+                message: format!(
+                    "the stored rollout state belongs to owner {:?}; starting a new rollout from what Route53 shows",
+                    s.owner
+                ),
+            });
+            None
+        }
+        other => other,
+    };
+    let mut st = match stored {
+        Some(s) if same_generation(&s.generation, split) => RolloutState {
+            // A legacy hash is carried forward in the current form with the next write.
+            generation: gen.clone(),
+            drains: sane_drains(split, s, now),
+            ..s.clone()
+        },
         other => {
             // A new rollout starts from what trafficshift applied last (the TXT wins over hand
             // edits), else from what Route53 shows, else (nothing exists) from the target.
             let start = other
                 .and_then(|s| usable(split, &s.current))
-                .or_else(|| i.observed.and_then(|o| usable(split, o)))
+                .or_else(|| i.observed.and_then(|o| observed_shares(split, o)))
                 .unwrap_or_else(|| target.clone());
             let done = start == target;
             notes.push(Note {
@@ -310,9 +508,13 @@ pub fn decide(i: &Inputs) -> Decision {
                 since: stamp,
                 current: start.clone(),
                 start,
-                drains: i.stored.map(|s| s.drains.clone()).unwrap_or_default(),
+                drains: i
+                    .stored
+                    .map(|s| sane_drains(split, s, now))
+                    .unwrap_or_default(),
                 capacity_since: None,
                 autoscaling: i.stored.map(|s| s.autoscaling.clone()).unwrap_or_default(),
+                rev: i.stored.map_or(0, |s| s.rev),
             }
         }
     };
@@ -361,7 +563,7 @@ pub fn decide(i: &Inputs) -> Decision {
                 let due = if st.step == 0 {
                     0
                 } else {
-                    hold_from + interval
+                    hold_from.saturating_add(interval)
                 };
                 if now < due {
                     waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
@@ -434,7 +636,7 @@ pub fn decide(i: &Inputs) -> Decision {
                                 st.phase = Phase::Complete;
                                 SplitState::Complete
                             } else {
-                                next_step_at = Some(stamp + interval);
+                                next_step_at = Some(stamp.saturating_add(interval));
                                 SplitState::Progressing
                             }
                         }
@@ -503,7 +705,7 @@ pub fn decide(i: &Inputs) -> Decision {
                     b.name.clone(),
                     Drain {
                         share,
-                        until: stamp + drain_secs,
+                        until: stamp.saturating_add(drain_secs),
                     },
                 );
             }
@@ -1231,6 +1433,284 @@ mod tests {
         assert_eq!(d.state.since, 1_000, "a wait does not restart the clock");
         world.gates = GateSummary::none();
         assert_eq!(world.cycle().state.step, 2);
+    }
+
+    fn invalid_notes(d: &Decision) -> Vec<&Note> {
+        d.notes
+            .iter()
+            .filter(|n| n.reason == "StateInvalid")
+            .collect()
+    }
+
+    /// The crash: a TXT edited to `step=2,since=1` while a 2-step rollout holds at step 1.
+    #[test]
+    fn a_tampered_step_starts_over_from_route53_instead_of_panicking() {
+        let mut world = World::new(TrafficSplit::test().with_steps(&[50, 100], 300));
+        world.ecs = ecs(20, 20, true);
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        let mut tampered = world.stored.clone().unwrap();
+        tampered.step = 2;
+        tampered.since = 1;
+        world.stored = Some(tampered);
+        world.ecs = ecs(20, 20, true);
+        world.now += 10;
+        let d = world.decide();
+        let notes = invalid_notes(&d);
+        assert_eq!(notes.len(), 1, "{:?}", d.notes);
+        assert!(notes[0].warning);
+        assert!(notes[0].message.contains("step 2"), "{}", notes[0].message);
+        // A new rollout from what Route53 shows (50/50): its first step is half-way to the target.
+        assert_eq!(d.state.start, w(&[("lambda", 50), ("fargate", 50)]));
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.write, Some(w(&[("lambda", 25), ("fargate", 75)])));
+    }
+
+    #[test]
+    fn every_kind_of_misfit_state_is_reported_and_replaced() {
+        let split = TrafficSplit::test().with_steps(&[50, 100], 300);
+        let mut world = World::new(split);
+        world.ecs = ecs(20, 20, true);
+        world.cycle();
+        let good = world.stored.clone().unwrap();
+        assert_eq!(good.step, 1);
+        type Edit = Box<dyn Fn(&mut RolloutState)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("step past the steps", Box::new(|s| s.step = 7)),
+            ("progressing at the last step", Box::new(|s| s.step = 2)),
+            (
+                "complete before the end",
+                Box::new(|s| s.phase = Phase::Complete),
+            ),
+            (
+                "unknown backend",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 50), ("ghost", 50)]);
+                }),
+            ),
+            (
+                "missing backend",
+                Box::new(|s| s.start = w(&[("lambda", 100)])),
+            ),
+            (
+                "all-zero cur",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 0), ("fargate", 0)]);
+                }),
+            ),
+            (
+                "cur not summing to 100",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 60), ("fargate", 60)]);
+                }),
+            ),
+            (
+                "overflowing start",
+                Box::new(|s| {
+                    s.start = w(&[("lambda", u32::MAX), ("fargate", 101)]);
+                }),
+            ),
+            (
+                "cur not the step's weights",
+                Box::new(|s| {
+                    s.current = w(&[("lambda", 10), ("fargate", 90)]);
+                }),
+            ),
+            ("since far in the future", Box::new(|s| s.since = u64::MAX)),
+            (
+                "drain of an unknown backend",
+                Box::new(|s| {
+                    s.drains.insert(
+                        "ghost".into(),
+                        Drain {
+                            share: 5,
+                            until: 1_100,
+                        },
+                    );
+                }),
+            ),
+            (
+                "drain of more than everything",
+                Box::new(|s| {
+                    s.drains.insert(
+                        "fargate".into(),
+                        Drain {
+                            share: 101,
+                            until: 1_100,
+                        },
+                    );
+                }),
+            ),
+            ("another split", Box::new(|s| s.split = "web".into())),
+            (
+                "another owner",
+                Box::new(|s| s.owner = "someone-else".into()),
+            ),
+        ];
+        for (what, edit) in cases {
+            let mut bad = good.clone();
+            edit(&mut bad);
+            world.stored = Some(bad);
+            let d = world.decide();
+            assert_eq!(invalid_notes(&d).len(), 1, "{what}: {:?}", d.notes);
+            assert_eq!(d.state.owner, "test", "{what}");
+            assert_eq!(
+                d.state.start,
+                w(&[("lambda", 50), ("fargate", 50)]),
+                "{what}: restarts from what Route53 shows"
+            );
+            assert!(
+                d.state.drains.values().all(|x| x.until < u64::MAX),
+                "{what}"
+            );
+        }
+        // The untouched state is carried as is.
+        world.stored = Some(good.clone());
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(d.state, good);
+        // A drain that would never end is kept, but only as long as a drain can last (120 s
+        // drainDelay plus 600 s of clock skew): editing drainDelay does not restart a rollout.
+        let mut forever = good.clone();
+        forever.drains.insert(
+            "fargate".into(),
+            Drain {
+                share: 50,
+                until: u64::MAX,
+            },
+        );
+        world.stored = Some(forever);
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(d.state.step, good.step);
+        assert_eq!(d.state.drains["fargate"].until, world.now + 120 + 600);
+    }
+
+    #[test]
+    fn an_all_zero_set_is_equal_shares_for_capacity_and_drains() {
+        // Route53 answers 0/0 as 50/50: fargate already carries half the traffic.
+        let mut world =
+            World::new(TrafficSplit::test().with_weights(&[("lambda", 100), ("fargate", 0)]));
+        world.observed = Some(w(&[("lambda", 0), ("fargate", 0)]));
+        world.ecs = ecs(2, 2, true);
+        let d = world.decide();
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(
+            d.state.drains.get("fargate").map(|x| x.share),
+            Some(50),
+            "fargate drains the half it carried"
+        );
+        assert_eq!(
+            d.ecs_desired["fargate"], 10,
+            "10 tasks = 50% of 20 until drained"
+        );
+        // Raising fargate from an all-zero set needs capacity only above its 50% share.
+        let mut world =
+            World::new(TrafficSplit::test().with_weights(&[("lambda", 40), ("fargate", 60)]));
+        world.observed = Some(w(&[("lambda", 0), ("fargate", 0)]));
+        world.ecs = ecs(10, 10, true);
+        let d = world.decide();
+        assert_eq!(
+            d.write,
+            Some(w(&[("lambda", 50), ("fargate", 50)])),
+            "what Route53 answers, written out; 60% needs 12 tasks and 10 run"
+        );
+        assert_eq!(d.ecs_desired["fargate"], 12);
+        assert!(d.waiting_for.unwrap().contains("stable at 12 tasks"));
+    }
+
+    #[test]
+    fn generation_ignores_backend_order_and_accepts_the_legacy_hash() {
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 300);
+        let mut swapped = split.clone();
+        swapped.spec.backends.reverse();
+        assert_eq!(generation(&split), generation(&swapped));
+        // The fixture lists lambda before fargate: the legacy hash (document order) differs.
+        assert_ne!(legacy_generation(&split), generation(&split));
+        assert!(same_generation(&legacy_generation(&split), &split));
+        assert!(same_generation(&legacy_generation(&swapped), &swapped));
+        assert!(!same_generation("000000000000", &split));
+    }
+
+    /// Each released TXT format, as written by that release, must be carried forward: same step,
+    /// same hold, same drains, rewritten in the current form.
+    #[test]
+    fn released_state_formats_carry_forward_without_restarting() {
+        let fixture = include_str!("../tests/fixtures/state-v1.txt");
+        let states: Vec<RolloutState> = fixture
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let payload = crate::state::from_txt_values(&[l.to_string()]);
+                RolloutState::decode_checked(&payload).unwrap_or_else(|e| panic!("{l}: {e}"))
+            })
+            .collect();
+        assert_eq!(states.len(), 2);
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 300);
+
+        // Progressing at step 1, 100 s into a 300 s hold.
+        let mut world = World::new(split.clone());
+        world.stored = Some(states[0].clone());
+        world.observed = Some(w(&[("lambda", 75), ("fargate", 25)]));
+        world.ecs = ecs(20, 20, true);
+        world.now = 1_764_000_100;
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "no restart: {:?}", d.notes);
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.state.since, 1_764_000_000, "the hold keeps its start");
+        assert_eq!(d.next_step_at, Some(1_764_000_300));
+        assert_eq!(d.write, Some(w(&[("lambda", 75), ("fargate", 25)])));
+        assert_eq!(
+            d.state.generation,
+            generation(&split),
+            "rewritten in the current form"
+        );
+        assert_eq!(
+            RolloutState {
+                generation: states[0].generation.clone(),
+                ..d.state.clone()
+            },
+            states[0]
+        );
+        // After the upgrade the rewritten state is carried as is, and the rollout goes on.
+        world.stored = Some(d.state.clone());
+        world.now = 1_764_000_300;
+        let d = world.decide();
+        assert_eq!(d.state.step, 2);
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+
+        // Rolled back, draining fargate's 50% until 1764000520.
+        let mut world = World::new(split.clone());
+        world.stored = Some(states[1].clone());
+        world.observed = Some(w(&[("lambda", 100), ("fargate", 0)]));
+        world.ecs = ecs(10, 10, true);
+        world.now = 1_764_000_460;
+        let d = world.decide();
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(d.status, SplitState::RolledBack);
+        assert_eq!(d.ecs_desired["fargate"], 10, "the drain is kept");
+        assert_eq!(d.state.drains, states[1].drains);
+    }
+
+    /// Any string decodes to a state or to a reason, never a panic.
+    #[test]
+    fn decoding_odd_payloads_never_panics() {
+        for p in [
+            "",
+            ",",
+            "=",
+            "heritage=trafficshift",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=paused,step=0,since=0,start=,cur=,drain=",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=complete,step=99999999999999999999999,since=0,start=,cur=,drain=",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=complete,step=1,since=-1,start=a:1,cur=a:x,drain=",
+            "heritage=trafficshift,owner=a,split=b,gen=c,phase=complete,step=1,since=1,start=a,cur=a:1,drain=a:1@",
+        ] {
+            assert!(RolloutState::decode_checked(p).is_err(), "{p}");
+        }
+        let huge = format!("heritage=trafficshift,owner={}", "x".repeat(5000));
+        assert!(RolloutState::decode_checked(&huge)
+            .unwrap_err()
+            .contains("characters"));
     }
 
     proptest! {

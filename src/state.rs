@@ -4,10 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use crate::aws::ScalableTarget;
 use crate::spec::Weights;
 
 pub const HERITAGE: &str = "trafficshift";
+
+/// The longest owner id (`--owner-id`); it is stored in every state TXT.
+pub const MAX_OWNER_LEN: usize = 63;
+
+/// The bounds of an Application Auto Scaling scalable target of an ECS service's desired count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalableTarget {
+    pub min: i32,
+    pub max: i32,
+}
 
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +79,10 @@ pub struct RolloutState {
     /// bounds, restored when the share falls back. TXT key `aas` (`name:min:max;...`), written
     /// only when not empty; TXTs without it decode to none.
     pub autoscaling: BTreeMap<String, ScalableTarget>,
+    /// Writes of this record so far. Each write carries a new value, so the fenced write (DELETE
+    /// of the exact value read + CREATE) never re-creates a value seen before, even when nothing
+    /// else in the state changed. Absent (0) in TXTs written before fencing.
+    pub rev: u64,
 }
 
 fn weights_str(w: &Weights) -> String {
@@ -112,7 +125,7 @@ impl RolloutState {
             format!(",aas={v}")
         };
         let mut out = format!(
-            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={}{aas}",
+            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={},rev={}{aas}",
             self.owner,
             self.split,
             self.generation,
@@ -121,7 +134,8 @@ impl RolloutState {
             self.since,
             weights_str(&self.start),
             weights_str(&self.current),
-            drains
+            drains,
+            self.rev
         );
         if let Some(t) = self.capacity_since {
             out.push_str(&format!(",capwait={t}"));
@@ -131,14 +145,30 @@ impl RolloutState {
 
     /// Parse a TXT payload; None if it is not ours or is malformed.
     pub fn decode(payload: &str) -> Option<RolloutState> {
+        Self::decode_checked(payload).ok()
+    }
+
+    /// Parse a TXT payload, saying what is wrong when it cannot be read. Any input is accepted:
+    /// the record is remote state that anyone with Route53 access can edit.
+    pub fn decode_checked(payload: &str) -> Result<RolloutState, String> {
+        if payload.len() > MAX_PAYLOAD_CHARS {
+            return Err(format!(
+                "{} characters, more than a TXT value holds",
+                payload.len()
+            ));
+        }
         let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
         for part in payload.split(',') {
-            let (k, v) = part.split_once('=')?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{:?} is not key=value", cut(part)))?;
             kv.insert(k.trim(), v.trim());
         }
         if kv.get("heritage") != Some(&HERITAGE) {
-            return None;
+            return Err(format!("heritage is not {HERITAGE}"));
         }
+        let get = |k: &str| kv.get(k).copied().ok_or_else(|| format!("no {k}="));
+        let bad = |k: &str, v: &str| format!("{k}={:?} is malformed", cut(v));
         let drains = match kv.get("drain").copied().unwrap_or("") {
             "" => BTreeMap::new(),
             s => s
@@ -154,7 +184,8 @@ impl RolloutState {
                         },
                     ))
                 })
-                .collect::<Option<_>>()?,
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("drain", s))?,
         };
         let autoscaling = match kv.get("aas").copied().unwrap_or("") {
             "" => BTreeMap::new(),
@@ -171,21 +202,29 @@ impl RolloutState {
                         },
                     ))
                 })
-                .collect::<Option<_>>()?,
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("aas", s))?,
         };
-        Some(RolloutState {
-            owner: kv.get("owner")?.to_string(),
-            split: kv.get("split")?.to_string(),
-            generation: kv.get("gen")?.to_string(),
-            phase: Phase::parse(kv.get("phase")?)?,
-            step: kv.get("step")?.parse().ok()?,
-            since: kv.get("since")?.parse().ok()?,
-            start: parse_weights(kv.get("start")?)?,
-            current: parse_weights(kv.get("cur")?)?,
+        let phase = get("phase")?;
+        Ok(RolloutState {
+            owner: get("owner")?.to_string(),
+            split: get("split")?.to_string(),
+            generation: get("gen")?.to_string(),
+            phase: Phase::parse(phase).ok_or_else(|| format!("unknown phase {:?}", cut(phase)))?,
+            step: get("step")?.parse().map_err(|_| bad("step", kv["step"]))?,
+            since: get("since")?
+                .parse()
+                .map_err(|_| bad("since", kv["since"]))?,
+            start: parse_weights(get("start")?).ok_or_else(|| bad("start", kv["start"]))?,
+            current: parse_weights(get("cur")?).ok_or_else(|| bad("cur", kv["cur"]))?,
             drains,
+            rev: match kv.get("rev") {
+                Some(v) => v.parse().map_err(|_| bad("rev", v))?,
+                None => 0,
+            },
             capacity_since: match kv.get("capwait") {
                 None => None,
-                Some(v) => Some(v.parse().ok()?),
+                Some(v) => Some(v.parse().map_err(|_| bad("capwait", v))?),
             },
             autoscaling,
         })
@@ -208,6 +247,32 @@ impl RolloutState {
             None
         }
     }
+}
+
+/// Route53's limit on one TXT record value: quotes and separating spaces included.
+pub const MAX_TXT_VALUE_CHARS: usize = 4000;
+
+/// The longest payload whose TXT value fits (each 255-character string adds two quotes and a
+/// space).
+const MAX_PAYLOAD_CHARS: usize = MAX_TXT_VALUE_CHARS;
+
+/// At most 40 characters of remote input, for messages.
+fn cut(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(40)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+/// Length of the TXT value `to_txt_values` makes of a payload.
+pub fn txt_value_len(payload: &str) -> usize {
+    let chunks = payload.len().div_ceil(255).max(1);
+    payload.len() + 3 * chunks - 1
 }
 
 /// TXT record values are quoted strings of at most 255 characters each.
@@ -271,6 +336,7 @@ mod tests {
             .into(),
             capacity_since: None,
             autoscaling: BTreeMap::new(),
+            rev: 7,
         }
     }
 

@@ -93,6 +93,16 @@ pub fn normalize(raw: &Weights) -> Option<Weights> {
     Some(out)
 }
 
+/// Route53 weights as Route53 answers them: a set whose weights are all 0 is answered evenly
+/// across its records, the same as every record at weight 1.
+pub fn route53_shares(raw: &Weights) -> Weights {
+    if raw.values().all(|&v| v == 0) {
+        raw.keys().map(|k| (k.clone(), 1)).collect()
+    } else {
+        raw.clone()
+    }
+}
+
 /// Compact `a=1 b=99` rendering for logs.
 pub fn show(w: &Weights) -> String {
     w.iter()

@@ -141,12 +141,8 @@ pub trait Targets: Send + Sync {
     async fn target_health(&self, target_group_arn: &str) -> Result<(u32, u32)>;
 }
 
-/// An Application Auto Scaling scalable target of an ECS service's desired count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScalableTarget {
-    pub min: i32,
-    pub max: i32,
-}
+// The bounds are part of the persisted rollout state, so the pure core owns their type.
+pub use crate::state::ScalableTarget;
 
 /// Application Auto Scaling, `ecs:service:DesiredCount` targets only.
 #[async_trait]

@@ -72,7 +72,74 @@ pub fn check(split: &TrafficSplit) -> Vec<(String, String)> {
     check_weights(&mut c, split);
     check_rollout(&mut c, split);
     check_gates(&mut c, split);
+    check_state_size(&mut c, split);
     c.problems
+}
+
+/// The rollout state of a split lives in one TXT record value, which Route53 limits to 4,000
+/// characters. Refuse a document whose state could outgrow it mid-rollout: the longest state it
+/// can have is every backend at a 3-digit weight in `start` and `cur`, a drain for every ECS
+/// backend, the longest owner id and phase, 10-digit times and a 20-digit write count.
+fn check_state_size(c: &mut Checker, split: &TrafficSplit) {
+    use crate::state::{
+        txt_value_len, Drain, Phase, RolloutState, MAX_OWNER_LEN, MAX_TXT_VALUE_CHARS,
+    };
+    const LONGEST_TIME: u64 = 9_999_999_999;
+    let all: crate::spec::Weights = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), 100))
+        .collect();
+    let longest = RolloutState {
+        owner: "o".repeat(MAX_OWNER_LEN),
+        split: split.name().to_string(),
+        generation: crate::rollout::generation(split),
+        phase: Phase::Progressing,
+        step: split.spec.steps().len(),
+        since: LONGEST_TIME,
+        start: all.clone(),
+        current: all,
+        drains: split
+            .spec
+            .backends
+            .iter()
+            .filter(|b| b.ecs.is_some())
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    Drain {
+                        share: 100,
+                        until: LONGEST_TIME,
+                    },
+                )
+            })
+            .collect(),
+        rev: u64::MAX,
+        capacity_since: Some(LONGEST_TIME),
+        autoscaling: split
+            .spec
+            .backends
+            .iter()
+            .filter(|b| b.ecs.is_some())
+            .map(|b| {
+                let bound = crate::state::ScalableTarget {
+                    min: i32::MIN,
+                    max: i32::MIN,
+                };
+                (b.name.clone(), bound)
+            })
+            .collect(),
+    };
+    let len = txt_value_len(&longest.encode());
+    if len > MAX_TXT_VALUE_CHARS {
+        c.err(
+            "spec.backends",
+            format!(
+                "the rollout state of this split can need {len} characters in its TXT record, more than Route53's {MAX_TXT_VALUE_CHARS}: use fewer backends or shorter backend names"
+            ),
+        );
+    }
 }
 
 #[derive(Default)]
@@ -898,6 +965,52 @@ spec:
                 cname: cname.then(|| "other.example.com".into()),
             }),
         }
+    }
+
+    /// k target backends with 128-character names, the first taking all traffic.
+    fn long_named(k: usize) -> Fixture {
+        let mut f = Fixture::valid().with(|s| {
+            s.spec.backends.clear();
+            s.spec.weights.clear();
+        });
+        for i in 0..k {
+            f = f.with_backend(target_backend(
+                &format!("b{i:03}{}", "x".repeat(124)),
+                true,
+                false,
+            ));
+        }
+        f.with(|s| *s.spec.weights.values_mut().next().unwrap() = 100)
+    }
+
+    #[test]
+    fn state_must_fit_a_txt_value() {
+        // Worked out by hand from the TXT format: fixed keys and values (heritage, a 63-char
+        // owner, split "api", a 12-char gen, "progressing", step 1, a 10-digit since, empty
+        // drain, a 20-digit rev) take 202 characters; each backend adds "<128 chars>:100" to
+        // start and cur with a separator, 266 more. 14 backends: 3926 characters, 16 quoted
+        // strings of at most 255, 3973 with quotes and spaces. 15 backends: 4192 characters
+        // before quoting.
+        long_named(14).expect_valid();
+        long_named(15).expect("spec.backends", "more than Route53's 4000");
+        // Drains count: an ECS backend's drain entry ("<name>:100@<10 digits>", 143 more with
+        // its separator) needs its name again. 13 backends: 3660 characters as targets (3704
+        // quoted), 5519 as ECS services.
+        long_named(13).expect_valid();
+        long_named(13)
+            .with(|s| {
+                for (i, b) in s.spec.backends.iter_mut().enumerate() {
+                    b.target = None;
+                    b.ecs = Some(EcsBackend {
+                        cluster: "prod".into(),
+                        service: format!("svc-{i}"),
+                        tasks_at_full_traffic: 20,
+                        min_tasks: 2,
+                        max_tasks: Some(40),
+                    });
+                }
+            })
+            .expect("spec.backends", "more than Route53's 4000");
     }
 
     #[test]

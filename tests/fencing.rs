@@ -1,0 +1,210 @@
+//! Fenced state writes (issue 13 §3): two controllers with the same owner id run one split's
+//! multi-step rollout at once, through the fault proxy in its Route53-fencing mode (moto itself
+//! accepts a DELETE of a stale value, Route53 does not). Judged only from the proxy's write log
+//! and from moto read back with boto3: no lost update, no step taken twice or skipped, no
+//! flapping, the target reached.
+
+mod support;
+#[path = "support/writelog.rs"]
+mod writelog;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::controller::{Controller, FaultProxy, Scenario};
+use support::Moto;
+use writelog::{bare_zone_id, fqdn, parse_txt, show, EcsCheck, SplitCheck, Zones};
+
+const STEPS: [u32; 5] = [20, 40, 60, 80, 100];
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn w(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn zone_now(moto: &Moto, sc: &Scenario, zone_id: &str) -> Zones {
+    let mut z = Zones::default();
+    z.add_listing(zone_id, &sc.records(moto));
+    z
+}
+
+#[test]
+fn two_controllers_with_one_owner_id_lose_no_update() {
+    let moto = Moto::start();
+    let sc = Scenario::provision(&moto, 2);
+    let zone_id = bare_zone_id(&sc.zone_id);
+    let initial = zone_now(&moto, &sc, &zone_id);
+    let dir = tempfile::tempdir().unwrap();
+    // minTasks 20: capacity for every step is there after the first scale-up, so the two
+    // controllers race on every step instead of waiting for ECS.
+    let doc = sc
+        .document(
+            "api",
+            0,
+            100,
+            "  rollout:\n    steps: [20, 40, 60, 80, 100]\n    interval: 1s\n",
+        )
+        .replace("minTasks: 2", "minTasks: 20");
+    std::fs::write(dir.path().join("api.yaml"), doc).unwrap();
+
+    // Delays of up to 0.4 s on a third of the requests stretch the window between a
+    // controller's read and its write, so the other one lands inside it.
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        13,
+        0.3,
+        "delay",
+        &["--max-delay", "0.4", "--route53-fencing"],
+    );
+    // The fence is Route53 refusing a DELETE of a state TXT another writer has replaced.
+    proxy.allow_refusals("_trafficshift.");
+    let args = ["--resync", "1s"];
+    let mut a = Controller::start(&proxy.endpoint, &[dir.path()], "shared", &args);
+    let mut b = Controller::start(&proxy.endpoint, &[dir.path()], "shared", &args);
+
+    let target = w(&[("lambda", 0), ("fargate", 100)]);
+    let t0 = Instant::now();
+    loop {
+        let now = zone_now(&moto, &sc, &zone_id);
+        let done = now.weights(&zone_id, &sc.record) == target
+            && now.txt(&zone_id, &sc.record).map(|t| t.phase).as_deref() == Some("complete");
+        if done {
+            break;
+        }
+        for (name, c) in [("a", &mut a), ("b", &mut b)] {
+            if let Some(code) = c.exit_code() {
+                panic!("controller {name} exited with {code:?}:\n{}", c.log_tail());
+            }
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "target not reached after {DEADLINE:?}: {} (TXT {:?})\na:\n{}\nb:\n{}",
+            show(&now.weights(&zone_id, &sc.record)),
+            now.txt(&zone_id, &sc.record),
+            a.log_tail(),
+            b.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A few more cycles of both at rest: nothing may move once the target is reached.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(a.sigterm(Duration::from_secs(30)), Some(0));
+    assert_eq!(b.sigterm(Duration::from_secs(30)), Some(0));
+
+    let entries = writelog::read(&proxy.log);
+    let checks = [SplitCheck {
+        name: "api".into(),
+        record: sc.record.clone(),
+        zone_id: zone_id.clone(),
+        start: w(&[("lambda", 100), ("fargate", 0)]),
+        target: target.clone(),
+        steps: STEPS.to_vec(),
+        ecs: Some(EcsCheck {
+            backend: "fargate".into(),
+            cluster: sc.cluster.clone(),
+            service: sc.service.clone(),
+            tasks_at_full: 20,
+            initial_desired: 2,
+        }),
+        // Two controllers' listings interleave in the log, so the proxy-clock hold check cannot
+        // tell whose cycle wrote a step; the TXT's own `since` is checked below instead.
+        hold: None,
+    }];
+    let outcome = writelog::check(&entries, &initial, &checks);
+    outcome.assert_clean("two controllers, one owner id");
+
+    // Each step exactly once, in order: the start split (adoption), then every step.
+    let indices: Vec<usize> = outcome.applied["api"].iter().map(|x| x.index).collect();
+    assert_eq!(
+        indices,
+        (0..=STEPS.len()).collect::<Vec<_>>(),
+        "every step written once, none skipped or repeated, nothing written after the target: {}",
+        outcome.summary()
+    );
+
+    // No lost update: the accepted writes of the state TXT form one chain, each DELETE naming
+    // exactly the value the previous accepted write created; the first creates it.
+    let txt_name = format!("_trafficshift.{}", fqdn(&sc.record));
+    let accepted: Vec<writelog::Batch> = writelog::batches(&entries)
+        .into_iter()
+        .filter(|b| b.accepted)
+        .collect();
+    let mut last: Option<Vec<String>> = None;
+    let mut sinces: Vec<u64> = Vec::new();
+    for b in &accepted {
+        let txt: Vec<&writelog::RrChange> = b
+            .changes
+            .iter()
+            .filter(|c| c.name == txt_name && c.rtype == "TXT")
+            .collect();
+        let deleted: Vec<&writelog::RrChange> = txt
+            .iter()
+            .copied()
+            .filter(|c| c.action == "DELETE")
+            .collect();
+        let created: Vec<&writelog::RrChange> = txt
+            .iter()
+            .copied()
+            .filter(|c| c.action == "CREATE")
+            .collect();
+        assert!(
+            txt.iter().all(|c| c.action != "UPSERT"),
+            "#{}: the state TXT is never UPSERTed",
+            b.seq
+        );
+        assert_eq!(created.len(), 1, "#{}: one CREATE of the TXT", b.seq);
+        match &last {
+            None => assert!(
+                deleted.is_empty(),
+                "#{}: the first write creates the TXT",
+                b.seq
+            ),
+            Some(prev) => {
+                assert_eq!(deleted.len(), 1, "#{}: one DELETE of the TXT", b.seq);
+                assert_eq!(
+                    &deleted[0].values, prev,
+                    "#{}: deletes what the previous accepted write created",
+                    b.seq
+                );
+            }
+        }
+        last = Some(created[0].values.clone());
+        if let Some(t) = parse_txt(&created[0].values) {
+            sinces.push(t.since);
+        }
+    }
+    // Each step held its 1 s interval by the TXT's clock (steps after the first).
+    for (i, pair) in sinces.windows(2).enumerate().skip(1) {
+        assert!(
+            pair[1] > pair[0],
+            "write {}: since {} not after {}",
+            i + 1,
+            pair[1],
+            pair[0]
+        );
+    }
+    // The controllers really raced: some batches were refused by the fence.
+    let fenced = entries
+        .iter()
+        .filter(|e| e.operation == "ChangeResourceRecordSets" && !e.accepted())
+        .count();
+    assert!(
+        fenced > 0,
+        "no write was fenced: the two controllers never raced ({} accepted)",
+        accepted.len()
+    );
+
+    // Route53 ends where the replayed log ends: the log missed nothing.
+    let end = zone_now(&moto, &sc, &zone_id);
+    assert_eq!(end.weights(&zone_id, &sc.record), target);
+    assert_eq!(
+        outcome.state.txt(&zone_id, &sc.record),
+        end.txt(&zone_id, &sc.record)
+    );
+    eprintln!(
+        "{} accepted, {} fenced batches; steps {}",
+        accepted.len(),
+        fenced,
+        outcome.summary()
+    );
+}
