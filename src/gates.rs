@@ -50,7 +50,7 @@ impl GateOutcome {
             passing: false,
             waiting: false,
             value: None,
-            message: message.into(),
+            message: sanitize::message(&message.into()),
         }
     }
 

@@ -762,10 +762,16 @@ async fn plan_split(
     // Planning is pure code over remote input, and property-tested not to panic. Should a bug
     // slip through anyway, it costs this split its cycle, never the other splits or the process:
     // nothing is written for it, and the panic is reported as its error.
-    let planned =
-        std::panic::AssertUnwindSafe(plan_split_inner(ctx, p, services, cluster_errors, scalable, now_ms))
-            .catch_unwind()
-            .await;
+    let planned = std::panic::AssertUnwindSafe(plan_split_inner(
+        ctx,
+        p,
+        services,
+        cluster_errors,
+        scalable,
+        now_ms,
+    ))
+    .catch_unwind()
+    .await;
     match planned {
         Ok(Ok(r)) => p.report = Some(r),
         Ok(Err(e)) => p.error = Some(e),
@@ -1823,7 +1829,8 @@ mod fencing_tests {
             })
         }
         async fn target_health(&self, _: &str) -> Result<(u32, u32)> {
-            Ok((1, 1))
+            // Every one of the 20 tasks is a healthy target: capacity serves.
+            Ok((20, 20))
         }
     }
 

@@ -342,8 +342,8 @@ mod tests {
 
     #[test]
     fn autoscaling_bounds_round_trip_and_are_optional() {
-        let mut s = sample();
-        // Without bounds the payload is the one earlier versions wrote and read.
+        let mut s = RolloutState { rev: 0, ..sample() };
+        // Without bounds the payload has no `aas` key, and a TXT without one still reads.
         assert!(!s.encode().contains("aas="), "{}", s.encode());
         let old = "heritage=trafficshift,owner=prod-eu,split=api,gen=abc123def456,phase=progressing,step=2,since=1764000000,start=fargate:0;lambda:100,cur=fargate:25;lambda:75,drain=fargate:50@1764000120";
         assert_eq!(RolloutState::decode(old), Some(s.clone()));
@@ -378,11 +378,11 @@ mod tests {
     fn capacity_wait_is_an_optional_key() {
         // A TXT written before `capwait` existed (this exact text) still decodes.
         let old = "heritage=trafficshift,owner=prod-eu,split=api,gen=abc123def456,phase=progressing,step=2,since=1764000000,start=fargate:0;lambda:100,cur=fargate:25;lambda:75,drain=fargate:50@1764000120";
-        assert_eq!(RolloutState::decode(old), Some(sample()));
-        assert_eq!(sample().encode(), old, "no key while no wait");
-        let mut s = sample();
+        let mut s = RolloutState { rev: 0, ..sample() };
+        assert_eq!(RolloutState::decode(old), Some(s.clone()));
+        assert_eq!(s.encode(), format!("{old},rev=0"), "no key while no wait");
         s.capacity_since = Some(1_764_000_030);
-        assert_eq!(s.encode(), format!("{old},capwait=1764000030"));
+        assert_eq!(s.encode(), format!("{old},rev=0,capwait=1764000030"));
         assert_eq!(RolloutState::decode(&s.encode()), Some(s));
         assert_eq!(
             RolloutState::decode(&format!("{old},capwait=soon")),
