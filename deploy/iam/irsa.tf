@@ -52,18 +52,6 @@ variable "hosted_zones" {
   # e.g. { "Z0123456789ABCDEFGHIJ" = ["api.example.com"] }
 }
 
-variable "adopting_records" {
-  description = <<-EOT
-    Record names (from hosted_zones) whose split sets spec.record.adoptExisting: true. Only these
-    get DELETE: adoption deletes the plain record the weighted set replaces, and nothing else the
-    controller does deletes a record. Remove a name once its split has adopted it. While an
-    adoption is pending, a zone batch that mixes it with other splits is refused and retried split
-    by split, which the controller does on its own.
-  EOT
-  type        = list(string)
-  default     = []
-}
-
 variable "ecs_service_arns" {
   description = "ARNs of the ECS services trafficshift scales (arn:aws:ecs:<region>:<account>:service/<cluster>/<service>; `service/<cluster>/*` is safe only with ecs_update_service_tag)."
   type        = list(string)
@@ -99,7 +87,6 @@ locals {
   # Route53 compares normalized names: lower case, no trailing dot, and every character outside
   # [a-z0-9_.-] as a three-digit octal escape, so a wildcard `*` is written `\052`. Each weighted
   # record comes with its ownership TXT record `_trafficshift.<name>`.
-  adopting = toset([for n in var.adopting_records : lower(trimsuffix(n, "."))])
   record_names = {
     for zone, names in var.hosted_zones : zone => {
       for n in names : lower(trimsuffix(n, ".")) => [
@@ -108,26 +95,8 @@ locals {
       ]
     }
   }
-  # Per zone, the records only written (CREATE, UPSERT) and those being adopted (DELETE too).
-  write_names = {
-    for zone, recs in local.record_names : zone => flatten([
-      for n, pair in recs : pair if !contains(local.adopting, n)
-    ])
-  }
-  adopt_names = {
-    for zone, recs in local.record_names : zone => flatten([
-      for n, pair in recs : pair if contains(local.adopting, n)
-    ])
-  }
-}
-
-check "adopting_records_are_managed" {
-  assert {
-    condition = alltrue([
-      for n in local.adopting : anytrue([for zone, recs in local.record_names : contains(keys(recs), n)])
-    ])
-    error_message = "Every name in adopting_records must also be listed under hosted_zones."
-  }
+  # Per zone, every managed record and its ownership TXT.
+  write_names = { for zone, recs in local.record_names : zone => flatten(values(recs)) }
 }
 
 data "aws_iam_policy_document" "trust" {
@@ -171,31 +140,9 @@ data "aws_iam_policy_document" "trafficshift" {
       condition {
         test     = "ForAllValues:StringEquals"
         variable = "route53:ChangeResourceRecordSetsActions"
-        values   = ["CREATE", "UPSERT"]
-      }
-    }
-  }
-
-  # Records a split adopts: the same, plus DELETE of the plain record being replaced.
-  dynamic "statement" {
-    for_each = { for zone, names in local.adopt_names : zone => names if length(names) > 0 }
-    content {
-      sid       = "Route53AdoptExistingRecords${replace(statement.key, "/[^A-Za-z0-9]/", "")}"
-      actions   = ["route53:ChangeResourceRecordSets"]
-      resources = ["arn:aws:route53:::hostedzone/${statement.key}"]
-      condition {
-        test     = "ForAllValues:StringEquals"
-        variable = "route53:ChangeResourceRecordSetsNormalizedRecordNames"
-        values   = statement.value
-      }
-      condition {
-        test     = "ForAllValues:StringEquals"
-        variable = "route53:ChangeResourceRecordSetsRecordTypes"
-        values   = ["A", "AAAA", "CNAME", "TXT"]
-      }
-      condition {
-        test     = "ForAllValues:StringEquals"
-        variable = "route53:ChangeResourceRecordSetsActions"
+        # DELETE: every batch replaces the state TXT it read with DELETE(old) + CREATE(new), a
+        # fence against a second writer; adoption deletes the plain record it replaces. IAM
+        # judges a batch against one statement, so the names above are what limits DELETE.
         values   = ["CREATE", "UPSERT", "DELETE"]
       }
     }

@@ -29,6 +29,10 @@ pub struct Entry {
     pub upstream_status: Option<i64>,
     /// Request body (writes only).
     pub body: Option<String>,
+    /// What the AWS layer itself served for each ECS service ("cluster/service") when it received
+    /// this Route53 change: desired, running, pending, deployments, rollout_state and per target
+    /// group healthy/initial/draining/unhealthy counts. None without the layer's ECS behaviours.
+    pub capacity: Option<Value>,
 }
 
 impl Entry {
@@ -59,6 +63,7 @@ pub fn read(path: &Path) -> Vec<Entry> {
                 status: v["status"].as_i64(),
                 upstream_status: v["upstream_status"].as_i64(),
                 body: v["body"].as_str().map(str::to_string),
+                capacity: v.get("capacity").filter(|c| c.is_object()).cloned(),
             }
         })
         .collect()
@@ -842,6 +847,7 @@ mod tests {
             status: Some(200),
             upstream_status: Some(200),
             body: Some(body),
+            capacity: None,
         }
     }
 
@@ -858,6 +864,7 @@ mod tests {
             body: Some(format!(
                 r#"{{"cluster":"c","service":"s","desiredCount":{desired}}}"#
             )),
+            capacity: None,
         }
     }
 
