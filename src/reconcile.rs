@@ -597,9 +597,9 @@ fn awaits_capacity(split: &TrafficSplit, obs: &Observed, now: u64) -> bool {
     let Some(since) = s.capacity_since else {
         return false;
     };
-    s.generation == rollout::generation(split)
+    rollout::same_generation(&s.generation, split)
         && s.phase == Phase::Progressing
-        && now < since + split.spec.progress_deadline().as_secs()
+        && now < since.saturating_add(split.spec.progress_deadline().as_secs())
 }
 
 /// The gates whose next check is due at `now`.

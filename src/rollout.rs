@@ -532,9 +532,32 @@ pub fn decide(i: &Inputs) -> Decision {
     // A step that cannot be taken: (event reason, why, what a hold waits for). It rolls back or
     // holds per onGateFailure.
     let mut failure: Option<(&'static str, String, String)> = None;
+    // The step waited for capacity it asked for and the deadline passed: once the wait is over,
+    // the gates that were waiting on that capacity fail too, but the failure is the deadline's.
+    let deadline_passed = st
+        .capacity_since
+        .filter(|since| now.saturating_sub(*since) >= deadline)
+        .map(|since| {
+            let why = format!(
+                "capacity not serving after {} (progressDeadline {}); gates: {}",
+                secs(now.saturating_sub(since)),
+                secs(deadline),
+                i.gates.failing.join("; ")
+            );
+            let hold = format!("{why}; holding (onGateFailure: hold)");
+            ("ProgressDeadlineExceeded", why, hold)
+        });
     let mut status = match st.phase {
         Phase::Complete => SplitState::Complete,
         Phase::RolledBack => SplitState::RolledBack,
+        Phase::Progressing
+            if deadline_passed.is_some()
+                && !i.gates.failing.is_empty()
+                && !rollout.is_some_and(|r| r.paused) =>
+        {
+            failure = deadline_passed;
+            SplitState::Degraded
+        }
         Phase::Progressing => {
             if let Some((gate, msg)) = &i.gates.tripped {
                 failure = Some((
@@ -1339,6 +1362,41 @@ mod tests {
                     d.notes
                 );
             }
+        }
+    }
+
+    /// Issue 9's "nothing fails earlier", seen from the other side: the ecsStable gate waited on
+    /// the controller's own scale-up until progressDeadline; from then on its checks fail (and
+    /// may trip failureThreshold), but the step fails for the deadline, not for the gate.
+    #[test]
+    fn gates_failing_once_the_capacity_deadline_passed_fail_the_step_for_the_deadline() {
+        for tripped in [false, true] {
+            let mut world = World::new(issue_split());
+            world.ecs = lb(2, 2, Some(2));
+            let d = world.decide();
+            world.apply(&d);
+            world.ecs = lb(5, 2, None);
+            world.now = 1_600;
+            world.gates = failing("fargate-stable");
+            if tripped {
+                world.gates.tripped = Some(("fargate-stable".into(), "not stable".into()));
+            }
+            let d = world.decide();
+            assert!(d.rolled_back, "tripped={tripped}");
+            let reasons: Vec<&str> = d.notes.iter().map(|n| n.reason).collect();
+            assert_eq!(
+                reasons,
+                vec!["RolledBack", "ProgressDeadlineExceeded"],
+                "tripped={tripped}: {:?}",
+                d.notes
+            );
+            assert!(
+                d.notes[1]
+                    .message
+                    .starts_with("capacity not serving after 10m (progressDeadline 10m)"),
+                "{}",
+                d.notes[1].message
+            );
         }
     }
 
