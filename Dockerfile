@@ -2,7 +2,7 @@
 #
 # trafficshift container image: one static binary on distroless.
 #
-#   docker build -t trafficshift:0.1.0 .
+#   docker build --build-arg REVISION=$(git rev-parse --short=12 HEAD) -t trafficshift:0.1.0 .
 #
 # scripts/check-static-binary builds exactly like the build stage below and runs the binary in an
 # empty chroot, so a static-linking regression is caught without Docker.
@@ -13,6 +13,10 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
+# The context has no .git: `--build-arg REVISION=$(git rev-parse --short=12 HEAD)` names the
+# revision for trafficshift_build_info{revision} (build.rs), else it reads "unknown".
+ARG REVISION=unknown
+ENV TRAFFICSHIFT_GIT_REVISION=${REVISION}
 # Static glibc: glibc >= 2.34 carries nss_files/nss_dns inside libc, so name resolution works
 # without NSS modules in the runtime image. TLS is rustls; CA roots come from the runtime image.
 ENV RUSTFLAGS="-C target-feature=+crt-static" \
