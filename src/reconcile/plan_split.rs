@@ -1,0 +1,313 @@
+//! Per split: classification of its records, gates, the rollout decision, then the Route53,
+//! ECS and scalable-target changes that carry it out, all as data (the apply follows).
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::future::join_all;
+use futures::FutureExt;
+
+use crate::aws::{EcsService, RecordSet, ScalableTarget};
+use crate::plan;
+use crate::rollout::{self, Decision, EcsObs, Note};
+use crate::spec::{TrafficSplit, Weights};
+use crate::weights::{drift, show};
+use crate::{Error, Result};
+
+use super::autoscaling::autoscaling_changes;
+use super::gating::{awaits_capacity, check_gates, gates_matter, least_healthy, summarize};
+use super::observe::{resolve_targets, Live};
+use super::{clone_err, Context, EcsChange, Pending, Report};
+
+/// Plan every split of the cycle concurrently; each ends with a report or an error.
+pub(super) async fn plan_all(ctx: &Context, pending: &mut [Pending], live: &Live, now_ms: u64) {
+    join_all(pending.iter_mut().map(|p| {
+        plan_split(
+            ctx,
+            p,
+            &live.services,
+            &live.cluster_errors,
+            &live.scalable,
+            now_ms,
+        )
+    }))
+    .await;
+}
+
+async fn plan_split(
+    ctx: &Context,
+    p: &mut Pending,
+    services: &HashMap<(String, String), EcsService>,
+    cluster_errors: &HashMap<String, Error>,
+    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
+    now_ms: u64,
+) {
+    // Planning is pure code over remote input, and property-tested not to panic. Should a bug
+    // slip through anyway, it costs this split its cycle, never the other splits or the process:
+    // nothing is written for it, and the panic is reported as its error.
+    let planned = std::panic::AssertUnwindSafe(plan_split_inner(
+        ctx,
+        p,
+        services,
+        cluster_errors,
+        scalable,
+        now_ms,
+    ))
+    .catch_unwind()
+    .await;
+    match planned {
+        Ok(Ok(r)) => p.report = Some(r),
+        Ok(Err(e)) => p.error = Some(e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            p.error = Some(Error::Other(format!(
+                "internal error while planning (nothing written; please report it): {what}"
+            )));
+        }
+    }
+}
+
+async fn plan_split_inner(
+    ctx: &Context,
+    p: &mut Pending,
+    services: &HashMap<(String, String), EcsService>,
+    cluster_errors: &HashMap<String, Error>,
+    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
+    now_ms: u64,
+) -> Result<Report> {
+    let now = now_ms / 1000;
+    let split = p.work.doc.split.clone();
+    let targets = resolve_targets(ctx, &split, services, cluster_errors).await?;
+    let refs: Vec<&RecordSet> = p.records.iter().collect();
+    let obs = plan::classify(&split, &ctx.owner, &refs, &targets)?;
+
+    // A new rollout forgets the gate history of the previous one.
+    if obs
+        .state
+        .as_ref()
+        .is_none_or(|s| !rollout::same_generation(&s.generation, &split))
+    {
+        p.work.gates.retain(|_, r| r.consecutive_failures == 0);
+    }
+    let (mut ecs_obs, ecs_live) = ecs_of(&split, services);
+
+    let mut notes = Vec::new();
+    if let Some(why) = &obs.state_problem {
+        notes.push(Note {
+            warning: true,
+            reason: "StateInvalid",
+            message: format!(
+                "the stored rollout state cannot be read ({why}); starting a new rollout from what Route53 shows"
+            ),
+        });
+    }
+    if gates_matter(&split, &obs) {
+        let capacity_wait = awaits_capacity(&split, &obs, now);
+        notes.extend(
+            check_gates(
+                ctx,
+                &split,
+                &mut p.work.gates,
+                capacity_wait,
+                &ecs_live,
+                now,
+            )
+            .await,
+        );
+    }
+    let summary = summarize(&split, &p.work.gates, now);
+
+    let decide = |ecs: &BTreeMap<String, EcsObs>| {
+        rollout::decide(&rollout::Inputs {
+            split: &split,
+            owner: &ctx.owner,
+            stored: obs.state.as_ref(),
+            observed: obs.weights.as_ref(),
+            ecs,
+            gates: &summary,
+            now_ms,
+        })
+    };
+    let mut d: Decision = decide(&ecs_obs);
+    // Target health costs a call per target group: read it only for the backends whose weight
+    // is about to rise (the decision says which), then decide again with it.
+    if !d.needs_target_health.is_empty() {
+        for b in &d.needs_target_health {
+            if let (Some(o), Some(s)) = (ecs_obs.get_mut(b), ecs_live.get(b)) {
+                o.healthy = Some(least_healthy(ctx, s).await?);
+            }
+        }
+        d = decide(&ecs_obs);
+    }
+    notes.extend(d.notes.iter().cloned());
+
+    // Autoscaled services first: their bounds go into the state the batch below writes.
+    let has_ecs = split.spec.backends.iter().any(|b| b.ecs.is_some());
+    let none = HashMap::new();
+    let scalable = match scalable {
+        Ok(s) => s,
+        // Without knowing whether an autoscaler owns a desired count, writing it could fight it.
+        Err(e) if has_ecs => return Err(clone_err(e)),
+        Err(_) => &none,
+    };
+    let autoscaling = autoscaling_changes(ctx, &split, obs.state.as_ref(), &mut d, scalable);
+
+    let intended = obs
+        .state
+        .as_ref()
+        .map(|s| s.current.clone())
+        .unwrap_or_default();
+    let route53 = match &d.write {
+        Some(w) => plan::route53_changes(&split, &obs, w, &d.state, &targets, &intended)?,
+        None => vec![],
+    };
+    let drift_corrected = route53.iter().any(|c| c.drift);
+    if drift_corrected {
+        notes.push(Note {
+            warning: true,
+            reason: "DriftCorrected",
+            message: format!(
+                "Route53 showed {} where trafficshift applied {}; putting it back",
+                show(&obs.raw_weights),
+                show(&intended)
+            ),
+        });
+    }
+
+    let ecs_changes = ecs_changes(&split, &d, scalable, &ecs_live);
+
+    let step_weights = d.state.current.clone();
+    let drift_ratio = drift(
+        obs.weights.as_ref().unwrap_or(&Weights::new()),
+        &step_weights,
+    );
+    let drain_until = d
+        .state
+        .drains
+        .values()
+        .filter(|x| x.until > now)
+        .map(|x| x.until)
+        .max();
+    Ok(Report {
+        state: d.status,
+        step: d.state.step,
+        steps: d.steps,
+        progress: d.progress,
+        waiting_for: d.waiting_for.clone(),
+        next_step_at: d.next_step_at,
+        target: split.spec.weights.clone(),
+        step_weights,
+        observed: obs.weights.clone(),
+        drift: if obs.weights.is_none() {
+            1.0
+        } else {
+            drift_ratio
+        },
+        ecs: ecs_live,
+        route53,
+        ecs_changes,
+        autoscaling,
+        notes,
+        drift_corrected,
+        rolled_back: d.rolled_back,
+        applied: false,
+        drain_until,
+        pending_change: None,
+    })
+}
+
+/// What the rollout decision sees of each ECS backend, and the services themselves, by backend.
+fn ecs_of(
+    split: &TrafficSplit,
+    services: &HashMap<(String, String), EcsService>,
+) -> (BTreeMap<String, EcsObs>, BTreeMap<String, EcsService>) {
+    let mut ecs_obs = BTreeMap::new();
+    let mut ecs_live = BTreeMap::new();
+    for b in &split.spec.backends {
+        if let Some(e) = &b.ecs {
+            if let Some(s) = services.get(&(e.cluster.clone(), e.service.clone())) {
+                ecs_obs.insert(
+                    b.name.clone(),
+                    EcsObs {
+                        desired: s.desired,
+                        running: s.running,
+                        stable: s.is_stable(),
+                        deployments: s.deployments,
+                        rollout_failed: s.rollout_state.as_deref() == Some("FAILED"),
+                        load_balanced: !s.target_groups.is_empty(),
+                        healthy: None,
+                    },
+                );
+                ecs_live.insert(b.name.clone(), s.clone());
+            }
+        }
+    }
+    (ecs_obs, ecs_live)
+}
+
+/// The desired-count changes of the ECS backends that no autoscaler owns.
+fn ecs_changes(
+    split: &TrafficSplit,
+    d: &Decision,
+    scalable: &HashMap<(String, String), ScalableTarget>,
+    ecs_live: &BTreeMap<String, EcsService>,
+) -> Vec<EcsChange> {
+    let mut ecs_changes = Vec::new();
+    for b in &split.spec.backends {
+        let Some(e) = &b.ecs else { continue };
+        if scalable.contains_key(&(e.cluster.clone(), e.service.clone())) {
+            // Application Auto Scaling owns this desired count; see `autoscaling_changes`.
+            continue;
+        }
+        let Some(&want) = d.ecs_desired.get(&b.name) else {
+            continue;
+        };
+        if let Some(live) = ecs_live.get(&b.name) {
+            if live.desired != want as i32 {
+                ecs_changes.push(EcsChange {
+                    backend: b.name.clone(),
+                    cluster: e.cluster.clone(),
+                    service: e.service.clone(),
+                    from: live.desired,
+                    to: want as i32,
+                });
+            }
+        }
+    }
+    ecs_changes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::reconcile::cycle;
+    use crate::reconcile::fakes::{by_name, context, w, weights_at, work, Zone53};
+
+    #[tokio::test]
+    async fn a_panic_while_planning_one_split_costs_only_that_split() {
+        let dns = Arc::new(Zone53::default());
+        let ctx = context(dns.clone());
+        let mut boom = work("boom");
+        boom.doc.split.spec.backends[0]
+            .api_gateway
+            .as_mut()
+            .unwrap()
+            .domain_name = "boom.example".into();
+        let out = by_name(cycle(&ctx, vec![boom, work("web")], 1_764_000_000_000, true).await);
+        let err = out["boom"].as_ref().unwrap_err().to_string();
+        assert!(err.contains("a bug in one split's planning"), "{err}");
+        assert!(out["web"].as_ref().unwrap().applied);
+        assert_eq!(
+            weights_at(&dns, "web"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+        assert!(
+            weights_at(&dns, "boom").is_empty(),
+            "nothing written for boom"
+        );
+    }
+}
