@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use support::controller::{bin, free_port, wait_for, weights, Controller, Scenario};
+use support::controller::{bin, free_port, set_alarm, wait_for, weights, Controller, Scenario};
 use support::{python, repo, unique, Moto};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -266,22 +266,6 @@ fn hand_edit_weights(moto: &Moto, sc: &Scenario, new: &[(&str, i64)]) {
         "route53",
         "change_resource_record_sets",
         json!({"HostedZoneId": sc.zone_id, "ChangeBatch": {"Changes": changes}}),
-    );
-}
-
-/// Create a CloudWatch alarm (if needed) and set its state.
-fn set_alarm(moto: &Moto, name: &str, state: &str) {
-    let out = Command::new(python())
-        .arg(repo().join("scripts/provision.py"))
-        .args(["--endpoint", &moto.endpoint, "alarm", "--name", name])
-        .args(["--state", state])
-        .envs(moto.aws_env())
-        .output()
-        .expect("run provision.py alarm");
-    assert!(
-        out.status.success(),
-        "provision.py alarm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

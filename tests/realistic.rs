@@ -13,12 +13,11 @@ mod support;
 #[path = "support/writelog.rs"]
 mod writelog;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::controller::{wait_for, write_atomic, Controller, FaultProxy, Scenario};
-use support::{python, repo, Moto};
+use support::controller::{set_alarm, wait_for, write_atomic, Controller, FaultProxy, Scenario};
+use support::Moto;
 
 /// Healthy targets the fargate service needs before its weight may rise to each share, for
 /// `tasksAtFullTraffic: 3, minTasks: 1`: ceil(3 x share / 100), written out.
@@ -39,21 +38,6 @@ fn document(sc: &Scenario, rollout: &str, gates: &str) -> String {
         .replace("maxTasks: 40", "maxTasks: 6")
 }
 
-fn create_alarm(moto: &Moto, name: &str, state: &str) {
-    let out = Command::new(python())
-        .arg(repo().join("scripts/provision.py"))
-        .args(["--endpoint", &moto.endpoint, "alarm", "--name", name])
-        .args(["--state", state])
-        .envs(moto.aws_env())
-        .output()
-        .expect("run provision.py alarm");
-    assert!(
-        out.status.success(),
-        "provision.py alarm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Healthy targets the layer served for `label` ("cluster/service") in its least healthy target
 /// group, from a log entry's capacity snapshot.
 fn served_healthy(capacity: &Value, label: &str) -> Option<i64> {
@@ -69,7 +53,7 @@ fn the_readme_example_goes_0_to_100_on_real_timings_with_serving_capacity_before
     let moto = Moto::start();
     let sc = Scenario::provision(&moto, 1);
     let alarm = format!("{}-5xx", sc.service);
-    create_alarm(&moto, &alarm, "OK");
+    set_alarm(&moto, &alarm, "OK");
     let layer = FaultProxy::start(
         &moto.endpoint,
         9,

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use support::controller::{
-    change_records, metric_sum, wait_for, write_atomic, Controller, Scenario,
+    change_records, metric_sum, set_alarm, wait_for, write_atomic, Controller, Scenario,
 };
-use support::{python, repo, unique, Moto};
+use support::{python, unique, Moto};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const RESYNC: &[&str] = &["--resync", "2s"];
@@ -322,22 +322,6 @@ fn alarm_gate(alarm: &str) -> String {
     format!("  gates:\n    - name: errors\n      cloudwatchAlarm:\n        alarmNames: [{alarm}]\n")
 }
 
-/// `provision.py alarm --name N --state S` (creates the alarm when needed).
-fn set_alarm(moto: &Moto, name: &str, state: &str) {
-    let out = Command::new(python())
-        .arg(repo().join("scripts/provision.py"))
-        .args(["--endpoint", &moto.endpoint, "alarm", "--name", name])
-        .args(["--state", state])
-        .envs(moto.aws_env())
-        .output()
-        .expect("run provision.py alarm");
-    assert!(
-        out.status.success(),
-        "provision.py alarm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn state_of(c: &Controller, split: &str) -> Option<String> {
     c.split(split)?["state"].as_str().map(str::to_string)
 }
@@ -403,10 +387,17 @@ fn need(share: i64) -> i64 {
 /// Replace the ECS service by a new one with `desired` tasks and (moto started with
 /// MOTO_ECS_SERVICE_RUNNING=0) none running: unstable until someone calls UpdateService.
 fn make_unstable(moto: &Moto, sc: &Scenario, desired: i64) {
+    make_unstable_via(moto, sc, desired, &moto.endpoint)
+}
+
+/// `make_unstable` with the service re-created through `via` (the AWS layer, so it knows the
+/// service's tasks are new rather than long running).
+fn make_unstable_via(moto: &Moto, sc: &Scenario, desired: i64, via: &str) {
     let v = moto.py(
         r#"
+s = client("ecs").describe_services(cluster=input["cluster"], services=[input["service"]])["services"][0]
+endpoint = input["via"]
 ecs = client("ecs")
-s = ecs.describe_services(cluster=input["cluster"], services=[input["service"]])["services"][0]
 ecs.create_service(cluster=input["cluster"], serviceName=input["service"],
                    taskDefinition=s["taskDefinition"], desiredCount=input["desired"],
                    launchType="FARGATE", loadBalancers=s["loadBalancers"],
@@ -414,12 +405,12 @@ ecs.create_service(cluster=input["cluster"], serviceName=input["service"],
 s = ecs.describe_services(cluster=input["cluster"], services=[input["service"]])["services"][0]
 out = [s["desiredCount"], s["runningCount"], len(s["deployments"])]
 "#,
-        json!({"cluster": sc.cluster, "service": sc.service, "desired": desired}),
+        json!({"cluster": sc.cluster, "service": sc.service, "desired": desired, "via": via}),
     );
     assert_eq!(
         v,
         json!([desired, 0, 1]),
-        "moto keeps the new service unstable"
+        "the re-created service is unstable (moto, or the layer with its tasks failing)"
     );
 }
 
@@ -948,7 +939,16 @@ fn capacity_comes_before_every_step_and_an_unstable_service_holds_the_step() {
     // `b`: already at the 2 tasks its first step needs, none running: nothing for the controller
     // to scale, so it must wait until the service is stable.
     let b = Scenario::provision(&moto, 2);
-    make_unstable(&moto, &b, 2);
+    if support::realistic() {
+        // The layer serves ECS task counts itself: b is re-created through it with its tasks
+        // failing to start (until the deployment "finishes" below).
+        let via = moto.aws().to_string();
+        let layer = moto.layer().expect("the layer is started");
+        layer.set_ecs_mode(&b.cluster, &b.service, "failing");
+        make_unstable_via(&moto, &b, 2, &via);
+    } else {
+        make_unstable(&moto, &b, 2);
+    }
     let tla = Timeline::start(&moto, &a);
     let tlb = Timeline::start(&moto, &b);
     let dir = tempfile::tempdir().unwrap();
@@ -994,12 +994,16 @@ fn capacity_comes_before_every_step_and_an_unstable_service_holds_the_step() {
         "no step onto an unstable service",
     );
     assert_eq!(b.ecs_counts(&moto), (2, 0), "nobody touched b's service");
-    // The deployment finishes (moto: any UpdateService makes running == desired).
+    // The deployment finishes (moto: any UpdateService makes running == desired; the layer:
+    // tasks start again, one a second).
     moto.boto3_json(
         "ecs",
         "update_service",
         json!({"cluster": b.cluster, "service": b.service, "desiredCount": 2}),
     );
+    if let Some(layer) = moto.layer().filter(|_| support::realistic()) {
+        layer.set_ecs_mode(&b.cluster, &b.service, "normal");
+    }
     tlb.wait_split((0, 100), DEADLINE);
     assert_eq!(shown(&tlb), vec![(100, 0), (90, 10), (0, 100)]);
     assert_capacity_first(&tlb);

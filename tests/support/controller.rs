@@ -489,6 +489,22 @@ pub fn json_log(c: &Controller) -> Vec<Value> {
 // ---------------------------------------------------------------------------------------------
 // Chaos, crash and config-churn helpers (tests/chaos.rs, tests/crash.rs, tests/config_churn.rs).
 
+/// Create a CloudWatch alarm (if needed) and set its state.
+pub fn set_alarm(moto: &Moto, name: &str, state: &str) {
+    let out = Command::new(python())
+        .arg(repo().join("scripts/provision.py"))
+        .args(["--endpoint", &moto.endpoint, "alarm", "--name", name])
+        .args(["--state", state])
+        .envs(moto.aws_env())
+        .output()
+        .expect("run provision.py alarm");
+    assert!(
+        out.status.success(),
+        "provision.py alarm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `scripts/faultproxy.py` in front of moto, killed on drop; `log` is its JSONL request log.
 pub struct FaultProxy {
     child: Child,
@@ -575,6 +591,27 @@ impl FaultProxy {
     /// and do not fail the test on drop.
     pub fn allow_refusals(&self, needle: &str) {
         self.allowed.lock().unwrap().push(needle.to_string());
+    }
+
+    /// Make the layer's ECS start a service's tasks normally or never (POST /__proxy/ecs with
+    /// mode `normal`, `failing`, `unhealthy` or `healthy`).
+    pub fn set_ecs_mode(&self, cluster: &str, service: &str, mode: &str) {
+        let body = json!({"cluster": cluster, "service": service, "mode": mode}).to_string();
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+            ])
+            .arg(format!("{}/__proxy/ecs", self.endpoint))
+            .output()
+            .expect("curl");
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(code, "200", "POST /__proxy/ecs {body} answered {code}");
     }
 
     /// What the layer serves for ECS right now (GET /__proxy/ecs).
