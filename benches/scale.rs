@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench scale -- [--parts plan,calls,latency,resources,baseline] [--splits-per-zone N]
 //! [--zones N] [--big-foreign N] [--latency-samples N] [--baseline-splits N] [--out FILE]
-//! [--realistic]` (or `scripts/bench`, which also checks the bootstrap). Every AWS call goes
+//! [--realistic [--layer-arg ARG]...]` (or `scripts/bench`, which also checks the bootstrap). Every AWS call goes
 //! through `scripts/faultproxy.py` at fault rate 0, which counts calls per operation; the
 //! theoretical minimum is computed from the fleet's layout and the zones' record counts (see
 //! `fleet::minimum`). `--realistic` runs the proxy as the realistic AWS layer
@@ -722,6 +722,9 @@ struct Args {
     out: PathBuf,
     /// Run the proxy as the realistic AWS layer (`fleet::REALISTIC_LAYER`).
     realistic: bool,
+    /// More flags for the layer, after `REALISTIC_LAYER` so they override it (e.g.
+    /// `--route53-validate=false` to see what the layer's own checking costs).
+    layer_args: Vec<String>,
 }
 
 fn args() -> Args {
@@ -740,6 +743,7 @@ fn args() -> Args {
         plan_iters: 50,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/scale.md"),
         realistic: false,
+        layer_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -768,6 +772,7 @@ fn args() -> Args {
             "--baseline-splits" => a.baseline_splits = num(v()),
             "--plan-iters" => a.plan_iters = num(v()),
             "--out" => a.out = PathBuf::from(v()),
+            "--layer-arg" => a.layer_args.push(v()),
             other => {
                 panic!("unknown argument {other}; see the top of benches/scale.rs for the options")
             }
@@ -1091,6 +1096,28 @@ fn calls(out: &mut String, r: &Run) -> (f64, u64) {
             took.as_secs_f64(),
             last_write / floor.max(0.001)
         );
+        // Where the time went: the requests' own durations in the layer (moto included), by
+        // operation; the rest is the controller's work and its rate limiter's waits.
+        let mut by_op: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        for e in &entries[skip..] {
+            let Some(op) = e["operation"].as_str() else {
+                continue;
+            };
+            let d = by_op
+                .entry(format!("{}.{op}", e["service"].as_str().unwrap_or("?")))
+                .or_default();
+            d.0 += 1;
+            d.1 += e["duration_seconds"].as_f64().unwrap_or(0.0);
+        }
+        let _ = write!(
+            e_table,
+            "\nTime inside the proxy (moto included) during that run, by operation: {}.\n",
+            by_op
+                .iter()
+                .map(|(k, (n, d))| format!("{k} {n} calls {d:.1} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     } else {
         let floor = (r53.saturating_sub(1)) as f64 / 5.0;
         let _ = write!(
@@ -1404,17 +1431,18 @@ fn main() {
     let want = |p: &str| a.parts.iter().any(|x| x == p);
     let layer = if a.realistic {
         format!(
-            "AWS: moto behind `scripts/faultproxy.py {}` (the realistic AWS layer, fault rate 0); \
+            "AWS: moto behind `scripts/faultproxy.py {}{}` (the realistic AWS layer, fault rate 0); \
              controllers at `--route53-rps 5` at most.\n",
-            fleet::REALISTIC_LAYER.join(" ")
+            fleet::REALISTIC_LAYER.join(" "),
+            a.layer_args
+                .iter()
+                .map(|x| format!(" {x}"))
+                .collect::<String>()
         )
     } else {
         "AWS: moto behind `scripts/faultproxy.py` at fault rate 0 (moto's timings).\n".to_string()
     };
-    let mut out = format!(
-        "# trafficshift scale benchmark\n\n{}\n{layer}",
-        machine()
-    );
+    let mut out = format!("# trafficshift scale benchmark\n\n{}\n{layer}", machine());
     let flush = |out: &str| {
         if let Some(d) = a.out.parent() {
             let _ = std::fs::create_dir_all(d);
@@ -1456,7 +1484,9 @@ fn main() {
         );
         flush(&out);
         let proxy = if a.realistic {
-            Proxy::start_with(&moto.endpoint, fleet::REALISTIC_LAYER)
+            let mut flags = fleet::REALISTIC_LAYER.to_vec();
+            flags.extend(a.layer_args.iter().map(String::as_str));
+            Proxy::start_with(&moto.endpoint, &flags)
         } else {
             Proxy::start(&moto.endpoint)
         };
