@@ -1077,10 +1077,11 @@ fn calls(out: &mut String, r: &Run) -> (f64, u64) {
             .find(|w| w[0] == "--change-pending")
             .and_then(|w| w[1].parse().ok())
             .expect("--change-pending in REALISTIC_LAYER");
+        // A log entry's time is when the request arrived; it was accepted when it was answered.
         let last_write = entries[skip..]
             .iter()
             .filter(|e| e["operation"] == "ChangeResourceRecordSets" && e["status"] == 200)
-            .map(entry_time)
+            .map(|e| entry_time(e) + e["duration_seconds"].as_f64().unwrap_or(0.0))
             .fold(t0, f64::max)
             - t0;
         let insync = last_write + pending;
