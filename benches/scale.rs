@@ -1,10 +1,13 @@
 //! Scale benchmark of trafficshift (issue #6 parts 4 and 5). `harness = false`: `main` below.
 //!
 //! `cargo bench --bench scale -- [--parts plan,calls,latency,resources,baseline] [--splits-per-zone N]
-//! [--zones N] [--big-foreign N] [--latency-samples N] [--baseline-splits N] [--out FILE]`
-//! (or `scripts/bench`, which also checks the bootstrap). Every AWS call goes through
-//! `scripts/faultproxy.py` at fault rate 0, which counts calls per operation; the theoretical
-//! minimum is computed from the fleet's layout and the zones' record counts (see `fleet::minimum`).
+//! [--zones N] [--big-foreign N] [--latency-samples N] [--baseline-splits N] [--out FILE]
+//! [--realistic [--layer-arg ARG]...]` (or `scripts/bench`, which also checks the bootstrap). Every AWS call goes
+//! through `scripts/faultproxy.py` at fault rate 0, which counts calls per operation; the
+//! theoretical minimum is computed from the fleet's layout and the zones' record counts (see
+//! `fleet::minimum`). `--realistic` runs the proxy as the realistic AWS layer
+//! (`fleet::REALISTIC_LAYER`: PENDING changes, target health, task starts, and Route53's account
+//! rate of 5 requests/s, which the bench then never asks the controller to exceed).
 //!
 //! The `fleet` module is shared with `tests/call_counts.rs` (the CI guard, at a smaller scale).
 
@@ -286,6 +289,22 @@ for page in c.get_paginator("list_hosted_zones").paginate():
             .collect()
     }
 
+    /// The layer's flags for `--realistic`: every real-AWS behaviour on (`--realistic`), with the
+    /// ECS and health-check delays short enough for a fleet run, and Route53's real account rate.
+    /// A controller behind it must stay at `--route53-rps 5` (its default) or below: above it the
+    /// layer answers `Throttling`, and the retries would count as calls.
+    pub const REALISTIC_LAYER: &[&str] = &[
+        "--realistic",
+        "--task-start",
+        "1",
+        "--health-check-seconds",
+        "2",
+        "--change-pending",
+        "2",
+        "--route53-rps",
+        "5",
+    ];
+
     /// `scripts/faultproxy.py` at fault rate 0 in front of moto: counts calls, logs writes.
     pub struct Proxy {
         child: Child,
@@ -297,6 +316,11 @@ for page in c.get_paginator("list_hosted_zones").paginate():
 
     impl Proxy {
         pub fn start(upstream: &str) -> Proxy {
+            Proxy::start_with(upstream, &[])
+        }
+
+        /// The proxy with more flags, e.g. [`REALISTIC_LAYER`].
+        pub fn start_with(upstream: &str, extra: &[&str]) -> Proxy {
             let tmp = tempfile::tempdir().expect("tempdir");
             let log = tmp.path().join("proxy.jsonl");
             let mut child = Command::new(python())
@@ -304,6 +328,7 @@ for page in c.get_paginator("list_hosted_zones").paginate():
                 .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
                 .args(["--seed", "1", "--fault-rate", "0", "--log"])
                 .arg(&log)
+                .args(extra)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -347,6 +372,21 @@ for page in c.get_paginator("list_hosted_zones").paginate():
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect()
         }
+    }
+
+    /// What the realistic layer did to the requests among `entries`: how many it answered with
+    /// `Throttling` (over the account rate) and the changes it refused as real Route53 would.
+    pub fn layer_events(entries: &[Value]) -> (usize, Vec<String>) {
+        let throttled = entries
+            .iter()
+            .filter(|e| e["fault"] == "rate-limit")
+            .count();
+        let refused = entries
+            .iter()
+            .filter_map(|e| e["refused"].as_str())
+            .map(String::from)
+            .collect();
+        (throttled, refused)
     }
 
     impl Drop for Proxy {
@@ -680,6 +720,11 @@ struct Args {
     baseline_splits: usize,
     plan_iters: usize,
     out: PathBuf,
+    /// Run the proxy as the realistic AWS layer (`fleet::REALISTIC_LAYER`).
+    realistic: bool,
+    /// More flags for the layer, after `REALISTIC_LAYER` so they override it (e.g.
+    /// `--route53-validate=false` to see what the layer's own checking costs).
+    layer_args: Vec<String>,
 }
 
 fn args() -> Args {
@@ -697,11 +742,17 @@ fn args() -> Args {
         baseline_splits: 50,
         plan_iters: 50,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/scale.md"),
+        realistic: false,
+        layer_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         // `cargo bench` passes --bench to every bench target.
         if k == "--bench" {
+            continue;
+        }
+        if k == "--realistic" {
+            a.realistic = true;
             continue;
         }
         let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -721,6 +772,7 @@ fn args() -> Args {
             "--baseline-splits" => a.baseline_splits = num(v()),
             "--plan-iters" => a.plan_iters = num(v()),
             "--out" => a.out = PathBuf::from(v()),
+            "--layer-arg" => a.layer_args.push(v()),
             other => {
                 panic!("unknown argument {other}; see the top of benches/scale.rs for the options")
             }
@@ -951,15 +1003,32 @@ struct Run<'a> {
     moto: &'a Moto,
     fleet: &'a fleet::Fleet,
     proxy: &'a Proxy,
+    /// The proxy is the realistic layer: Route53 allows 5 requests/s, so every controller of the
+    /// run keeps its default `--route53-rps 5` instead of running unlimited.
+    realistic: bool,
+}
+
+impl Run<'_> {
+    /// The fastest Route53 rate the run may give a controller: unlimited against moto, the
+    /// account's 5 requests/s through the realistic layer.
+    fn fastest_rps(&self) -> &'static str {
+        if self.realistic {
+            "5"
+        } else {
+            "0"
+        }
+    }
 }
 
 /// (a) and (e): first convergence with `--once` at 5 requests/s, then the steady-state cycle of a
-/// long-running controller (unlimited rate, so its wall time is the controller's own plus AWS's).
+/// long-running controller (unlimited rate against moto, so its wall time is the controller's own
+/// plus AWS's; 5 requests/s through the realistic layer, which allows no more).
 fn calls(out: &mut String, r: &Run) -> (f64, u64) {
     let n = r.fleet.splits.len();
     let before = fleet::record_counts(r.moto);
     r.proxy.reset();
     let skip = r.proxy.entries().len();
+    let t0 = unix_now();
     let (code, took, log) =
         fleet::run_once(&r.proxy.url, &r.fleet.dir, OWNER, &["--route53-rps", "5"]);
     assert_eq!(
@@ -988,24 +1057,88 @@ fn calls(out: &mut String, r: &Run) -> (f64, u64) {
         fleet::table("### First convergence (`run --once`, nothing cached)", &rows)
     );
     let r53 = route53_calls(&actual);
-    let floor = (r53.saturating_sub(1)) as f64 / 5.0;
     let mut e_table = String::new();
-    let _ = write!(
+    if r.realistic {
+        let (throttled, refused) = fleet::layer_events(&entries[skip..]);
+        let _ = writeln!(
+            out,
+            "Through the layer: {throttled} requests answered `Throttling`, {} changes refused{}.",
+            refused.len(),
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!(": {refused:?}")
+            }
+        );
+        // The layer keeps every change PENDING for `--change-pending` seconds after it accepted
+        // it; the fleet has converged when the last batch is INSYNC.
+        let pending: f64 = fleet::REALISTIC_LAYER
+            .windows(2)
+            .find(|w| w[0] == "--change-pending")
+            .and_then(|w| w[1].parse().ok())
+            .expect("--change-pending in REALISTIC_LAYER");
+        // A log entry's time is when the request arrived; it was accepted when it was answered.
+        let last_write = entries[skip..]
+            .iter()
+            .filter(|e| e["operation"] == "ChangeResourceRecordSets" && e["status"] == 200)
+            .map(|e| entry_time(e) + e["duration_seconds"].as_f64().unwrap_or(0.0))
+            .fold(t0, f64::max)
+            - t0;
+        let insync = last_write + pending;
+        let floor = r53 as f64 / 5.0;
+        let _ = write!(
+            e_table,
+            "\n## (e) Converging {n} splits under Route53's 5 requests/s (realistic layer)\n\n\
+             `run --once` at `--route53-rps 5` through the layer, which throttles above 5 requests/s \
+             and keeps each change PENDING for {pending:.0} s. Floor: every Route53 call of the run \
+             at 5 per second.\n\n\
+             | last batch accepted (from process start) | `run --once` exit | every change INSYNC (last batch + {pending:.0} s) | Route53 calls | floor (calls / 5) | ratio (accepted / floor) |\n|---:|---:|---:|---:|---:|---:|\n\
+             | {last_write:.1} s | {:.1} s | {insync:.1} s | {r53} | {floor:.1} s | {:.2} |\n",
+            took.as_secs_f64(),
+            last_write / floor.max(0.001)
+        );
+        // Where the time went: the requests' own durations in the layer (moto included), by
+        // operation; the rest is the controller's work and its rate limiter's waits.
+        let mut by_op: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        for e in &entries[skip..] {
+            let Some(op) = e["operation"].as_str() else {
+                continue;
+            };
+            let d = by_op
+                .entry(format!("{}.{op}", e["service"].as_str().unwrap_or("?")))
+                .or_default();
+            d.0 += 1;
+            d.1 += e["duration_seconds"].as_f64().unwrap_or(0.0);
+        }
+        let _ = write!(
+            e_table,
+            "\nTime inside the proxy (moto included) during that run, by operation: {}.\n",
+            by_op
+                .iter()
+                .map(|(k, (n, d))| format!("{k} {n} calls {d:.1} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        let floor = (r53.saturating_sub(1)) as f64 / 5.0;
+        let _ = write!(
         e_table,
         "\n## (e) Converging {n} splits at `--route53-rps 5`\n\n\
          | measured (`run --once`, process start to exit) | Route53 calls | minimum the limit allows ((calls - 1) / 5) | ratio |\n|---:|---:|---:|---:|\n\
          | {:.1} s | {r53} | {floor:.1} s | {:.2} |\n",
-        took.as_secs_f64(),
-        took.as_secs_f64() / floor.max(0.001)
-    );
+            took.as_secs_f64(),
+            took.as_secs_f64() / floor.max(0.001)
+        );
+    }
 
     // Steady state: the second cycle of a long-running controller.
     let after = fleet::record_counts(r.moto);
+    let rps = r.fastest_rps();
     let mut c = Controller::start(
         &r.proxy.url,
         &[r.fleet.dir.as_path()],
         OWNER,
-        &["--resync", "30s", "--route53-rps", "0"],
+        &["--resync", "30s", "--route53-rps", rps],
     );
     c.wait_ready(Duration::from_secs(300));
     let m1 = c.metrics().expect("metrics");
@@ -1046,12 +1179,31 @@ fn calls(out: &mut String, r: &Run) -> (f64, u64) {
         .sum();
     let _ = write!(
         out,
-        "\n{}\nWrites in the steady-state cycle: {}.\n\n\
-         ### (b) Steady-state cycle wall time ({n} splits, `--route53-rps 0`)\n\n\
-         | cycle wall time | AWS time (sum of proxy-measured request durations, moto) | cycle minus AWS time |\n|---:|---:|---:|\n\
+        "\n{}\nWrites in the steady-state cycle: {}.{}\n\n\
+         ### (b) Steady-state cycle wall time ({n} splits, `--route53-rps {rps}`)\n\n\
+         | cycle wall time | AWS time (sum of proxy-measured request durations{}) | cycle minus AWS time{} |\n|---:|---:|---:|\n\
          | {:.0} ms | {:.0} ms | {:.0} ms |\n",
         fleet::table("### Steady-state cycle (second cycle of `run`, zones cached)", &rows),
         writes.len(),
+        if r.realistic {
+            let (throttled, refused) = fleet::layer_events(window);
+            format!(
+                " Through the layer: {throttled} requests answered `Throttling`, {} changes refused.",
+                refused.len()
+            )
+        } else {
+            String::new()
+        },
+        if r.realistic {
+            ", through the layer"
+        } else {
+            ", moto"
+        },
+        if r.realistic {
+            " (includes the controller's own waits for its 5 requests/s)"
+        } else {
+            ""
+        },
         wall * 1000.0,
         aws * 1000.0,
         (wall - aws) * 1000.0
@@ -1278,7 +1430,20 @@ fn machine() -> String {
 fn main() {
     let a = args();
     let want = |p: &str| a.parts.iter().any(|x| x == p);
-    let mut out = format!("# trafficshift scale benchmark\n\n{}", machine());
+    let layer = if a.realistic {
+        format!(
+            "AWS: moto behind `scripts/faultproxy.py {}{}` (the realistic AWS layer, fault rate 0); \
+             controllers at `--route53-rps 5` at most.\n",
+            fleet::REALISTIC_LAYER.join(" "),
+            a.layer_args
+                .iter()
+                .map(|x| format!(" {x}"))
+                .collect::<String>()
+        )
+    } else {
+        "AWS: moto behind `scripts/faultproxy.py` at fault rate 0 (moto's timings).\n".to_string()
+    };
+    let mut out = format!("# trafficshift scale benchmark\n\n{}\n{layer}", machine());
     let flush = |out: &str| {
         if let Some(d) = a.out.parent() {
             let _ = std::fs::create_dir_all(d);
@@ -1319,11 +1484,18 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
         flush(&out);
-        let proxy = Proxy::start(&moto.endpoint);
+        let proxy = if a.realistic {
+            let mut flags = fleet::REALISTIC_LAYER.to_vec();
+            flags.extend(a.layer_args.iter().map(String::as_str));
+            Proxy::start_with(&moto.endpoint, &flags)
+        } else {
+            Proxy::start(&moto.endpoint)
+        };
         let r = Run {
             moto: &moto,
             fleet: &fleet,
             proxy: &proxy,
+            realistic: a.realistic,
         };
         let mut first: (Option<f64>, Option<u64>) = (None, None);
         if want("calls") {
@@ -1350,8 +1522,20 @@ fn main() {
                  | controller | samples | p50 | p99 | max | lists/change | p50 < 300 ms |\n|---|---:|---:|---:|---:|---:|---|\n",
                 fleet.splits.len()
             );
+            let skip = proxy.entries().len();
             latency(&mut out, &r, a.latency_samples, "5");
-            latency(&mut out, &r, a.latency_samples, "0");
+            if r.realistic {
+                // The layer allows 5 requests/s: an unlimited controller would be throttled.
+                let (throttled, refused) = fleet::layer_events(&proxy.entries()[skip..]);
+                let _ = writeln!(
+                    out,
+                    "\nNot measured at `--route53-rps 0`: the layer allows 5 requests/s. Through the \
+                     layer: {throttled} requests answered `Throttling`, {} changes refused.",
+                    refused.len()
+                );
+            } else {
+                latency(&mut out, &r, a.latency_samples, "0");
+            }
             flush(&out);
         }
         if want("resources") {
