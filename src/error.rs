@@ -97,7 +97,7 @@ pub enum Error {
 
 impl Error {
     /// Every value `kind()` returns: the `kind` label values, created at 0 for each split.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "io",
         "invalid",
         "aws_throttled",
@@ -109,6 +109,7 @@ impl Error {
         "gate",
         "http",
         "unreachable",
+        "fenced",
         "other",
     ];
 
@@ -184,6 +185,7 @@ mod tests {
             },
             Error::Http(String::new()),
             Error::Unreachable(String::new()),
+            Error::Fenced(String::new()),
             Error::Other(String::new()),
         ];
         let kinds: Vec<&str> = all.iter().map(Error::kind).collect();
