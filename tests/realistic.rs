@@ -106,9 +106,9 @@ fn the_readme_example_goes_0_to_100_on_real_timings_with_serving_capacity_before
         },
     );
     let took = started.elapsed();
-    // Real timing held the rollout back: three tasks cannot serve in under 3 x (30 + 20) s... but
-    // the layer starts them one after another only while they are pending, so at least the two
-    // new tasks' start and registration: 2 x 30 s + 20 s.
+    // Real timing held the rollout back: the service starts at 1 task and needs 3, and the layer
+    // starts one task every 30 s and keeps each new target `initial` for 20 s, so the last raise
+    // cannot come before 2 x 30 s + 20 s.
     assert!(
         took >= Duration::from_secs(80),
         "0 -> 100 in {took:?}: faster than the layer lets tasks start and register"
