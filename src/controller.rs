@@ -18,7 +18,7 @@ use crate::metrics::{METRICS, STATES};
 use crate::reconcile::{self, Context, GateRecord, Report, Work};
 use crate::rollout::{Note, SplitState};
 use crate::server::AppState;
-use crate::spec::{fqdn, load_paths, SplitDoc};
+use crate::spec::{fqdn, load_paths, SplitDoc, TrafficSplit};
 use crate::status::{
     now_unix, now_unix_ms, rfc3339, BackendStatus, Condition, ConfigStatus, ControllerStatus,
     EcsStatus, Event, GateStatus, SplitStatus,
@@ -166,14 +166,7 @@ impl Controller {
         for doc in loaded.docs {
             seen.insert(doc.split.name().to_string(), ());
             let name = doc.split.name().to_string();
-            let gates: Vec<String> = doc
-                .split
-                .spec
-                .gates
-                .iter()
-                .map(|g| g.name.clone())
-                .collect();
-            METRICS.init_split(&name, &gates);
+            METRICS.init_split(&name, &gate_names(&doc.split));
             match self.splits.get_mut(&name) {
                 Some(m) => {
                     m.rejected = None;
@@ -233,15 +226,7 @@ impl Controller {
                     .iter()
                     .map(|b| b.name.clone())
                     .collect();
-                let gates: Vec<String> = m
-                    .doc
-                    .split
-                    .spec
-                    .gates
-                    .iter()
-                    .map(|g| g.name.clone())
-                    .collect();
-                METRICS.forget_split(&name, &backends, &gates);
+                METRICS.forget_split(&name, &backends, &gate_names(&m.doc.split));
             }
         }
         self.config_errors = loaded.errors;
@@ -744,4 +729,9 @@ fn split_status(m: &Managed) -> SplitStatus {
         first_seen: rfc3339(m.first_seen),
         events: m.events.iter().cloned().collect(),
     }
+}
+
+/// The gate names of a split: the `gate` label values its metrics carry.
+fn gate_names(split: &TrafficSplit) -> Vec<String> {
+    split.spec.gates.iter().map(|g| g.name.clone()).collect()
 }

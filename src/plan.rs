@@ -609,19 +609,9 @@ mod tests {
     }
 
     fn weighted(split: &TrafficSplit, backend: &str, weight: i64) -> RecordSet {
-        let Target::Alias(a) = &targets()[backend] else {
-            unreachable!()
-        };
         RecordSet {
             name: fqdn(&split.spec.record.name),
-            rtype: "A".into(),
-            set_identifier: Some(backend.into()),
-            weight: Some(weight),
-            ttl: None,
-            alias: Some(a.clone()),
-            values: vec![],
-            health_check_id: None,
-            other_routing: false,
+            ..weighted_to(backend, weight, &targets()[backend])
         }
     }
 

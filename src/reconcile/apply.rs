@@ -698,14 +698,7 @@ mod fencing_tests {
             w(&[("lambda", 50), ("fargate", 50)]),
             "nothing of the fenced batch applied"
         );
-        let edited = dns
-            .records
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|r| r.name == api_txt)
-            .cloned()
-            .unwrap();
+        let edited = dns.record(&api_txt);
         assert_eq!(edited.ttl, Some(299), "the hand edit survives");
 
         // The next cycle re-reads, re-decides and takes the step, once.
@@ -715,14 +708,7 @@ mod fencing_tests {
             weights_at(&dns, "api"),
             w(&[("lambda", 0), ("fargate", 100)])
         );
-        let txt = dns
-            .records
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|r| r.name == api_txt)
-            .cloned()
-            .unwrap();
+        let txt = dns.record(&api_txt);
         let state = crate::state::RolloutState::decode(&crate::state::from_txt_values(&txt.values))
             .unwrap();
         assert_eq!(

@@ -25,6 +25,19 @@ pub(super) struct Zone53 {
     pub(super) before_next_change: Mutex<Option<Hook>>,
 }
 
+impl Zone53 {
+    /// The record set named `name` as the zone holds it now.
+    pub(super) fn record(&self, name: &str) -> RecordSet {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no record {name}"))
+    }
+}
+
 #[async_trait]
 impl Dns for Zone53 {
     async fn find_zone(&self, _: &str) -> Result<Zone> {

@@ -20,40 +20,16 @@ use super::{clone_err, Context, EcsChange, Pending, Report};
 
 /// Plan every split of the cycle concurrently; each ends with a report or an error.
 pub(super) async fn plan_all(ctx: &Context, pending: &mut [Pending], live: &Live, now_ms: u64) {
-    join_all(pending.iter_mut().map(|p| {
-        plan_split(
-            ctx,
-            p,
-            &live.services,
-            &live.cluster_errors,
-            &live.scalable,
-            now_ms,
-        )
-    }))
-    .await;
+    join_all(pending.iter_mut().map(|p| plan_split(ctx, p, live, now_ms))).await;
 }
 
-async fn plan_split(
-    ctx: &Context,
-    p: &mut Pending,
-    services: &HashMap<(String, String), EcsService>,
-    cluster_errors: &HashMap<String, Error>,
-    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
-    now_ms: u64,
-) {
+async fn plan_split(ctx: &Context, p: &mut Pending, live: &Live, now_ms: u64) {
     // Planning is pure code over remote input, and property-tested not to panic. Should a bug
     // slip through anyway, it costs this split its cycle, never the other splits or the process:
     // nothing is written for it, and the panic is reported as its error.
-    let planned = std::panic::AssertUnwindSafe(plan_split_inner(
-        ctx,
-        p,
-        services,
-        cluster_errors,
-        scalable,
-        now_ms,
-    ))
-    .catch_unwind()
-    .await;
+    let planned = std::panic::AssertUnwindSafe(plan_split_inner(ctx, p, live, now_ms))
+        .catch_unwind()
+        .await;
     match planned {
         Ok(Ok(r)) => p.report = Some(r),
         Ok(Err(e)) => p.error = Some(e),
@@ -73,14 +49,12 @@ async fn plan_split(
 async fn plan_split_inner(
     ctx: &Context,
     p: &mut Pending,
-    services: &HashMap<(String, String), EcsService>,
-    cluster_errors: &HashMap<String, Error>,
-    scalable: &Result<HashMap<(String, String), ScalableTarget>>,
+    live: &Live,
     now_ms: u64,
 ) -> Result<Report> {
     let now = now_ms / 1000;
     let split = p.work.doc.split.clone();
-    let targets = resolve_targets(ctx, &split, services, cluster_errors).await?;
+    let targets = resolve_targets(ctx, &split, &live.services, &live.cluster_errors).await?;
     let refs: Vec<&RecordSet> = p.records.iter().collect();
     let obs = plan::classify(&split, &ctx.owner, &refs, &targets)?;
 
@@ -92,7 +66,7 @@ async fn plan_split_inner(
     {
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
-    let (mut ecs_obs, ecs_live) = ecs_of(&split, services);
+    let (mut ecs_obs, ecs_live) = ecs_of(&split, &live.services);
 
     let mut notes = Vec::new();
     if let Some(why) = &obs.state_problem {
@@ -147,7 +121,7 @@ async fn plan_split_inner(
     // Autoscaled services first: their bounds go into the state the batch below writes.
     let has_ecs = split.spec.backends.iter().any(|b| b.ecs.is_some());
     let none = HashMap::new();
-    let scalable = match scalable {
+    let scalable = match &live.scalable {
         Ok(s) => s,
         // Without knowing whether an autoscaler owns a desired count, writing it could fight it.
         Err(e) if has_ecs => return Err(clone_err(e)),
