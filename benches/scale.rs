@@ -9,7 +9,7 @@
 //! (`fleet::REALISTIC_LAYER`: PENDING changes, target health, task starts, and Route53's account
 //! rate of 5 requests/s, which the bench then never asks the controller to exceed).
 //!
-//! The `fleet` module is shared with `tests/call_counts.rs` (the CI guard, at a smaller scale).
+//! The `fleet` module is shared with `tests/it/call_counts.rs` (the CI guard, at a smaller scale).
 
 #[path = "../tests/support/mod.rs"]
 pub mod support;

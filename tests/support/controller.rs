@@ -487,7 +487,7 @@ pub fn json_log(c: &Controller) -> Vec<Value> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Chaos, crash and config-churn helpers (tests/chaos.rs, tests/crash.rs, tests/config_churn.rs).
+// Chaos, crash and config-churn helpers (tests/it/chaos.rs, tests/it/crash.rs, tests/it/config_churn.rs).
 
 /// Create a CloudWatch alarm (if needed) and set its state.
 pub fn set_alarm(moto: &Moto, name: &str, state: &str) {

@@ -5,9 +5,8 @@
 //! (without a rollout every write goes straight to A or B), /healthz answers 200 throughout, and
 //! with the good document left in place the split converges to it.
 
-mod support;
-#[path = "support/writelog.rs"]
-mod writelog;
+use crate::support;
+use crate::writelog;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

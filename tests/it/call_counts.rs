@@ -5,9 +5,7 @@
 //! theoretical minimum (`fleet::minimum`) exactly, and a steady-state cycle writes nothing.
 //! Timings are not asserted here; `cargo bench --bench scale` measures them.
 
-#[allow(dead_code)]
-#[path = "../benches/scale.rs"]
-mod scale;
+use crate::scale;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //!
 //! AWS state is read back with boto3 (the harness), never with trafficshift's own code.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

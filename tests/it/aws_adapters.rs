@@ -1,6 +1,6 @@
 //! The real AWS adapters against moto; every result is read back with boto3.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! throttling, 5xx, latency and dropped connections without ever writing an unsafe batch, and at
 //! rest it costs one listing pass per zone per resync and no writes.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -5,9 +5,8 @@
 //! state TXT travels with the weights, only the splits' names are written, and ECS capacity is in
 //! place before its weight rises.
 
-mod support;
-#[path = "support/writelog.rs"]
-mod writelog;
+use crate::support;
+use crate::writelog;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

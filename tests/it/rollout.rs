@@ -2,10 +2,9 @@
 //! Prometheus), every Route53 weight set and ECS count recorded by a boto3 poller so that order,
 //! hold times and capacity-before-traffic can be checked on the timeline.
 
-mod support;
+use crate::support;
 
-#[path = "support/prometheus.rs"]
-mod prometheus;
+use crate::prometheus;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -4,9 +4,8 @@
 //! and from moto read back with boto3: no lost update, no step taken twice or skipped, no
 //! flapping, the target reached.
 
-mod support;
-#[path = "support/writelog.rs"]
-mod writelog;
+use crate::support;
+use crate::writelog;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -9,9 +9,8 @@
 //! - a service whose tasks never start ends Degraded at `progressDeadline`, then rolls back, and
 //!   nothing fails (or scales down) earlier.
 
-mod support;
-#[path = "support/writelog.rs"]
-mod writelog;
+use crate::support;
+use crate::writelog;
 
 use std::time::{Duration, Instant};
 

@@ -4,9 +4,8 @@
 //! twice, and end at the target. Checked from the proxy's write log (it sees every write, even one
 //! whose answer the killed process never read) and from boto3 snapshots taken between restarts.
 
-mod support;
-#[path = "support/writelog.rs"]
-mod writelog;
+use crate::support;
+use crate::writelog;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

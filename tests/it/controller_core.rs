@@ -1,6 +1,6 @@
 //! The controller binary against moto: issue #2's behaviours, read back with boto3.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

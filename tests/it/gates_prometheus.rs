@@ -1,7 +1,6 @@
 //! The Prometheus gate against a real Prometheus server (Debian's `prometheus` package).
 
-#[path = "support/prometheus.rs"]
-mod prometheus;
+use crate::prometheus;
 
 use std::sync::Arc;
 use std::time::Duration;
