@@ -100,7 +100,12 @@ fn every_example_document_validates() {
 fn cells(line: &str) -> Vec<String> {
     let mut out = vec![String::new()];
     let mut escaped = false;
-    for c in line.trim().trim_start_matches('|').trim_end_matches('|').chars() {
+    for c in line
+        .trim()
+        .trim_start_matches('|')
+        .trim_end_matches('|')
+        .chars()
+    {
         match c {
             '|' if !escaped => out.push(String::new()),
             _ => out.last_mut().unwrap().push(c),
@@ -130,7 +135,10 @@ fn flag_table() -> Vec<(String, String, String)> {
             continue;
         }
         let cells = cells(line);
-        assert!(cells.len() >= 4, "flag table row with too few cells: {line}");
+        assert!(
+            cells.len() >= 4,
+            "flag table row with too few cells: {line}"
+        );
         rows.push((cells[0].clone(), cells[1].clone(), cells[2].clone()));
     }
     assert!(rows.len() > 5, "no flag table found in docs/reference.md");
@@ -234,10 +242,16 @@ fn flag_table_matches_clap() {
     }
     for (name, (env, _, cmds)) in &flags {
         if !documented.contains(name) {
-            problems.push(format!("{name} ({}) is not in the flag table", cmds.join(", ")));
+            problems.push(format!(
+                "{name} ({}) is not in the flag table",
+                cmds.join(", ")
+            ));
         }
         // README and reference promise a TRAFFICSHIFT_* fallback for every flag.
-        if !env.as_deref().is_some_and(|e| e.starts_with("TRAFFICSHIFT_")) {
+        if !env
+            .as_deref()
+            .is_some_and(|e| e.starts_with("TRAFFICSHIFT_"))
+        {
             problems.push(format!(
                 "{name} ({}) has no TRAFFICSHIFT_* environment fallback",
                 cmds.join(", ")
@@ -271,7 +285,10 @@ fn metric_table() -> std::collections::BTreeMap<String, (String, Vec<String>)> {
             break;
         }
         let cells = cells(line);
-        assert!(cells.len() >= 4, "metrics table row with too few cells: {line}");
+        assert!(
+            cells.len() >= 4,
+            "metrics table row with too few cells: {line}"
+        );
         let name = cells[0].trim_matches('`');
         if !name.starts_with("trafficshift_") {
             continue;
@@ -285,7 +302,10 @@ fn metric_table() -> std::collections::BTreeMap<String, (String, Vec<String>)> {
         labels.sort();
         out.insert(name.to_string(), (cells[1].to_string(), labels));
     }
-    assert!(out.len() > 10, "no metrics table found in docs/reference.md");
+    assert!(
+        out.len() > 10,
+        "no metrics table found in docs/reference.md"
+    );
     out
 }
 
@@ -369,8 +389,8 @@ fn exposition_label_names_parse() {
 /// type and label names.
 #[test]
 fn metrics_table_matches_a_scrape() {
-    use support::controller::{set_alarm, wait_for, Controller, Scenario};
     use std::time::Duration;
+    use support::controller::{set_alarm, wait_for, Controller, Scenario};
 
     let moto = support::Moto::start();
     let sc = Scenario::provision(&moto, 2);
@@ -507,7 +527,10 @@ fn every_documented_validate_command_runs_as_documented() {
     // Where a command's paths are meant: the doc's own directory, the repository root, or an
     // example repository (examples/<name>), whichever holds every path it names.
     let mut contexts: Vec<std::path::PathBuf> = vec![repo().to_path_buf()];
-    for e in std::fs::read_dir(repo().join("examples")).unwrap().flatten() {
+    for e in std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .flatten()
+    {
         if e.path().is_dir() {
             contexts.push(e.path());
         }
@@ -548,5 +571,8 @@ fn every_documented_validate_command_runs_as_documented() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert!(ran >= 3, "only {ran} documented validate command(s) found and run");
+    assert!(
+        ran >= 3,
+        "only {ran} documented validate command(s) found and run"
+    );
 }

@@ -54,7 +54,11 @@ fn two_controllers_with_one_owner_id_lose_no_update() {
         13,
         0.3,
         "delay",
-        &[&["--max-delay", "0.4", "--route53-fencing"], writelog::LAYER_ECS].concat(),
+        &[
+            &["--max-delay", "0.4", "--route53-fencing"],
+            writelog::LAYER_ECS,
+        ]
+        .concat(),
     );
     // The fence is Route53 refusing a DELETE of a state TXT another writer has replaced.
     proxy.allow_refusals("_trafficshift.");

@@ -473,19 +473,25 @@ pub const SCENARIO_TASKS: TaskTable = &[
 pub fn not_serving(snap: &Value, need: i64) -> Option<String> {
     let n = |k: &str| snap[k].as_i64();
     let (Some(desired), Some(running)) = (n("desired"), n("running")) else {
-        return Some(format!("no desired/running counts in the layer's snapshot {snap}"));
+        return Some(format!(
+            "no desired/running counts in the layer's snapshot {snap}"
+        ));
     };
     let mut why = Vec::new();
     if desired < need {
         why.push(format!("desiredCount {desired} < {need}"));
     }
     if running < need || running < desired {
-        why.push(format!("running {running} (desired {desired}, need {need})"));
+        why.push(format!(
+            "running {running} (desired {desired}, need {need})"
+        ));
     }
     let deployments = n("deployments").unwrap_or(0);
     let state = snap["rollout_state"].as_str().unwrap_or("?");
     if deployments != 1 || state != "COMPLETED" {
-        why.push(format!("not stable ({deployments} deployment(s), rollout {state})"));
+        why.push(format!(
+            "not stable ({deployments} deployment(s), rollout {state})"
+        ));
     }
     if let Some(tgs) = snap["target_groups"].as_object() {
         for (tg, c) in tgs {
@@ -1111,11 +1117,26 @@ mod tests {
     #[test]
     fn capacity_that_does_not_serve_is_found() {
         let cases = [
-            (served(5, 3, 3, 1, "COMPLETED"), "running 3 (desired 5, need 5)"),
-            (served(6, 5, 5, 1, "COMPLETED"), "running 5 (desired 6, need 5)"),
-            (served(5, 5, 2, 1, "COMPLETED"), "2/5 healthy targets in targetgroup/tg/1"),
-            (served(5, 5, 5, 2, "COMPLETED"), "not stable (2 deployment(s), rollout COMPLETED)"),
-            (served(5, 5, 5, 1, "IN_PROGRESS"), "not stable (1 deployment(s), rollout IN_PROGRESS)"),
+            (
+                served(5, 3, 3, 1, "COMPLETED"),
+                "running 3 (desired 5, need 5)",
+            ),
+            (
+                served(6, 5, 5, 1, "COMPLETED"),
+                "running 5 (desired 6, need 5)",
+            ),
+            (
+                served(5, 5, 2, 1, "COMPLETED"),
+                "2/5 healthy targets in targetgroup/tg/1",
+            ),
+            (
+                served(5, 5, 5, 2, "COMPLETED"),
+                "not stable (2 deployment(s), rollout COMPLETED)",
+            ),
+            (
+                served(5, 5, 5, 1, "IN_PROGRESS"),
+                "not stable (1 deployment(s), rollout IN_PROGRESS)",
+            ),
             (serde_json::json!({}), "the layer knows no service c/s"),
         ];
         for (capacity, want) in cases {
