@@ -386,6 +386,69 @@ fn assert_each_step_held(tl: &Timeline, interval: f64) {
     );
 }
 
+/// ECS tasks the scenario document (`tasksAtFullTraffic: 20, minTasks: 2, maxTasks: 40`) needs by
+/// fargate share, written out by hand as (highest share, tasks): one task per 5% started, at
+/// least two.
+const FARGATE_TASKS: [(i64, i64); 19] = [
+    (10, 2),
+    (15, 3),
+    (20, 4),
+    (25, 5),
+    (30, 6),
+    (35, 7),
+    (40, 8),
+    (45, 9),
+    (50, 10),
+    (55, 11),
+    (60, 12),
+    (65, 13),
+    (70, 14),
+    (75, 15),
+    (80, 16),
+    (85, 17),
+    (90, 18),
+    (95, 19),
+    (100, 20),
+];
+
+fn need(share: i64) -> i64 {
+    FARGATE_TASKS
+        .iter()
+        .find(|(upto, _)| share <= *upto)
+        .map(|(_, n)| *n)
+        .unwrap_or_else(|| panic!("no task count written down for a {share}% share"))
+}
+
+/// Replace the ECS service by a new one with `desired` tasks and (moto started with
+/// MOTO_ECS_SERVICE_RUNNING=0) none running: unstable until someone calls UpdateService.
+fn make_unstable(moto: &Moto, sc: &Scenario, desired: i64) {
+    make_unstable_via(moto, sc, desired, &moto.endpoint)
+}
+
+/// `make_unstable` with the service re-created through `via` (the AWS layer, so it knows the
+/// service's tasks are new rather than long running).
+fn make_unstable_via(moto: &Moto, sc: &Scenario, desired: i64, via: &str) {
+    let v = moto.py(
+        r#"
+s = client("ecs").describe_services(cluster=input["cluster"], services=[input["service"]])["services"][0]
+endpoint = input["via"]
+ecs = client("ecs")
+ecs.create_service(cluster=input["cluster"], serviceName=input["service"],
+                   taskDefinition=s["taskDefinition"], desiredCount=input["desired"],
+                   launchType="FARGATE", loadBalancers=s["loadBalancers"],
+                   networkConfiguration=s["networkConfiguration"])
+s = ecs.describe_services(cluster=input["cluster"], services=[input["service"]])["services"][0]
+out = [s["desiredCount"], s["runningCount"], len(s["deployments"])]
+"#,
+        json!({"cluster": sc.cluster, "service": sc.service, "desired": desired, "via": via}),
+    );
+    assert_eq!(
+        v,
+        json!([desired, 0, 1]),
+        "the re-created service is unstable (moto, or the layer with its tasks failing)"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Every step, in order, each held for the interval.
 
