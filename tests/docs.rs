@@ -147,7 +147,7 @@ fn flag_table() -> Vec<(String, String, String)> {
 
 /// `--name` tokens of a flag cell (`` `-o`, `--output FORMAT` `` -> `--output`).
 fn long_flags(cell: &str) -> Vec<String> {
-    cell.split(|c: char| c == '`' || c == ' ' || c == ',')
+    cell.split(['`', ' ', ','])
         .filter(|t| t.starts_with("--") && t.len() > 2)
         .map(str::to_string)
         .collect()
