@@ -119,7 +119,7 @@ pub struct RunArgs {
     #[arg(long, env = "TRAFFICSHIFT_DRY_RUN")]
     pub dry_run: bool,
     /// Reconcile everything once and exit (non-zero if anything failed).
-    #[arg(long)]
+    #[arg(long, env = "TRAFFICSHIFT_ONCE")]
     pub once: bool,
     #[command(flatten)]
     pub aws: AwsArgs,
@@ -154,14 +154,20 @@ pub struct StatusArgs {
     )]
     pub endpoint: String,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long,
+        env = "TRAFFICSHIFT_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     pub output: OutputArg,
     /// Redraw every 2 s.
-    #[arg(long)]
+    #[arg(long, env = "TRAFFICSHIFT_WATCH")]
     pub watch: bool,
     /// Exit 1 when a split is Degraded, RolledBack, Conflict or Invalid, or the config is invalid
     /// (69 when the controller cannot be reached, with or without this flag).
-    #[arg(long)]
+    #[arg(long, env = "TRAFFICSHIFT_EXIT_CODE")]
     pub exit_code: bool,
 }
 

@@ -38,7 +38,7 @@ pub const AWS_OPERATIONS: [(&str, &str); 12] = [
 /// The `outcome` label values of `trafficshift_aws_requests_total`.
 pub const AWS_OUTCOMES: [&str; 3] = ["success", "throttled", "error"];
 /// The `result` label values of `trafficshift_reconciles_total`.
-pub const RECONCILE_RESULTS: [&str; 3] = ["success", "error", "skipped"];
+pub const RECONCILE_RESULTS: [&str; 2] = ["success", "error"];
 /// The `action` label values of `trafficshift_route53_changes_total`.
 pub const ROUTE53_ACTIONS: [&str; 3] = ["create", "delete", "upsert"];
 
@@ -188,7 +188,7 @@ impl Metrics {
             reconciles: counter_vec(
                 &r,
                 "trafficshift_reconciles_total",
-                "Reconciles by result (success, error, skipped).",
+                "Reconciles by result (success, error).",
                 &["split", "result"],
             ),
             reconcile_errors: counter_vec(

@@ -2,8 +2,9 @@
 //! (throttling, 500, 503, 0-3 s latency, dropped connections), at 20% and at 50% of requests.
 //! Every split must reach its target, and the invariants are checked from the proxy's write log
 //! alone: weights sum to 100 after every accepted batch, no step skipped or taken backwards, the
-//! state TXT travels with the weights, only the splits' names are written, and ECS capacity is in
-//! place before its weight rises.
+//! state TXT travels with the weights, only the splits' names are written, and ECS capacity serves
+//! (running, stable, healthy targets, as the AWS layer served it at the write) before its weight
+//! rises.
 
 use crate::support;
 use crate::writelog;
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use support::controller::{
     ecs_desired, foreign_records, list_zones, provision_splits, Controller, FaultProxy, FleetSplit,
-    FLEET_TASKS_AT_FULL,
 };
 use support::Moto;
 use writelog::{fqdn, show, EcsCheck, SplitCheck, Zones};
@@ -60,8 +60,7 @@ fn checks(splits: &[FleetSplit], zone_ids: &BTreeMap<String, String>) -> Vec<Spl
                 backend: backend.clone(),
                 cluster: CLUSTER.to_string(),
                 service: service.clone(),
-                tasks_at_full: FLEET_TASKS_AT_FULL,
-                initial_desired: 1,
+                tasks: writelog::FLEET_TASKS,
             }),
             // Delays of up to 3 s before forwarding blur the proxy's clock: not checked here.
             hold: None,
@@ -130,7 +129,7 @@ fn run_chaos(rate: f64, seed: u64, deadline: Duration) {
         seed,
         rate,
         "throttle,500,503,delay,drop",
-        &["--max-delay", "3"],
+        &[&["--max-delay", "3"], writelog::LAYER_ECS].concat(),
     );
     eprintln!("provisioned in {:?}", t0.elapsed());
     let mut c = Controller::start(
@@ -262,7 +261,7 @@ fn run_chaos(rate: f64, seed: u64, deadline: Duration) {
     let desired = ecs_desired(&moto, CLUSTER, &services);
     for s in splits.iter().filter(|s| s.ecs.is_some()) {
         let (backend, svc) = s.ecs.as_ref().unwrap();
-        let need = writelog::tasks_for(FLEET_TASKS_AT_FULL, s.target[backend]);
+        let need = writelog::tasks_in(writelog::FLEET_TASKS, s.target[backend]);
         assert!(
             desired[svc] >= need,
             "{svc}: desiredCount {} < {need}",

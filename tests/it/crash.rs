@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use support::controller::{
     ecs_desired, foreign_records, list_zones, provision_splits, Controller, FaultProxy, FleetSplit,
-    FLEET_TASKS_AT_FULL,
 };
 use support::Moto;
 use writelog::{show, EcsCheck, SplitCheck, Zones};
@@ -73,8 +72,7 @@ fn kill_9_thirty_times_mid_rollout_resumes_from_route53() {
                 backend: backend.clone(),
                 cluster: CLUSTER.into(),
                 service: service.clone(),
-                tasks_at_full: FLEET_TASKS_AT_FULL,
-                initial_desired: 1,
+                tasks: writelog::FLEET_TASKS,
             }),
             hold: Some((INTERVAL, TOLERANCE)),
         })
@@ -88,7 +86,8 @@ fn kill_9_thirty_times_mid_rollout_resumes_from_route53() {
         .unwrap();
     }
     // The proxy injects nothing: it is there to log every write.
-    let proxy = FaultProxy::start(&moto.endpoint, SEED, 0.0, "500", &[]);
+    // ECS capacity is judged from what the AWS layer served at each write.
+    let proxy = FaultProxy::start(&moto.endpoint, SEED, 0.0, "500", writelog::LAYER_ECS);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     // Per split: the step index of each boto3 snapshot between restarts.
@@ -211,6 +210,9 @@ fn kill_9_thirty_times_mid_rollout_resumes_from_route53() {
         );
     }
     let desired = ecs_desired(&moto, CLUSTER, &["svc-0".to_string()]);
-    assert!(desired["svc-0"] >= FLEET_TASKS_AT_FULL, "{desired:?}");
+    assert!(
+        desired["svc-0"] >= writelog::tasks_in(writelog::FLEET_TASKS, 100),
+        "{desired:?}"
+    );
     eprintln!("total {:?}", t0.elapsed());
 }

@@ -82,6 +82,8 @@ struct Run {
     first: f64,
     /// t1 of the first snapshot showing the next split (None for the last run).
     until: Option<f64>,
+    /// t0 of the last snapshot showing it: the next split was written after this.
+    last_t0: f64,
 }
 
 fn now_f64() -> f64 {
@@ -248,19 +250,21 @@ fn runs_of(snaps: &[Snap]) -> Vec<Run> {
     for s in snaps {
         let Some(split) = s.split() else { continue };
         match runs.last_mut() {
-            Some(r) if r.split == split => {}
+            Some(r) if r.split == split => r.last_t0 = s.t0,
             Some(r) => {
                 r.until = Some(s.t1);
                 runs.push(Run {
                     split,
                     first: s.t1,
                     until: None,
+                    last_t0: s.t0,
                 });
             }
             None => runs.push(Run {
                 split,
                 first: s.t1,
                 until: None,
+                last_t0: s.t0,
             }),
         }
     }
@@ -349,38 +353,69 @@ fn assert_holds(tl: &Timeline, split: (i64, i64), hold: Duration, why: &str) {
     }
 }
 
-/// Every step but the last was held for `interval` seconds: the next step appeared no sooner
-/// than the step's `since=` (from the TXT written with it) plus the interval, and the run lasted
-/// about as long.
+/// Every step but the last was held for `interval` seconds, by the test's own clock (never the
+/// controller's `since=`): a step was written before the first snapshot showing it returned (its
+/// `first`), and the next one after the last snapshot still showing it began (`last_t0`), so
+/// `last_t0 - first` is a lower bound of the hold. The poller reads every ~200 ms and a write can
+/// lag its decision under load, hence the second of slack.
 fn assert_each_step_held(tl: &Timeline, interval: f64) {
     let snaps = tl.snaps();
     let runs = runs_of(&snaps);
+    let mut held = 0;
     for r in runs.iter().filter(|r| r.split != (100, 0)) {
-        let Some(until) = r.until else { continue };
-        let since: f64 = snaps
-            .iter()
-            .find(|s| s.split() == Some(r.split))
-            .and_then(|s| s.txt_field("since"))
-            .and_then(|x| x.parse().ok())
-            .expect("since= in the TXT written with the step");
-        // The hold counts from the decision (`since`); under load the write (and the poller)
-        // can lag it by a second, so the visible run gets that much slack.
+        if r.until.is_none() {
+            continue;
+        }
+        held += 1;
         assert!(
-            until >= since + interval && until - r.first >= interval - 1.0,
-            "{:?} (since={since}, first shown {:.2}s after since) held {:.2}s, the next step \
-             came {:.2}s after since: less than the {interval}s interval\n{}",
+            r.last_t0 - r.first >= interval - 1.0,
+            "{:?} held at least {:.2}s by the test's clock (shown from {:.2}s to {:.2}s): less than \
+             the {interval}s interval\n{}",
             r.split,
-            r.first - since,
-            until - r.first,
-            until - since,
+            r.last_t0 - r.first,
+            r.first,
+            r.last_t0,
             tl.describe()
         );
     }
+    assert!(
+        held > 0,
+        "no step followed by another was seen:\n{}",
+        tl.describe()
+    );
 }
 
-/// ECS tasks the issue's document needs for a fargate share: clamp(ceil(20*share/100), 2, 40).
+/// ECS tasks the scenario document (`tasksAtFullTraffic: 20, minTasks: 2, maxTasks: 40`) needs by
+/// fargate share, written out by hand as (highest share, tasks): one task per 5% started, at
+/// least two.
+const FARGATE_TASKS: [(i64, i64); 19] = [
+    (10, 2),
+    (15, 3),
+    (20, 4),
+    (25, 5),
+    (30, 6),
+    (35, 7),
+    (40, 8),
+    (45, 9),
+    (50, 10),
+    (55, 11),
+    (60, 12),
+    (65, 13),
+    (70, 14),
+    (75, 15),
+    (80, 16),
+    (85, 17),
+    (90, 18),
+    (95, 19),
+    (100, 20),
+];
+
 fn need(share: i64) -> i64 {
-    ((20 * share + 99) / 100).clamp(2, 40)
+    FARGATE_TASKS
+        .iter()
+        .find(|(upto, _)| share <= *upto)
+        .map(|(_, n)| *n)
+        .unwrap_or_else(|| panic!("no task count written down for a {share}% share"))
 }
 
 /// Replace the ECS service by a new one with `desired` tasks and (moto started with
@@ -480,6 +515,7 @@ fn an_alarm_rolls_back_after_three_failing_checks_and_stays_rolled_back() {
     let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     c.wait_ready(DEADLINE);
     tl.wait_split((75, 25), DEADLINE);
+    let alarm_at = now_f64();
     set_alarm(&moto, &alarm, "ALARM");
 
     // Watch /status until the rollback, recording what the gate reported before it.
@@ -537,6 +573,22 @@ fn an_alarm_rolls_back_after_three_failing_checks_and_stays_rolled_back() {
     }
 
     tl.wait_split((100, 0), DEADLINE);
+    // By the test's clock: three failing checks 1 s (gateInterval) apart, the first no sooner than
+    // the alarm turned, so the first move back was written 2 s or more after it (the write came
+    // after the last snapshot that still showed the split moving forward began). 0.5 s of slack
+    // for the clock of the poller against this thread's.
+    let runs = tl.runs();
+    let back = runs
+        .iter()
+        .position(|r| r.first > alarm_at && r.split.1 < 25)
+        .unwrap_or_else(|| panic!("no move back after the alarm:\n{}", tl.describe()));
+    let written_after = runs[back - 1].last_t0;
+    assert!(
+        written_after - alarm_at >= 2.0 - 0.5,
+        "rolled back {:.2}s after the alarm turned: fewer than failureThreshold 3 checks 1s apart\n{}",
+        written_after - alarm_at,
+        tl.describe()
+    );
     let txt = sc.state_txt(&moto).expect("state TXT");
     assert_eq!(
         txt_field(&txt, "phase").as_deref(),
@@ -842,10 +894,6 @@ fn a_restart_after_kill_9_resumes_at_the_same_step_without_skipping_the_hold() {
     c.kill9();
     let mut c = Controller::start(moto.aws(), &[dir.path()], "test", RESYNC);
     let restarted = now_f64();
-    let since: f64 = s3
-        .txt_field("since")
-        .and_then(|s| s.parse().ok())
-        .expect("since= in the TXT");
     assert_eq!(s3.txt_field("step").as_deref(), Some("3"), "{:?}", s3.txt);
     c.wait_ready(DEADLINE);
     let st = c.split("api").expect("status");
@@ -861,11 +909,19 @@ fn a_restart_after_kill_9_resumes_at_the_same_step_without_skipping_the_hold() {
         .into_iter()
         .find(|s| s.split() == Some((60, 40)))
         .unwrap();
+    // By the test's clock: step 3 was written before its first snapshot returned, step 4 after
+    // the last snapshot still showing step 3 began; a second of slack for polling and the write
+    // lagging its decision, as in `assert_each_step_held`.
+    let run3 = tl
+        .runs()
+        .into_iter()
+        .find(|r| r.split == (70, 30))
+        .expect("step 3 shown");
     assert!(
-        first4.t1 >= since + 4.0,
-        "step 4 was shown {:.2}s after step 3 was taken (since={since}), before the 4s hold \
-         ended ({:.2}s after the restart)\n{}",
-        first4.t1 - since,
+        run3.last_t0 - run3.first >= 4.0 - 1.0,
+        "step 3 held at least {:.2}s by the test's clock, less than its 4s hold (step 4 first \
+         shown {:.2}s after the restart)\n{}",
+        run3.last_t0 - run3.first,
         first4.t1 - restarted,
         tl.describe()
     );

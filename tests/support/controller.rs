@@ -670,7 +670,7 @@ impl Controller {
     }
 }
 
-/// Provision a fleet in one Python run (fast): a VPC, ONE ALB + target group shared by every ECS
+/// Provision a fleet in one Python run (fast): a VPC, ONE ALB with a target group per ECS
 /// service, `services` in `cluster` (desiredCount `initial_tasks`, settled so running ==
 /// desired), and per zone its records. Input:
 /// `{"cluster": C, "services": [..], "initial_tasks": N, "zones": [{"name": Z, "records": [
@@ -686,12 +686,20 @@ sg = ec2.create_security_group(GroupName="fleet", Description="fleet", VpcId=vpc
 lb = elb.create_load_balancer(Name="fleet-alb", Subnets=subnets, SecurityGroups=[sg],
                               Scheme="internet-facing", Type="application")["LoadBalancers"][0]
 tg = elb.create_target_group(Name="fleet-tg", Protocol="HTTP", Port=80, VpcId=vpc, TargetType="ip")["TargetGroups"][0]
-elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
-                    DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
-# moto never registers ECS tasks as targets; trafficshift raises an ECS weight only onto healthy
-# targets, so a pool of 40 (moto reports registered IPs healthy) stands in for the tasks.
-elb.register_targets(TargetGroupArn=tg["TargetGroupArn"],
-                     Targets=[{"Id": f"10.0.9.{i}", "Port": 80} for i in range(1, 41)])
+listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                               DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])["Listeners"][0]
+# One target group per service behind the ALB (a path rule each): the AWS layer then reports each
+# service's own tasks as its targets. moto never registers ECS tasks as targets; trafficshift
+# raises an ECS weight only onto healthy targets, so without the layer a pool of 40 per group
+# (moto reports registered IPs healthy) stands in for the tasks.
+tgs = {}
+for i, s in enumerate(input["services"]):
+    tgs[s] = elb.create_target_group(Name=f"fleet-tg-{i}", Protocol="HTTP", Port=80, VpcId=vpc,
+                                     TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+    elb.create_rule(ListenerArn=listener["ListenerArn"], Priority=i + 1,
+                    Conditions=[{"Field": "path-pattern", "Values": [f"/{s}/*"]}],
+                    Actions=[{"Type": "forward", "TargetGroupArn": tgs[s]}])
+    elb.register_targets(TargetGroupArn=tgs[s], Targets=[{"Id": f"10.0.9.{i}", "Port": 80} for i in range(1, 41)])
 if input["services"]:
     ecs.create_cluster(clusterName=input["cluster"])
     td = ecs.register_task_definition(
@@ -702,7 +710,7 @@ for s in input["services"]:
     ecs.create_service(
         cluster=input["cluster"], serviceName=s, taskDefinition=td, desiredCount=input["initial_tasks"],
         launchType="FARGATE",
-        loadBalancers=[{"targetGroupArn": tg["TargetGroupArn"], "containerName": "app", "containerPort": 80}],
+        loadBalancers=[{"targetGroupArn": tgs[s], "containerName": "app", "containerPort": 80}],
         networkConfiguration={"awsvpcConfiguration": {"subnets": subnets, "securityGroups": [sg],
                                                       "assignPublicIp": "DISABLED"}},
     )

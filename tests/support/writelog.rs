@@ -114,6 +114,8 @@ pub struct Batch {
     pub accepted: bool,
     pub upstream_status: Option<i64>,
     pub changes: Vec<RrChange>,
+    /// The layer's ECS snapshot when the batch reached it (see `Entry::capacity`).
+    pub capacity: Option<Value>,
 }
 
 /// An ECS UpdateService request.
@@ -215,6 +217,7 @@ pub fn batches(entries: &[Entry]) -> Vec<Batch> {
             accepted: e.accepted(),
             upstream_status: e.upstream_status,
             changes: parse_changes(e.body.as_deref().unwrap_or_default()),
+            capacity: e.capacity.clone(),
         })
         .collect()
 }
@@ -400,9 +403,106 @@ impl Zones {
     }
 }
 
-/// ceil(tasks * share / 100).
-pub fn tasks_for(tasks_at_full: i64, share: i64) -> i64 {
-    (tasks_at_full * share + 99) / 100
+/// `faultproxy.py` flags turning on the AWS layer's ECS behaviours, fast enough for a test: tasks
+/// start one per 0.2 s, a new target is `initial` for 0.5 s, a stopped one drains for 1 s. The layer
+/// then logs, with every ChangeResourceRecordSets, what it served (`Entry::capacity`), which is
+/// what the capacity-before-traffic check reads.
+pub const LAYER_ECS: &[&str] = &[
+    "--task-start",
+    "0.2",
+    "--health-check-seconds",
+    "0.5",
+    "--deregistration-delay",
+    "1",
+];
+
+/// Tasks by share, written out by hand: `(highest share, tasks)` rows in increasing order; a share
+/// needs the tasks of the first row whose highest share is at least it.
+pub type TaskTable = &'static [(i64, i64)];
+
+/// The tasks of `share` in `table` (panics on a share the table does not cover).
+pub fn tasks_in(table: TaskTable, share: i64) -> i64 {
+    table
+        .iter()
+        .find(|(upto, _)| share <= *upto)
+        .map(|(_, n)| *n)
+        .unwrap_or_else(|| panic!("no task count written down for a {share}% share"))
+}
+
+/// FleetSplit documents (`tasksAtFullTraffic: 8, minTasks: 1`): 8 tasks at 100%, one per
+/// 12.5% started, at least one.
+pub const FLEET_TASKS: TaskTable = &[
+    (12, 1),
+    (25, 2),
+    (37, 3),
+    (50, 4),
+    (62, 5),
+    (75, 6),
+    (87, 7),
+    (100, 8),
+];
+
+/// The scenario document (`tasksAtFullTraffic: 20, minTasks: 2, maxTasks: 40`): one task per 5%
+/// started, at least two.
+pub const SCENARIO_TASKS: TaskTable = &[
+    (10, 2),
+    (15, 3),
+    (20, 4),
+    (25, 5),
+    (30, 6),
+    (35, 7),
+    (40, 8),
+    (45, 9),
+    (50, 10),
+    (55, 11),
+    (60, 12),
+    (65, 13),
+    (70, 14),
+    (75, 15),
+    (80, 16),
+    (85, 17),
+    (90, 18),
+    (95, 19),
+    (100, 20),
+];
+
+/// Why the layer's snapshot of one service (an Entry's `capacity[cluster/service]`) does not serve
+/// `need` tasks, or None when it does. Serving, as the README promises: desiredCount at least
+/// `need`, at least `need` tasks running and none short of desiredCount, one deployment whose
+/// rollout is COMPLETED (stable), and at least `need` healthy targets in every target group.
+pub fn not_serving(snap: &Value, need: i64) -> Option<String> {
+    let n = |k: &str| snap[k].as_i64();
+    let (Some(desired), Some(running)) = (n("desired"), n("running")) else {
+        return Some(format!(
+            "no desired/running counts in the layer's snapshot {snap}"
+        ));
+    };
+    let mut why = Vec::new();
+    if desired < need {
+        why.push(format!("desiredCount {desired} < {need}"));
+    }
+    if running < need || running < desired {
+        why.push(format!(
+            "running {running} (desired {desired}, need {need})"
+        ));
+    }
+    let deployments = n("deployments").unwrap_or(0);
+    let state = snap["rollout_state"].as_str().unwrap_or("?");
+    if deployments != 1 || state != "COMPLETED" {
+        why.push(format!(
+            "not stable ({deployments} deployment(s), rollout {state})"
+        ));
+    }
+    if let Some(tgs) = snap["target_groups"].as_object() {
+        for (tg, c) in tgs {
+            let healthy = c["healthy"].as_i64().unwrap_or(0);
+            if healthy < need {
+                let tg = tg.rsplit(':').next().unwrap_or(tg);
+                why.push(format!("{healthy}/{need} healthy targets in {tg}"));
+            }
+        }
+    }
+    (!why.is_empty()).then(|| why.join(", "))
 }
 
 /// Whether `w` is `start + (target - start) * pct/100` rounded: every value within 1 of the exact
@@ -428,9 +528,8 @@ pub struct EcsCheck {
     pub backend: String,
     pub cluster: String,
     pub service: String,
-    pub tasks_at_full: i64,
-    /// desiredCount before the controller started.
-    pub initial_desired: i64,
+    /// Tasks the backend needs by share, written out (e.g. [`FLEET_TASKS`]).
+    pub tasks: TaskTable,
 }
 
 /// What the checker knows about a split.
@@ -514,8 +613,8 @@ impl Outcome {
 /// - the state TXT, when present, says the same weights (`cur`), the provisioned `start`, a step
 ///   index matching the weights, steps never decreasing or jumping by more than one, and one
 ///   `since` per step (no step applied twice);
-/// - ECS: before a write raising the ECS backend's weight to w, the last accepted UpdateService of
-///   that service set desiredCount >= ceil(tasksAtFullTraffic * w / 100);
+/// - ECS: a write raising the ECS backend's weight to w reached the AWS layer while the service
+///   served the tasks w needs (`not_serving`, from the layer's `capacity` snapshot in the entry);
 /// - the hold interval between steps, when asked.
 pub fn check(entries: &[Entry], initial: &Zones, splits: &[SplitCheck]) -> Outcome {
     let mut out = Outcome {
@@ -536,12 +635,6 @@ pub fn check(entries: &[Entry], initial: &Zones, splits: &[SplitCheck]) -> Outco
         .iter()
         .filter_map(|s| s.ecs.as_ref())
         .map(|e| (e.cluster.clone(), e.service.clone()))
-        .collect();
-    // Last accepted desiredCount per (cluster, service).
-    let mut desired: BTreeMap<(String, String), i64> = splits
-        .iter()
-        .filter_map(|s| s.ecs.as_ref())
-        .map(|e| ((e.cluster.clone(), e.service.clone()), e.initial_desired))
         .collect();
     // Per split: current step index, last TXT, first write time of each TXT step.
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
@@ -569,11 +662,7 @@ pub fn check(entries: &[Entry], initial: &Zones, splits: &[SplitCheck]) -> Outco
                     u.seq, u.cluster, u.service
                 ));
             }
-            if u.accepted {
-                if let Some(d) = u.desired {
-                    desired.insert((u.cluster.clone(), u.service.clone()), d);
-                }
-            } else if u.upstream_status.is_some() {
+            if !u.accepted && u.upstream_status.is_some() {
                 v.push(format!("#{} UpdateService rejected by moto", u.seq));
             }
             continue;
@@ -752,7 +841,8 @@ pub fn check(entries: &[Entry], initial: &Zones, splits: &[SplitCheck]) -> Outco
                 }
             }
 
-            // Capacity before traffic.
+            // Capacity before traffic, judged from what the AWS layer served when the write
+            // reached it (not from what the controller asked ECS for).
             if let Some(e) = &s.ecs {
                 let old = before
                     .weights(&s.zone_id, &rec)
@@ -761,16 +851,25 @@ pub fn check(entries: &[Entry], initial: &Zones, splits: &[SplitCheck]) -> Outco
                     .unwrap_or(0);
                 let new = w.get(&e.backend).copied().unwrap_or(0);
                 if new > old {
-                    let need = tasks_for(e.tasks_at_full, new);
-                    let have = desired
-                        .get(&(e.cluster.clone(), e.service.clone()))
-                        .copied()
-                        .unwrap_or(0);
-                    if have < need {
-                        v.push(format!(
-                            "{at}: {} raised {old} -> {new} with desiredCount {have} < {need}",
+                    let need = tasks_in(e.tasks, new);
+                    let label = format!("{}/{}", e.cluster, e.service);
+                    match b.capacity.as_ref().map(|c| &c[&label]) {
+                        None => v.push(format!(
+                            "{at}: {} raised {old} -> {new} and the log has no capacity snapshot (run the proxy with the layer's ECS behaviours)",
                             e.backend
-                        ));
+                        )),
+                        Some(Value::Null) => v.push(format!(
+                            "{at}: {} raised {old} -> {new} and the layer knows no service {label}",
+                            e.backend
+                        )),
+                        Some(snap) => {
+                            if let Some(why) = not_serving(snap, need) {
+                                v.push(format!(
+                                    "{at}: {} raised {old} -> {new} while {label} was not serving {need} tasks: {why}",
+                                    e.backend
+                                ));
+                            }
+                        }
                     }
                 }
             }
@@ -817,6 +916,30 @@ mod tests {
         let t = parse_txt(&c[1].values).unwrap();
         assert_eq!(t.step, 1);
         assert_eq!(t.cur, w(&[("a", 83), ("b", 17)]));
+    }
+
+    /// What the layer serves for service c/s: `desired`, `running`, `healthy` targets in its one
+    /// target group, `deployments` and the primary's rollout state.
+    fn served(desired: i64, running: i64, healthy: i64, deployments: i64, state: &str) -> Value {
+        serde_json::json!({"c/s": {
+            "desired": desired, "running": running, "pending": 0, "deployments": deployments,
+            "rollout_state": state, "failing": false,
+            "target_groups": {"arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/tg/1": {
+                "healthy": healthy, "initial": running - healthy, "draining": 0, "unhealthy": 0}}}})
+    }
+
+    /// `batch_entry` reaching the layer while it served `capacity`.
+    fn batch_at(
+        seq: usize,
+        time: f64,
+        changes: &[(&str, &str, i64)],
+        txt: Option<&str>,
+        capacity: Value,
+    ) -> Entry {
+        Entry {
+            capacity: Some(capacity),
+            ..batch_entry(seq, time, changes, txt)
+        }
     }
 
     fn batch_entry(
@@ -888,8 +1011,7 @@ mod tests {
                 backend: "b".into(),
                 cluster: "c".into(),
                 service: "s".into(),
-                tasks_at_full: 10,
-                initial_desired: 1,
+                tasks: TEN,
             }),
             hold: Some((10.0, 0.5)),
         };
@@ -897,28 +1019,43 @@ mod tests {
     }
 
     const START: &str = "start=a:100;b:0";
+    /// tasksAtFullTraffic 10, minTasks 1.
+    const TEN: TaskTable = &[
+        (10, 1),
+        (20, 2),
+        (30, 3),
+        (40, 4),
+        (50, 5),
+        (60, 6),
+        (70, 7),
+        (80, 8),
+        (90, 9),
+        (100, 10),
+    ];
 
     #[test]
     fn a_clean_rollout_passes() {
         let (z, s) = fixture();
         let log = [
             ecs_entry(0, 5),
-            batch_entry(
+            batch_at(
                 1,
                 100.0,
                 &[("r.z.", "a", 50), ("r.z.", "b", 50)],
                 Some(&format!(
                     "gen=g,phase=progressing,step=1,since=100,{START},cur=a:50;b:50"
                 )),
+                served(5, 5, 5, 1, "COMPLETED"),
             ),
             ecs_entry(2, 10),
-            batch_entry(
+            batch_at(
                 3,
                 110.0,
                 &[("r.z.", "a", 0), ("r.z.", "b", 100)],
                 Some(&format!(
                     "gen=g,phase=complete,step=2,since=110,{START},cur=a:0;b:100"
                 )),
+                served(10, 10, 10, 1, "COMPLETED"),
             ),
         ];
         let o = check(&log, &z, &[s]);
@@ -934,13 +1071,14 @@ mod tests {
         let (z, s) = fixture();
         let log = [
             // Skips step 1, without capacity, and the TXT lags behind the weights.
-            batch_entry(
+            batch_at(
                 0,
                 100.0,
                 &[("r.z.", "a", 0), ("r.z.", "b", 100)],
                 Some(&format!(
                     "gen=g,phase=progressing,step=1,since=100,{START},cur=a:50;b:50"
                 )),
+                served(1, 1, 1, 1, "COMPLETED"),
             ),
             // Sum 90, a foreign name.
             batch_entry(
@@ -963,7 +1101,7 @@ mod tests {
         let all = o.violations.join("\n");
         for want in [
             "skipped from step start to step 2",
-            "desiredCount 1 < 10",
+            "b raised 0 -> 100 while c/s was not serving 10 tasks: desiredCount 1 < 10",
             "TXT cur a=50 b=50 differs",
             "weights sum to 90",
             "foreign name www.z.",
@@ -972,6 +1110,77 @@ mod tests {
         ] {
             assert!(all.contains(want), "{want:?} not found in:\n{all}");
         }
+    }
+
+    /// A weight raised onto a service that ECS was asked to scale but that does not serve yet is
+    /// caught from what the layer served at the write, whatever desiredCount says.
+    #[test]
+    fn capacity_that_does_not_serve_is_found() {
+        let cases = [
+            (
+                served(5, 3, 3, 1, "COMPLETED"),
+                "running 3 (desired 5, need 5)",
+            ),
+            (
+                served(6, 5, 5, 1, "COMPLETED"),
+                "running 5 (desired 6, need 5)",
+            ),
+            (
+                served(5, 5, 2, 1, "COMPLETED"),
+                "2/5 healthy targets in targetgroup/tg/1",
+            ),
+            (
+                served(5, 5, 5, 2, "COMPLETED"),
+                "not stable (2 deployment(s), rollout COMPLETED)",
+            ),
+            (
+                served(5, 5, 5, 1, "IN_PROGRESS"),
+                "not stable (1 deployment(s), rollout IN_PROGRESS)",
+            ),
+            (serde_json::json!({}), "the layer knows no service c/s"),
+        ];
+        for (capacity, want) in cases {
+            let (z, s) = fixture();
+            let log = [
+                ecs_entry(0, 5),
+                batch_at(
+                    1,
+                    100.0,
+                    &[("r.z.", "a", 50), ("r.z.", "b", 50)],
+                    Some(&format!(
+                        "gen=g,phase=progressing,step=1,since=100,{START},cur=a:50;b:50"
+                    )),
+                    capacity.clone(),
+                ),
+            ];
+            let all = check(&log, &z, &[s]).violations.join("\n");
+            assert!(
+                all.contains("b raised 0 -> 50") && all.contains(want),
+                "{want:?} not found for {capacity} in:\n{all}"
+            );
+        }
+        // Without the layer's snapshot nothing can be judged: that is a finding too.
+        let (z, s) = fixture();
+        let log = [batch_entry(
+            0,
+            100.0,
+            &[("r.z.", "a", 50), ("r.z.", "b", 50)],
+            Some(&format!(
+                "gen=g,phase=progressing,step=1,since=100,{START},cur=a:50;b:50"
+            )),
+        )];
+        let all = check(&log, &z, &[s]).violations.join("\n");
+        assert!(all.contains("no capacity snapshot"), "{all}");
+    }
+
+    #[test]
+    fn task_tables_are_read_by_share() {
+        assert_eq!(tasks_in(FLEET_TASKS, 0), 1);
+        assert_eq!(tasks_in(FLEET_TASKS, 13), 2);
+        assert_eq!(tasks_in(FLEET_TASKS, 100), 8);
+        assert_eq!(tasks_in(SCENARIO_TASKS, 5), 2);
+        assert_eq!(tasks_in(SCENARIO_TASKS, 26), 6);
+        assert_eq!(tasks_in(SCENARIO_TASKS, 100), 20);
     }
 
     #[test]
