@@ -4,9 +4,9 @@
 //! trafficshift never calls UpdateService, raises MinCapacity ahead of each step (MaxCapacity to
 //! at least it), keeps the user's bounds in the state TXT and puts them back afterwards.
 
-mod support;
 #[path = "support/outside.rs"]
 mod outside;
+mod support;
 #[path = "support/writelog.rs"]
 mod writelog;
 

@@ -71,7 +71,10 @@ fn metric(text: &str, prefix: &str) -> f64 {
                 .unwrap_or_else(|| panic!("unreadable sample {l:?}"))
         })
         .collect();
-    assert!(!values.is_empty(), "no {prefix} series in /metrics:\n{text}");
+    assert!(
+        !values.is_empty(),
+        "no {prefix} series in /metrics:\n{text}"
+    );
     values.iter().sum()
 }
 

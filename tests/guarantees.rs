@@ -1,9 +1,9 @@
 //! README "What it guarantees", one test per promise that had none, each judged from outside:
 //! moto read back with boto3, the fault proxy's write log and clock, and real scrapes.
 
-mod support;
 #[path = "support/outside.rs"]
 mod outside;
+mod support;
 #[path = "support/writelog.rs"]
 mod writelog;
 
@@ -71,14 +71,26 @@ fn default_drain_delay_is_at_least_60_s_after_the_weight_drops() {
         .filter(|b| b.accepted)
         .find(|b| {
             b.changes.iter().any(|ch| {
-                ch.action != "DELETE" && ch.set_id.as_deref() == Some("fargate") && ch.weight == Some(0)
+                ch.action != "DELETE"
+                    && ch.set_id.as_deref() == Some("fargate")
+                    && ch.weight == Some(0)
             })
         })
-        .unwrap_or_else(|| panic!("no accepted change dropping fargate to 0 in {}", log.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no accepted change dropping fargate to 0 in {}",
+                log.display()
+            )
+        });
     let down = writelog::ecs_updates(&entries)
         .into_iter()
         .find(|u| u.accepted && u.desired == Some(2) && u.seq > lowered.seq)
-        .unwrap_or_else(|| panic!("no accepted UpdateService to 2 after the drop in {}", log.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no accepted UpdateService to 2 after the drop in {}",
+                log.display()
+            )
+        });
     let waited = down.time - lowered.time;
     assert!(
         waited >= 60.0,
@@ -106,7 +118,11 @@ fn max_tasks_clamps_the_desired_count() {
     write_doc(dir.path(), "api", &doc);
     let _c = Controller::start(moto.aws(), &[dir.path()], "clamp", &["--resync", "1s"]);
     wait_weights(&moto, &sc, &[("lambda", 0), ("fargate", 100)]);
-    assert_eq!(sc.ecs_counts(&moto).0, 12, "desiredCount at 100% with maxTasks 12");
+    assert_eq!(
+        sc.ecs_counts(&moto).0,
+        12,
+        "desiredCount at 100% with maxTasks 12"
+    );
     // Every UpdateService the controller sent stayed within the clamp.
     let entries = writelog::read(&moto.layer().unwrap().log);
     let sent: Vec<Option<i64>> = writelog::ecs_updates(&entries)
@@ -196,9 +212,11 @@ fn conflict_case(clash: Clash) {
     let before = zone_bytes(&sc.records(&moto));
     let desired = sc.ecs_counts(&moto).0;
 
-    let s = wait_for(&format!("{conflicted} in Conflict ({clash:?})"), DEADLINE, || {
-        c.split(conflicted).filter(|s| s["state"] == "Conflict")
-    });
+    let s = wait_for(
+        &format!("{conflicted} in Conflict ({clash:?})"),
+        DEADLINE,
+        || c.split(conflicted).filter(|s| s["state"] == "Conflict"),
+    );
     // It looks again, and again writes nothing.
     let errors = must(
         &scrape(&c),
@@ -315,7 +333,11 @@ fn a_broken_document_is_shown_with_its_position_and_changes_nothing() {
         &[("split", "api")],
     );
     wait_for("two more reconciles", DEADLINE, || {
-        (must(&scrape(&c), "trafficshift_reconciles_total", &[("split", "api")]) >= ok + 2.0)
+        (must(
+            &scrape(&c),
+            "trafficshift_reconciles_total",
+            &[("split", "api")],
+        ) >= ok + 2.0)
             .then_some(())
     });
     assert_eq!(good, zone_bytes(&sc.records(&moto)), "the zone changed");
@@ -342,7 +364,11 @@ fn a_rejected_batch_is_retried_split_by_split() {
     moto.aws();
     let layer = moto.layer().unwrap();
     layer.allow_refusals("refuse_names");
-    proxy_post(layer, "route53", json!({"refuse_names": [splits[1].record]}));
+    proxy_post(
+        layer,
+        "route53",
+        json!({"refuse_names": [splits[1].record]}),
+    );
     let dir = tempfile::tempdir().unwrap();
     for s in &splits {
         write_doc(dir.path(), &s.name, &s.document("unused", &s.target, ""));
@@ -352,7 +378,12 @@ fn a_rejected_batch_is_retried_split_by_split() {
         support::controller::list_zones(&moto, std::slice::from_ref(&zone_id))[&zone_id]
             .iter()
             .filter(|r| r["Name"] == name && r.get("SetIdentifier").is_some())
-            .map(|r| (r["SetIdentifier"].as_str().unwrap().to_string(), r["Weight"].as_i64().unwrap()))
+            .map(|r| {
+                (
+                    r["SetIdentifier"].as_str().unwrap().to_string(),
+                    r["Weight"].as_i64().unwrap(),
+                )
+            })
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     wait_for("one and two at their targets", DEADLINE, || {
@@ -360,9 +391,14 @@ fn a_rejected_batch_is_retried_split_by_split() {
             && weights_at(&splits[2].record) == splits[2].target)
             .then_some(())
     });
-    assert_eq!(weights_at(&splits[1].record), splits[1].start, "bad changed");
+    assert_eq!(
+        weights_at(&splits[1].record),
+        splits[1].start,
+        "bad changed"
+    );
     wait_for("bad in error", DEADLINE, || {
-        c.split("bad").filter(|s| s["state"] != "Complete" && !s["lastError"].is_null())
+        c.split("bad")
+            .filter(|s| s["state"] != "Complete" && !s["lastError"].is_null())
     });
     // From the write log: a refused batch naming all three, then one-split batches.
     let entries = writelog::read(&layer.log);

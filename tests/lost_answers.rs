@@ -4,9 +4,9 @@
 //! with no step applied twice, no all-zero set and no scale-down before the drain delay: judged
 //! from the proxy's write log and moto alone.
 
-mod support;
 #[path = "support/outside.rs"]
 mod outside;
+mod support;
 #[path = "support/writelog.rs"]
 mod writelog;
 
@@ -34,7 +34,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Tasks the ECS backend needs at each share it takes here: tasksAtFullTraffic 8, minTasks 1,
 /// written out.
 fn tasks(share: i64) -> i64 {
-    assert_eq!(FLEET_TASKS_AT_FULL, 8, "the table below is for 8 tasks at 100%");
+    assert_eq!(
+        FLEET_TASKS_AT_FULL, 8,
+        "the table below is for 8 tasks at 100%"
+    );
     match share {
         0 => 1,
         50 => 4,
@@ -93,7 +96,12 @@ fn lost_answer(write: Write, kind: &str) {
     let moto = Moto::start();
     let zone = format!("{}.example.", support::unique("lost"));
     let split = FleetSplit::new("api", &zone, &[100, 0], &[0, 100], Some(SERVICE));
-    let info = provision_splits(&moto, CLUSTER, std::slice::from_ref(&split), &BTreeMap::new());
+    let info = provision_splits(
+        &moto,
+        CLUSTER,
+        std::slice::from_ref(&split),
+        &BTreeMap::new(),
+    );
     let zone_id = info["zones"][&zone].as_str().unwrap().to_string();
     let initial = zones_now(&moto, &zone_id);
     let _autoscaler = (write == Write::RegisterScalableTarget).then(|| {
@@ -183,7 +191,11 @@ fn lost_answer(write: Write, kind: &str) {
     let caps = capacity_writes(&entries);
     for a in &forward.applied[&split.name] {
         let w = a.weights[ECS_BACKEND];
-        let before = caps.iter().rev().find(|(t, _)| *t <= a.time).map_or(1, |c| c.1);
+        let before = caps
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= a.time)
+            .map_or(1, |c| c.1);
         assert!(
             before >= tasks(w),
             "{write:?} {kind}: {ECS_BACKEND} raised to {w} at {:.3} with capacity {before} set",
@@ -193,21 +205,31 @@ fn lost_answer(write: Write, kind: &str) {
 
     // No early scale-down: each capacity write lowering the count comes at least the drain delay
     // after the last weight that needed more tasks.
-    let applied = &back.applied[&split.name];
+    // (time, share) of the ECS backend: 100% from before the way back, then each accepted write.
+    let shares: Vec<(f64, i64)> = std::iter::once((f64::NEG_INFINITY, 100))
+        .chain(
+            back.applied[&split.name]
+                .iter()
+                .map(|a| (a.time, a.weights[ECS_BACKEND])),
+        )
+        .collect();
     let mut last = tasks(100);
     for (t, n) in capacity_writes(&entries[forward_end..]) {
         if n < last {
-            let needed_after = applied
+            // The share in effect at t - drain, and every share since, must fit in n tasks.
+            let since = shares
                 .iter()
-                .filter(|a| a.time > t - DRAIN_SECONDS)
-                .chain(applied.iter().rev().find(|a| a.time <= t - DRAIN_SECONDS))
-                .map(|a| tasks(a.weights[ECS_BACKEND]))
+                .rposition(|(at, _)| *at <= t - DRAIN_SECONDS)
+                .unwrap_or(0);
+            let needed_after = shares[since..]
+                .iter()
+                .map(|(_, w)| tasks(*w))
                 .max()
                 .unwrap_or(tasks(100));
             assert!(
                 n >= needed_after,
                 "{write:?} {kind}: capacity lowered to {n} at {t:.3} while a weight needing \
-                 {needed_after} tasks held within the {DRAIN_SECONDS} s drain: {applied:#?}"
+                 {needed_after} tasks held within the {DRAIN_SECONDS} s drain: {shares:?}"
             );
         }
         last = n;

@@ -501,9 +501,10 @@ fn metrics_follow_a_rollout_step_by_step_then_drift() {
         "a counter never goes down: {counts:?}"
     );
     assert!(
-        last.must("trafficshift_reconciles_total",
-            &[("split", "api"), ("result", "error")])
-            == 0.0,
+        last.must(
+            "trafficshift_reconciles_total",
+            &[("split", "api"), ("result", "error")]
+        ) == 0.0,
         "no failed reconcile on the happy path"
     );
     let ts = last.must(
@@ -566,9 +567,8 @@ fn metrics_follow_a_rollout_step_by_step_then_drift() {
     promtool_check_metrics(&last.text);
 
     // Drift: an operator moves 70% of the traffic back to lambda in the console.
-    let corrections = |s: &Scrape| {
-        s.must("trafficshift_drift_corrections_total", &[("split", "api")])
-    };
+    let corrections =
+        |s: &Scrape| s.must("trafficshift_drift_corrections_total", &[("split", "api")]);
     assert_eq!(corrections(&last), 0.0, "no drift corrected yet");
     hand_edit_weights(&moto, &sc, &[("lambda", 70), ("fargate", 30)]);
     let mut saw_drift = false;
@@ -801,9 +801,10 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
         ) >= 1.0
     );
     assert!(
-        s.must("trafficshift_reconciles_total",
-            &[("split", "broken"), ("result", "success")])
-            == 0.0
+        s.must(
+            "trafficshift_reconciles_total",
+            &[("split", "broken"), ("result", "success")]
+        ) == 0.0
     );
 
     // api: Complete, then a drift correction for trafficshift_drift_corrections_total.
@@ -1506,7 +1507,12 @@ fn config_reloads_follow_resync_not_a_loop() {
     let mut c = Controller::start(moto.aws(), &[dir.path()], "obs", &["--resync", "2s"]);
     c.wait_ready(DEADLINE);
     // The counter exists from the first scrape; missing, it fails rather than reading as 0.
-    let reloads = |s: &Scrape| s.must("trafficshift_config_reloads_total", &[("result", "success")]);
+    let reloads = |s: &Scrape| {
+        s.must(
+            "trafficshift_config_reloads_total",
+            &[("result", "success")],
+        )
+    };
     let before = reloads(&scrape(&c).expect("metrics"));
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(6));
