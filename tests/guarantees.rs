@@ -223,7 +223,7 @@ fn conflict_case(clash: Clash) {
         "trafficshift_reconciles_total",
         &[("split", conflicted), ("result", "error")],
     );
-    wait_reconciles(&c, conflicted, "error", errors, 3.0);
+    wait_reconciles(&c, conflicted, "error", errors, 2.0);
     let m = scrape(&c);
     assert_eq!(
         must(
