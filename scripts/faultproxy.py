@@ -16,7 +16,9 @@ Stdlib only. Usage:
 The first stdout line is `{"port": N}`. Control endpoints (never faulted, never forwarded):
 
     GET  /__proxy/stats   counts per service.operation and per fault, and the current config
-    POST /__proxy/config  JSON: fault_rate, faults, max_delay, post_write_fault_rate, only, seed
+    POST /__proxy/config  JSON: fault_rate, faults, max_delay, post_write_fault_rate, post_write_next,
+                          post_write_kinds, only, seed (post_write_next N: the next N writes that
+                          `only` admits lose their answer, whatever the rate: one chosen write)
     POST /__proxy/reset   zero the counters (and the per-operation sequence used for determinism)
 
 Realistic AWS layer (scripts/awslayer/, same process). Every behaviour is off unless its flag, its
@@ -321,6 +323,7 @@ class Config:
         self.max_delay = args.max_delay
         self.post_write_fault_rate = args.post_write_faults
         self.post_write_kinds = list(args.post_write_kinds)
+        self.post_write_next = 0
         self.only = list(args.only)
         self.seed = args.seed
         self.route53_fencing = getattr(args, "route53_fencing", False)
@@ -332,6 +335,7 @@ class Config:
             "max_delay": self.max_delay,
             "post_write_fault_rate": self.post_write_fault_rate,
             "post_write_kinds": self.post_write_kinds,
+            "post_write_next": self.post_write_next,
             "only": self.only,
             "seed": self.seed,
         }
@@ -346,6 +350,10 @@ class Config:
                     raise ValueError(f"{key} must be >= 0")
             elif key == "faults":
                 value = _kinds(value, FAULT_KINDS)
+            elif key == "post_write_next":
+                value = int(value)
+                if value < 0:
+                    raise ValueError("post_write_next must be >= 0")
             elif key == "post_write_kinds":
                 value = _kinds(value, POST_WRITE_KINDS)
             elif key == "only":
@@ -597,6 +605,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             and post_roll < cfg.post_write_fault_rate
         ):
             post_fault = cfg.post_write_kinds[int(post_pick * len(cfg.post_write_kinds)) % len(cfg.post_write_kinds)]
+        if fault is None and post_fault is None and is_write and cfg.post_write_kinds and cfg.applies_to(service, operation):
+            with state.lock:
+                chosen = cfg.post_write_next > 0
+                if chosen:
+                    cfg.post_write_next -= 1
+            if chosen:
+                post_fault = cfg.post_write_kinds[0]
 
         recorded = False
 

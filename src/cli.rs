@@ -446,6 +446,10 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
     };
     let mut controller = Controller::new(ctx, opts, app.clone());
     let ok = controller.run(shutdown_rx, reload_rx, watcher).await;
+    if !a.once {
+        // Probes see /readyz 503 for a moment even when the drain itself was instant.
+        tokio::time::sleep(server::NOT_READY_LINGER).await;
+    }
     let _ = stopped_tx.send(());
     if a.once {
         server.abort();

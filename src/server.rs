@@ -33,6 +33,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 64;
 /// Longest time from request headers to response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server keeps answering (`/readyz` 503) after the controller has drained, before
+/// the listener closes. An idle controller drains at once; without this window a probe would go
+/// from 200 straight to connection refused and never see the not-ready state.
+pub const NOT_READY_LINGER: Duration = Duration::from_secs(2);
 /// How long a shutdown waits for open connections to finish their requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

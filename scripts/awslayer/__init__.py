@@ -343,7 +343,11 @@ class Layer:
             n = int(payload.get("prior_request_not_complete", 0))
             with self.r53.lock:
                 self.r53.prior_request_budget += n
-                return {"prior_request_not_complete": self.r53.prior_request_budget}
+                out = {"prior_request_not_complete": self.r53.prior_request_budget}
+                if "refuse_names" in payload:
+                    self.r53.refuse_names = {str(x).rstrip(".").lower() for x in payload["refuse_names"]}
+                    out["refuse_names"] = sorted(self.r53.refuse_names)
+                return out
         if path == "alarms" and method == "GET":
             return {"alarms": self.cw.state()}
         if path == "alarms" and method == "POST":

@@ -62,6 +62,9 @@ class Route53:
         self.changes: dict[str, float] = {}
         self.n_changes = 0
         self.prior_request_budget = 0
+        # Record names a test makes Route53 refuse (POST /__proxy/route53 {"refuse_names": [..]}):
+        # any batch changing one of them is an InvalidChangeBatch, as an invalid record would be.
+        self.refuse_names: set[str] = set()
         self.zone_names: dict[str, str] = {}
 
     @property
@@ -148,6 +151,10 @@ class Route53:
                     f"{CLOUDFRONT_ZONE}, but EvaluateTargetHealth is not supported for CloudFront distributions"
                 )
         names = sorted({r["name"] for _, r in changes})
+        with self.lock:
+            refused = sorted(n for n in names if n.rstrip(".").lower() in self.refuse_names)
+        for n in refused:
+            errors.append(f"Tried to change resource record set {n} but the test made it invalid (refuse_names)")
         try:
             existing = {n: self._records_at(ctx, zone_id, n) for n in names}
             zone_name = self._zone_name(ctx, zone_id)

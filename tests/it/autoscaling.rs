@@ -4,16 +4,16 @@
 //! trafficshift never calls UpdateService, raises MinCapacity ahead of each step (MaxCapacity to
 //! at least it), keeps the user's bounds in the state TXT and puts them back afterwards.
 
+use crate::outside;
 use crate::support;
 use crate::writelog;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::controller::{wait_for, write_atomic, Controller, FaultProxy, Scenario};
-use support::{python, Moto};
+use support::Moto;
 
 /// The user's own bounds, and the load the stand-in autoscaler follows (above the minimum).
 const USER_MIN: i64 = 2;
@@ -29,53 +29,6 @@ fn tasks(share: i64) -> i64 {
         75 => 15,
         100 => 20,
         other => panic!("no expected task count for share {other}"),
-    }
-}
-
-/// A stand-in for Application Auto Scaling: every 200 ms, desiredCount = clamp(LOAD, min, max)
-/// of the scalable target. It talks to moto directly, so its writes are not in the proxy log.
-struct Autoscaler(Child);
-
-impl Autoscaler {
-    fn start(moto: &Moto, cluster: &str, service: &str) -> Autoscaler {
-        const LOOP: &str = r#"
-import sys, time, boto3
-endpoint, cluster, service, load = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-kw = dict(endpoint_url=endpoint, region_name="us-east-1",
-          aws_access_key_id="testing", aws_secret_access_key="testing")
-aas, ecs = boto3.client("application-autoscaling", **kw), boto3.client("ecs", **kw)
-rid = f"service/{cluster}/{service}"
-while True:
-    t = aas.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[rid])["ScalableTargets"][0]
-    want = min(max(load, t["MinCapacity"]), t["MaxCapacity"])
-    s = ecs.describe_services(cluster=cluster, services=[service])["services"][0]
-    if s["desiredCount"] != want:
-        ecs.update_service(cluster=cluster, service=service, desiredCount=want)
-    time.sleep(0.2)
-"#;
-        let child = Command::new(python())
-            .args([
-                "-c",
-                LOOP,
-                &moto.endpoint,
-                cluster,
-                service,
-                &LOAD.to_string(),
-            ])
-            .envs(moto.aws_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the stand-in autoscaler");
-        Autoscaler(child)
-    }
-}
-
-impl Drop for Autoscaler {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -112,7 +65,7 @@ fn min_capacity_follows_the_share_and_desired_count_is_never_written() {
                "ResourceId": format!("service/{}/{}", s.cluster, s.service),
                "MinCapacity": USER_MIN, "MaxCapacity": USER_MAX}),
     );
-    let _autoscaler = Autoscaler::start(&moto, &s.cluster, &s.service);
+    let _autoscaler = outside::Autoscaler::start(&moto, &s.cluster, &s.service, LOAD);
     let proxy = FaultProxy::start(&moto.endpoint, 1, 0.0, "500", &[]);
     let dir = tempfile::tempdir().unwrap();
 

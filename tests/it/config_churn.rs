@@ -57,11 +57,24 @@ fn bad_documents(split: &FleetSplit) -> Vec<String> {
     vec![out_of_range, syntax, unknown]
 }
 
+/// Sum of the samples of `prefix`; a scrape without any fails the test (a missing counter must
+/// not read as 0).
 fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unreadable sample {l:?}"))
+        })
+        .collect();
+    assert!(
+        !values.is_empty(),
+        "no {prefix} series in /metrics:\n{text}"
+    );
+    values.iter().sum()
 }
 
 #[test]
@@ -237,7 +250,7 @@ fn an_idle_config_is_not_reloaded_in_a_loop() {
     std::thread::sleep(Duration::from_secs(1));
     let reloads = || {
         metric(
-            &c.metrics().unwrap_or_default(),
+            &c.metrics().expect("GET /metrics answers"),
             "trafficshift_config_reloads_total",
         )
     };

@@ -3,7 +3,7 @@
 //! the flag table is clap's, the metrics table is what a running controller exposes, and every
 //! `trafficshift validate` the docs show runs as documented.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -28,8 +28,19 @@ fn reset(proxy: &FaultProxy) {
 }
 
 /// Requests the proxy saw for `service.operation` since the last reset.
+/// Requests of `op` the proxy counted. An operation the proxy never saw is absent from its stats
+/// and counts 0; stats that are not the proxy's answer (a failed read) fail the test instead of
+/// reading as 0.
 fn requests(stats: &Value, op: &str) -> u64 {
-    stats["by_operation"][op]["requests"].as_u64().unwrap_or(0)
+    let by_op = stats["by_operation"]
+        .as_object()
+        .unwrap_or_else(|| panic!("GET /__proxy/stats gave no by_operation map: {stats}"));
+    match by_op.get(op) {
+        None => 0,
+        Some(v) => v["requests"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{op}: no request count in {v}")),
+    }
 }
 
 /// Every ChangeResourceRecordSets the proxy forwarded and moto accepted, in order, replayed on a
@@ -334,7 +345,7 @@ out = [len(p["ResourceRecordSets"]) for p in c.get_paginator("list_resource_reco
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), v["requests"].as_u64().unwrap_or(0)))
+        .map(|(k, _)| (k.clone(), requests(&stats, k)))
         .collect();
     assert_eq!(
         requests(&stats, "route53.ListResourceRecordSets"),

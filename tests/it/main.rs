@@ -4,6 +4,9 @@
 //! Each file is a module named after what it tests; `cargo test --test it -- rollout::` runs one.
 
 #[allow(dead_code)]
+#[path = "../support/outside.rs"]
+mod outside;
+#[allow(dead_code)]
 #[path = "../support/prometheus.rs"]
 mod prometheus;
 /// The scale benchmark's fleet (call counts are guarded in CI by `call_counts`).
@@ -27,6 +30,8 @@ mod docs;
 mod faults;
 mod fencing;
 mod gates_prometheus;
+mod guarantees;
+mod lost_answers;
 mod observability;
 mod realistic;
 mod rollout;

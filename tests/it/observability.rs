@@ -501,12 +501,10 @@ fn metrics_follow_a_rollout_step_by_step_then_drift() {
         "a counter never goes down: {counts:?}"
     );
     assert!(
-        last.get(
+        last.must(
             "trafficshift_reconciles_total",
             &[("split", "api"), ("result", "error")]
-        )
-        .unwrap_or(0.0)
-            == 0.0,
+        ) == 0.0,
         "no failed reconcile on the happy path"
     );
     let ts = last.must(
@@ -569,10 +567,8 @@ fn metrics_follow_a_rollout_step_by_step_then_drift() {
     promtool_check_metrics(&last.text);
 
     // Drift: an operator moves 70% of the traffic back to lambda in the console.
-    let corrections = |s: &Scrape| {
-        s.get("trafficshift_drift_corrections_total", &[("split", "api")])
-            .unwrap_or(0.0)
-    };
+    let corrections =
+        |s: &Scrape| s.must("trafficshift_drift_corrections_total", &[("split", "api")]);
     assert_eq!(corrections(&last), 0.0, "no drift corrected yet");
     hand_edit_weights(&moto, &sc, &[("lambda", 70), ("fargate", 30)]);
     let mut saw_drift = false;
@@ -728,8 +724,7 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
     let s = scrape(&c).expect("metrics");
     assert_eq!(s.state("rb"), Some("Progressing"));
     assert_eq!(
-        s.get("trafficshift_rollbacks_total", &[("split", "rb")])
-            .unwrap_or(0.0),
+        s.must("trafficshift_rollbacks_total", &[("split", "rb")]),
         0.0
     );
     let gate = [("split", "rb"), ("gate", "no-errors")];
@@ -806,12 +801,10 @@ fn rollback_conflict_and_errors_show_in_metrics_scripts_and_exit_codes() {
         ) >= 1.0
     );
     assert!(
-        s.get(
+        s.must(
             "trafficshift_reconciles_total",
             &[("split", "broken"), ("result", "success")]
-        )
-        .unwrap_or(0.0)
-            == 0.0
+        ) == 0.0
     );
 
     // api: Complete, then a drift correction for trafficshift_drift_corrections_total.
@@ -1513,12 +1506,12 @@ fn config_reloads_follow_resync_not_a_loop() {
     write_doc(dir.path(), "api", &sc.document("api", 0, 100, ""));
     let mut c = Controller::start(moto.aws(), &[dir.path()], "obs", &["--resync", "2s"]);
     c.wait_ready(DEADLINE);
+    // The counter exists from the first scrape; missing, it fails rather than reading as 0.
     let reloads = |s: &Scrape| {
-        s.get(
+        s.must(
             "trafficshift_config_reloads_total",
             &[("result", "success")],
         )
-        .unwrap_or(0.0)
     };
     let before = reloads(&scrape(&c).expect("metrics"));
     let t = Instant::now();

@@ -17,6 +17,12 @@ fn valid_fixtures() -> Vec<Vec<u8>> {
         .map(|e| e.expect("dir entry").path())
         .collect();
     files.sort();
+    // An empty or missing corpus would make every property below vacuous.
+    assert!(
+        !files.is_empty(),
+        "no fixtures in {}: the fuzz properties would test nothing",
+        dir.display()
+    );
     files
         .iter()
         .map(|f| std::fs::read(f).expect("read fixture"))

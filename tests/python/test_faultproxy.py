@@ -190,6 +190,22 @@ def test_post_write_500_on_ecs_update_service(start_proxy, client, moto_url, uni
     assert write["fault"] == "post-write-500"
 
 
+def test_post_write_next_loses_exactly_the_next_matching_write(start_proxy, client, moto_url, unique):
+    zone_id = zone(client, moto_url, unique)
+    proxy = start_proxy("--fault-rate", "0")
+    proxy.control("config", {"only": ["route53.ChangeResourceRecordSets"], "post_write_kinds": ["500"],
+                             "post_write_next": 1})
+    r53 = client("route53", proxy.url)
+    first, second = f"a.fp-{unique}.example.", f"b.fp-{unique}.example."
+    with pytest.raises(botocore.exceptions.ClientError):
+        r53.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch=change(first))
+    r53.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch=change(second))
+    assert {first, second} <= set(names_in(client, moto_url, zone_id))
+    faults = [e["fault"] for e in proxy.entries() if e["operation"] == "ChangeResourceRecordSets"]
+    assert faults == ["post-write-500", None]
+    assert proxy.stats()["config"]["post_write_next"] == 0
+
+
 def test_seed_makes_the_schedule_repeat(start_proxy, client):
     runs = []
     for _ in range(2):
