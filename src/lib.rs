@@ -10,6 +10,7 @@ pub mod gates;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
+pub mod retire;
 pub mod rollout;
 pub mod sanitize;
 pub mod server;
