@@ -18,6 +18,7 @@ pub mod spec;
 pub mod state;
 pub mod status;
 pub mod status_cli;
+pub mod status_wait;
 pub mod telemetry;
 pub mod watch;
 pub mod weights;
