@@ -141,7 +141,10 @@ pub(crate) fn status_url(endpoint: &str) -> Result<reqwest::Url> {
     })
 }
 
-pub(crate) async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<ControllerStatus> {
+pub(crate) async fn fetch(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+) -> Result<ControllerStatus> {
     let shown = crate::sanitize::redact_url(url.as_str());
     let resp = client.get(url.clone()).send().await.map_err(|e| {
         Error::Unreachable(format!(

@@ -202,13 +202,7 @@ mod tests {
         assert_eq!(verdict(&s, Some("web")), Verdict::Waiting);
         assert_eq!(verdict(&s, Some("new")), Verdict::Waiting, "not pulled yet");
         assert_eq!(verdict(&status(vec![]), None), Verdict::Waiting);
-        for bad in [
-            "RolledBack",
-            "Aborted",
-            "Degraded",
-            "Conflict",
-            "Invalid",
-        ] {
+        for bad in ["RolledBack", "Aborted", "Degraded", "Conflict", "Invalid"] {
             let s = status(vec![split("api", "Complete"), split("web", bad)]);
             assert!(
                 matches!(verdict(&s, None), Verdict::Failed(l) if l.contains(bad)),

@@ -80,7 +80,12 @@ fn txt(sc: &Scenario, records: &[Value]) -> Option<String> {
     records
         .iter()
         .find(|r| r["Name"] == name.as_str())
-        .map(|r| r["ResourceRecords"][0]["Value"].as_str().unwrap().replace('"', ""))
+        .map(|r| {
+            r["ResourceRecords"][0]["Value"]
+                .as_str()
+                .unwrap()
+                .replace('"', "")
+        })
 }
 
 fn rollout() -> String {
@@ -157,7 +162,12 @@ fn deleting_lambda_retires_its_record_after_the_drain_and_hands_the_name_back() 
     );
     let (code, out, err) = run_cli(
         moto.aws(),
-        &["plan", plan_dir.path().to_str().unwrap(), "--owner-id", "test"],
+        &[
+            "plan",
+            plan_dir.path().to_str().unwrap(),
+            "--owner-id",
+            "test",
+        ],
     );
     assert!(code == 0 || code == 2, "plan failed ({code}): {out}{err}");
     assert!(out.contains("retiring lambda"), "{out}{err}");
@@ -193,7 +203,11 @@ fn deleting_lambda_retires_its_record_after_the_drain_and_hands_the_name_back() 
         .find(|r| r["SetIdentifier"] == "fargate")
         .unwrap();
     assert_eq!(fargate_after, fargate_before, "fargate untouched");
-    assert_eq!(others(&sc, &after), others_before, "no other record touched");
+    assert_eq!(
+        others(&sc, &after),
+        others_before,
+        "no other record touched"
+    );
     // It stays so: a few more cycles write nothing new.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(aws_records(&moto, &sc.zone_id), after);
@@ -234,7 +248,11 @@ fn deleting_lambda_retires_its_record_after_the_drain_and_hands_the_name_back() 
     let settled = aws_records(&moto, &sc.zone_id);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(aws_records(&moto, &sc.zone_id), settled, "left alone");
-    assert_eq!(others(&sc, &settled), others_before, "no other record touched");
+    assert_eq!(
+        others(&sc, &settled),
+        others_before,
+        "no other record touched"
+    );
     let s = c.split("api").unwrap();
     assert_eq!(s["state"], "Complete", "{s}");
     assert!(
@@ -275,7 +293,10 @@ fn an_unknown_set_identifier_is_still_a_conflict() {
         (s["state"] == "Conflict").then_some(s)
     });
     assert!(
-        s["lastError"].as_str().unwrap_or_default().contains("canary"),
+        s["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("canary"),
         "{s}"
     );
     assert_eq!(aws_records(&moto, &sc.zone_id), before, "nothing written");

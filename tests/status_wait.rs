@@ -24,7 +24,11 @@ fn aws_weights(moto: &Moto, sc: &Scenario) -> BTreeMap<String, i64> {
         .envs(moto.aws_env())
         .output()
         .expect("run the aws CLI");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["ResourceRecordSets"]
         .as_array()
@@ -135,7 +139,10 @@ fn wait_ends_0_on_completion_1_on_rollback_124_on_timeout() {
     );
     assert_eq!(code, 124, "{out}{err}");
     assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
-    assert!(out.contains("split \"slow\": Progressing step 1/2"), "{out}");
+    assert!(
+        out.contains("split \"slow\": Progressing step 1/2"),
+        "{out}"
+    );
     assert!(err.contains("timed out after 3s"), "{err}");
 
     // 1 at once when `rb` rolls back; its wait was started while it was healthy.
