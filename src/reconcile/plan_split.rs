@@ -368,6 +368,92 @@ mod tests {
     use crate::reconcile::cycle;
     use crate::reconcile::fakes::{by_name, context, w, weights_at, work, Zone53};
 
+    fn txt_at(dns: &Zone53) -> Option<String> {
+        dns.records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == "_trafficshift.api.abceed.example.")
+            .map(|r| crate::state::from_txt_values(&r.values))
+    }
+
+    #[tokio::test]
+    async fn a_removed_backend_is_retired_across_a_restart_then_the_name_is_handed_back() {
+        let dns = Arc::new(Zone53::default());
+        let t0 = 1_764_000_000_000;
+        let ctx = context(dns.clone());
+        by_name(cycle(&ctx, vec![work("api")], t0, true).await)["api"]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            weights_at(&dns, "api"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+
+        // `lambda` leaves the document (drainDelay 120 s in the fixture).
+        let mut gone = work("api");
+        gone.doc.split.spec.backends.retain(|b| b.name == "fargate");
+        gone.doc.split.spec.weights = w(&[("fargate", 100)]);
+        let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 1_000, true).await);
+        let r = out["api"].as_ref().expect("no Conflict");
+        assert!(
+            r.waiting_for
+                .as_deref()
+                .unwrap()
+                .contains("retiring lambda (drains until"),
+            "{:?}",
+            r.waiting_for
+        );
+        assert_eq!(
+            r.state.as_str(),
+            "Progressing",
+            "not finished while retiring"
+        );
+        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000121"));
+
+        // A restart (no memory) mid-drain keeps the record and the clock.
+        let ctx = context(dns.clone());
+        by_name(cycle(&ctx, vec![gone.clone()], t0 + 60_000, true).await)["api"]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            weights_at(&dns, "api"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000121"));
+
+        // Drained: the record goes with the state that no longer names it.
+        let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 122_000, true).await);
+        let r = out["api"].as_ref().unwrap();
+        assert!(r.applied);
+        assert_eq!(weights_at(&dns, "api"), w(&[("fargate", 100)]));
+        let txt = txt_at(&dns).unwrap();
+        assert!(!txt.contains("lambda"), "{txt}");
+
+        // plainWhenSingle: one batch turns the set into a plain record and removes the TXT.
+        gone.doc.split.spec.record.plain_when_single = true;
+        let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 123_000, true).await);
+        assert!(out["api"].as_ref().unwrap().applied);
+        assert_eq!(txt_at(&dns), None);
+        let plain = dns.record("api.abceed.example.");
+        assert_eq!(plain.set_identifier, None);
+        assert_eq!(plain.alias.unwrap().dns_name, "alb.example.");
+        let zone = dns.records.lock().unwrap().clone();
+
+        // Handed back: nothing to do, no Conflict, not adopted again.
+        let out = by_name(cycle(&ctx, vec![gone], t0 + 124_000, true).await);
+        let r = out["api"]
+            .as_ref()
+            .expect("no Conflict after the hand-back");
+        assert!(r.route53.is_empty());
+        assert!(r
+            .waiting_for
+            .as_deref()
+            .unwrap()
+            .contains("handed back as plain record"));
+        assert_eq!(*dns.records.lock().unwrap(), zone);
+    }
+
     #[tokio::test]
     async fn a_panic_while_planning_one_split_costs_only_that_split() {
         let dns = Arc::new(Zone53::default());
