@@ -169,6 +169,14 @@ pub struct StatusArgs {
     /// (69 when the controller cannot be reached, with or without this flag).
     #[arg(long, env = "TRAFFICSHIFT_EXIT_CODE")]
     pub exit_code: bool,
+    /// Wait until every selected split is Complete (exit 0); exit 1 at once when one becomes
+    /// RolledBack, Aborted, Degraded, Conflict or Invalid, 124 at `--timeout`. Prints one line
+    /// per change; an unreachable controller is retried until the timeout.
+    #[arg(long, env = "TRAFFICSHIFT_WAIT", conflicts_with = "watch")]
+    pub wait: bool,
+    /// How long `--wait` waits (e.g. `30m`, `90s`).
+    #[arg(long, env = "TRAFFICSHIFT_WAIT_TIMEOUT", default_value = "30m")]
+    pub timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -204,6 +212,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Plan(a) => plan(a).await,
+        Command::Status(a) if a.wait => {
+            crate::status_wait::run(crate::status_wait::WaitOptions {
+                endpoint: a.endpoint,
+                name: a.name,
+                timeout: a.timeout.get(),
+            })
+            .await
+        }
         Command::Status(a) => {
             let result = status_cli::run(StatusOptions {
                 endpoint: a.endpoint,

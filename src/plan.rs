@@ -255,7 +255,7 @@ pub fn classify(
 
 /// Whether two targets send traffic to the same place (ignoring evaluateTargetHealth and the
 /// `dualstack.` prefix ELB alias names may carry).
-fn same_destination(a: &Target, b: &Target) -> bool {
+pub(crate) fn same_destination(a: &Target, b: &Target) -> bool {
     fn norm(n: &str) -> String {
         let n = fqdn(n);
         n.strip_prefix("dualstack.")
@@ -272,7 +272,7 @@ fn same_destination(a: &Target, b: &Target) -> bool {
     }
 }
 
-fn plain_target(r: &RecordSet) -> Option<Target> {
+pub(crate) fn plain_target(r: &RecordSet) -> Option<Target> {
     if let Some(a) = &r.alias {
         return Some(Target::Alias(a.clone()));
     }
@@ -561,6 +561,7 @@ mod tests {
             capacity_since: None,
             autoscaling: BTreeMap::new(),
             rev: 0,
+            retiring: BTreeMap::new(),
         }
     }
 
@@ -868,6 +869,7 @@ mod tests {
             rev: 0,
             capacity_since: None,
             autoscaling: BTreeMap::new(),
+            retiring: BTreeMap::new(),
         };
         for bad in [
             w(&[("ghost", 100)]),
@@ -1062,6 +1064,7 @@ mod tests {
                     rev: s.rev,
                     capacity_since: None,
                     autoscaling: BTreeMap::new(),
+                    retiring: BTreeMap::new(),
                 };
                 let payload = match &s.garbage {
                     Some(g) => format!("heritage=trafficshift,owner=test,{g}"),

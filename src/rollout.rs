@@ -514,6 +514,7 @@ pub fn decide(i: &Inputs) -> Decision {
                     .unwrap_or_default(),
                 capacity_since: None,
                 autoscaling: i.stored.map(|s| s.autoscaling.clone()).unwrap_or_default(),
+                retiring: i.stored.map(|s| s.retiring.clone()).unwrap_or_default(),
                 rev: i.stored.map_or(0, |s| s.rev),
             }
         }

@@ -83,6 +83,11 @@ pub struct RolloutState {
     /// of the exact value read + CREATE) never re-creates a value seen before, even when nothing
     /// else in the state changed. Absent (0) in TXTs written before fencing.
     pub rev: u64,
+    /// Backends removed from the document whose weighted record is still in the set, with the
+    /// Unix time their drain ends and the record may be deleted (TXT key `retire`,
+    /// `name@until;...`, written only when not empty; older TXTs have none). Kept here so a
+    /// restart neither forgets a retirement nor restarts its drain.
+    pub retiring: BTreeMap<String, u64>,
 }
 
 fn weights_str(w: &Weights) -> String {
@@ -139,6 +144,15 @@ impl RolloutState {
         );
         if let Some(t) = self.capacity_since {
             out.push_str(&format!(",capwait={t}"));
+        }
+        if !self.retiring.is_empty() {
+            let v = self
+                .retiring
+                .iter()
+                .map(|(k, t)| format!("{k}@{t}"))
+                .collect::<Vec<_>>()
+                .join(";");
+            out.push_str(&format!(",retire={v}"));
         }
         out
     }
@@ -205,6 +219,17 @@ impl RolloutState {
                 .collect::<Option<_>>()
                 .ok_or_else(|| bad("aas", s))?,
         };
+        let retiring = match kv.get("retire").copied().unwrap_or("") {
+            "" => BTreeMap::new(),
+            s => s
+                .split(';')
+                .map(|e| {
+                    let (k, until) = e.split_once('@')?;
+                    Some((k.to_string(), until.parse().ok()?))
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("retire", s))?,
+        };
         let phase = get("phase")?;
         Ok(RolloutState {
             owner: get("owner")?.to_string(),
@@ -227,6 +252,7 @@ impl RolloutState {
                 Some(v) => Some(v.parse().map_err(|_| bad("capwait", v))?),
             },
             autoscaling,
+            retiring,
         })
     }
 
@@ -337,6 +363,7 @@ mod tests {
             capacity_since: None,
             autoscaling: BTreeMap::new(),
             rev: 7,
+            retiring: BTreeMap::new(),
         }
     }
 
@@ -360,6 +387,40 @@ mod tests {
         assert_eq!(back, Some(s));
         assert_eq!(
             RolloutState::decode(&format!("{old},aas=fargate:1")),
+            None,
+            "a malformed value is not ours to guess"
+        );
+    }
+
+    /// Every released TXT format still decodes, and the format with retirements round-trips.
+    #[test]
+    fn released_and_retiring_fixtures_decode() {
+        for line in include_str!("../tests/fixtures/state-v1.txt").lines() {
+            let s = RolloutState::decode_checked(&from_txt_values(&[line.to_string()]))
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(s.retiring.is_empty(), "v1 has no retirements");
+            assert!(!s.encode().contains("retire="), "no key while none");
+        }
+        let v2: Vec<RolloutState> = include_str!("../tests/fixtures/state-v2-retire.txt")
+            .lines()
+            .map(|l| {
+                RolloutState::decode_checked(&from_txt_values(&[l.to_string()]))
+                    .unwrap_or_else(|e| panic!("{l}: {e}"))
+            })
+            .collect();
+        assert_eq!(v2.len(), 2);
+        assert_eq!(v2[0].retiring, BTreeMap::new());
+        assert_eq!(v2[0].current.get("lambda"), Some(&0));
+        assert_eq!(
+            v2[1].retiring,
+            [("lambda".to_string(), 1_764_000_700)].into()
+        );
+        for s in v2 {
+            assert_eq!(RolloutState::decode(&s.encode()), Some(s));
+        }
+        let old = sample().encode();
+        assert_eq!(
+            RolloutState::decode(&format!("{old},retire=lambda@soon")),
             None,
             "a malformed value is not ours to guess"
         );

@@ -9,7 +9,7 @@ use crate::{Error, Result};
 /// States that make `--exit-code` return 1.
 const FAILING_STATES: [&str; 4] = ["Degraded", "RolledBack", "Conflict", "Invalid"];
 /// How long one request to the controller may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Redraw period of `--watch`.
 const WATCH_PERIOD: Duration = Duration::from_secs(2);
 /// ANSI: clear the screen, cursor to the top left.
@@ -126,7 +126,7 @@ pub fn exit_code(status: &ControllerStatus, name: Option<&str>) -> i32 {
 }
 
 /// `{endpoint}/status`; an endpoint without a scheme is taken as http.
-fn status_url(endpoint: &str) -> Result<reqwest::Url> {
+pub(crate) fn status_url(endpoint: &str) -> Result<reqwest::Url> {
     let endpoint = endpoint.trim().trim_end_matches('/');
     let full = if endpoint.contains("://") {
         format!("{endpoint}/status")
@@ -141,7 +141,10 @@ fn status_url(endpoint: &str) -> Result<reqwest::Url> {
     })
 }
 
-async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<ControllerStatus> {
+pub(crate) async fn fetch(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+) -> Result<ControllerStatus> {
     let shown = crate::sanitize::redact_url(url.as_str());
     let resp = client.get(url.clone()).send().await.map_err(|e| {
         Error::Unreachable(format!(

@@ -8,6 +8,7 @@ use futures::FutureExt;
 
 use crate::aws::{EcsService, RecordSet, ScalableTarget};
 use crate::plan;
+use crate::retire;
 use crate::rollout::{self, Decision, EcsObs, Note};
 use crate::spec::{TrafficSplit, Weights};
 use crate::weights::{drift, show};
@@ -53,9 +54,16 @@ async fn plan_split_inner(
     now_ms: u64,
 ) -> Result<Report> {
     let now = now_ms / 1000;
-    let split = p.work.doc.split.clone();
-    let targets = resolve_targets(ctx, &split, &live.services, &live.cluster_errors).await?;
+    let doc = p.work.doc.split.clone();
     let refs: Vec<&RecordSet> = p.records.iter().collect();
+    // Backends the document dropped but the owned TXT still names take part as fixed targets at
+    // weight 0 until retired (see `retire`).
+    let leaving = retire::leaving(&doc, &ctx.owner, &refs);
+    let split = retire::with_leaving(&doc, &leaving);
+    let targets = resolve_targets(ctx, &split, &live.services, &live.cluster_errors).await?;
+    if retire::handed_back(&doc, &refs, &targets) {
+        return Ok(handed_back_report(&doc));
+    }
     let obs = plan::classify(&split, &ctx.owner, &refs, &targets)?;
 
     // A new rollout forgets the gate history of the previous one.
@@ -134,10 +142,74 @@ async fn plan_split_inner(
         .as_ref()
         .map(|s| s.current.clone())
         .unwrap_or_default();
-    let route53 = match &d.write {
-        Some(w) => plan::route53_changes(&split, &obs, w, &d.state, &targets, &intended)?,
-        None => vec![],
+    let retirement = retire::advance(
+        &doc,
+        &leaving,
+        obs.state.as_ref(),
+        &mut d.state,
+        d.write.is_some(),
+        now,
+    );
+    notes.extend(retirement.notes.iter().cloned());
+    let collapse = d
+        .write
+        .as_ref()
+        .and_then(|_| retire::collapse(&doc, &obs, obs.state.as_ref(), &d.state, &leaving));
+    let route53 = match (&d.write, collapse) {
+        (Some(_), Some(c)) => {
+            notes.push(Note {
+                warning: false,
+                reason: "HandedBack",
+                message: format!(
+                    "handed back as plain record: {} now points where backend {} did",
+                    crate::spec::fqdn(&doc.spec.record.name),
+                    doc.spec.backends[0].name
+                ),
+            });
+            c
+        }
+        (Some(w), None) if !retirement.delete.is_empty() => {
+            // The set as it is after the batch: without the retired records.
+            let rest: Vec<retire::Leaving> = leaving
+                .iter()
+                .filter(|l| !retirement.delete.contains(&l.record))
+                .cloned()
+                .collect();
+            let after = retire::with_leaving(&doc, &rest);
+            let mut w = w.clone();
+            w.retain(|k, _| after.spec.backends.iter().any(|b| &b.name == k));
+            let mut c = plan::route53_changes(&after, &obs, &w, &d.state, &targets, &intended)?;
+            for r in &retirement.delete {
+                c.insert(
+                    0,
+                    plan::PlannedChange {
+                        change: crate::aws::Change {
+                            action: crate::aws::ChangeAction::Delete,
+                            record: r.clone(),
+                        },
+                        why: format!(
+                            "retire {}: drained, not in the document",
+                            r.set_identifier.as_deref().unwrap_or("-")
+                        ),
+                        drift: false,
+                    },
+                );
+            }
+            c
+        }
+        (Some(w), None) => plan::route53_changes(&split, &obs, w, &d.state, &targets, &intended)?,
+        (None, _) => vec![],
     };
+    if let Some(wf) = retirement.waiting_for {
+        // A retirement still in progress is not a finished migration.
+        if d.status == rollout::SplitState::Complete {
+            d.status = rollout::SplitState::Progressing;
+        }
+        d.waiting_for = Some(match d.waiting_for.take() {
+            Some(x) => format!("{x}; {wf}"),
+            None => wf,
+        });
+    }
     let drift_corrected = route53.iter().any(|c| c.drift);
     if drift_corrected {
         notes.push(Note {
@@ -191,6 +263,41 @@ async fn plan_split_inner(
         drain_until,
         pending_change: None,
     })
+}
+
+/// The report of a split whose name was handed back as a plain record: nothing to do.
+fn handed_back_report(doc: &TrafficSplit) -> Report {
+    let full: Weights = doc
+        .spec
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), 100))
+        .collect();
+    Report {
+        state: rollout::SplitState::Complete,
+        step: 0,
+        steps: 0,
+        progress: 1.0,
+        waiting_for: Some(
+            "nothing: handed back as plain record (plainWhenSingle); trafficshift leaves it alone"
+                .into(),
+        ),
+        next_step_at: None,
+        target: doc.spec.weights.clone(),
+        step_weights: full.clone(),
+        observed: Some(full),
+        drift: 0.0,
+        ecs: BTreeMap::new(),
+        route53: vec![],
+        ecs_changes: vec![],
+        autoscaling: vec![],
+        notes: vec![],
+        drift_corrected: false,
+        rolled_back: false,
+        applied: false,
+        drain_until: None,
+        pending_change: None,
+    }
 }
 
 /// What the rollout decision sees of each ECS backend, and the services themselves, by backend.
@@ -260,6 +367,92 @@ mod tests {
 
     use crate::reconcile::cycle;
     use crate::reconcile::fakes::{by_name, context, w, weights_at, work, Zone53};
+
+    fn txt_at(dns: &Zone53) -> Option<String> {
+        dns.records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == "_trafficshift.api.abceed.example.")
+            .map(|r| crate::state::from_txt_values(&r.values))
+    }
+
+    #[tokio::test]
+    async fn a_removed_backend_is_retired_across_a_restart_then_the_name_is_handed_back() {
+        let dns = Arc::new(Zone53::default());
+        let t0 = 1_764_000_000_000;
+        let ctx = context(dns.clone());
+        by_name(cycle(&ctx, vec![work("api")], t0, true).await)["api"]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            weights_at(&dns, "api"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+
+        // `lambda` leaves the document (drainDelay 120 s in the fixture).
+        let mut gone = work("api");
+        gone.doc.split.spec.backends.retain(|b| b.name == "fargate");
+        gone.doc.split.spec.weights = w(&[("fargate", 100)]);
+        let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 1_000, true).await);
+        let r = out["api"].as_ref().expect("no Conflict");
+        assert!(
+            r.waiting_for
+                .as_deref()
+                .unwrap()
+                .contains("retiring lambda (drains until"),
+            "{:?}",
+            r.waiting_for
+        );
+        assert_eq!(
+            r.state.as_str(),
+            "Progressing",
+            "not finished while retiring"
+        );
+        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000121"));
+
+        // A restart (no memory) mid-drain keeps the record and the clock.
+        let ctx = context(dns.clone());
+        by_name(cycle(&ctx, vec![gone.clone()], t0 + 60_000, true).await)["api"]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            weights_at(&dns, "api"),
+            w(&[("lambda", 0), ("fargate", 100)])
+        );
+        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000121"));
+
+        // Drained: the record goes with the state that no longer names it.
+        let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 122_000, true).await);
+        let r = out["api"].as_ref().unwrap();
+        assert!(r.applied);
+        assert_eq!(weights_at(&dns, "api"), w(&[("fargate", 100)]));
+        let txt = txt_at(&dns).unwrap();
+        assert!(!txt.contains("lambda"), "{txt}");
+
+        // plainWhenSingle: one batch turns the set into a plain record and removes the TXT.
+        gone.doc.split.spec.record.plain_when_single = true;
+        let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 123_000, true).await);
+        assert!(out["api"].as_ref().unwrap().applied);
+        assert_eq!(txt_at(&dns), None);
+        let plain = dns.record("api.abceed.example.");
+        assert_eq!(plain.set_identifier, None);
+        assert_eq!(plain.alias.unwrap().dns_name, "alb.example.");
+        let zone = dns.records.lock().unwrap().clone();
+
+        // Handed back: nothing to do, no Conflict, not adopted again.
+        let out = by_name(cycle(&ctx, vec![gone], t0 + 124_000, true).await);
+        let r = out["api"]
+            .as_ref()
+            .expect("no Conflict after the hand-back");
+        assert!(r.route53.is_empty());
+        assert!(r
+            .waiting_for
+            .as_deref()
+            .unwrap()
+            .contains("handed back as plain record"));
+        assert_eq!(*dns.records.lock().unwrap(), zone);
+    }
 
     #[tokio::test]
     async fn a_panic_while_planning_one_split_costs_only_that_split() {

@@ -19,6 +19,7 @@ impl TrafficSplit {
                     record_type: RecordType::A,
                     ttl: 60,
                     adopt_existing: true,
+                    plain_when_single: false,
                 },
                 backends: vec![
                     Backend {

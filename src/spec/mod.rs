@@ -89,6 +89,13 @@ pub struct RecordSpec {
     /// atomic change. Its target keeps 100% at first. Without this flag such a record is an error.
     #[serde(default)]
     pub adopt_existing: bool,
+    /// Once one backend remains, at 100% (backends removed from the document retired and
+    /// drained), collapse the weighted set into a plain record pointing where that backend's
+    /// weighted record pointed, in one atomic change that also deletes the state TXT: the
+    /// reverse of `adoptExisting`. The name is then handed back as an ordinary record and left
+    /// alone. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_when_single: bool,
 }
 
 fn default_ttl() -> i64 {
@@ -215,7 +222,8 @@ pub struct Rollout {
     /// Minimum hold at each step, with every gate passing, before the next step (e.g. `5m`, `30s`).
     #[serde(default = "default_interval")]
     pub interval: HumanDuration,
-    /// Wait after a backend's weight drops before scaling its ECS service down. Default 2 x TTL, at
+    /// Wait after a backend's weight drops before scaling its ECS service down, and before the
+    /// weighted record of a backend removed from the document is deleted. Default 2 x TTL, at
     /// least 60 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_delay: Option<HumanDuration>,
