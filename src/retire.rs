@@ -176,6 +176,12 @@ pub fn advance(
             ),
         });
     }
+    if !deleted.is_empty() && next.start.values().sum::<u32>() != 100 {
+        // The retired backend held the start's share (lambda 100 -> fargate 100): a start that no
+        // longer sums to 100 would be refused as invalid on the next read and restart the rollout.
+        // The rollout is complete, so what remains started where it is now.
+        next.start = next.current.clone();
+    }
     if !deleted.is_empty() {
         // The state now describes the rollout of what remains, so the next cycle carries it on
         // instead of starting a new one.
