@@ -561,6 +561,7 @@ mod tests {
             capacity_since: None,
             autoscaling: BTreeMap::new(),
             rev: 0,
+            control: None,
         }
     }
 
@@ -868,6 +869,7 @@ mod tests {
             rev: 0,
             capacity_since: None,
             autoscaling: BTreeMap::new(),
+            control: None,
         };
         for bad in [
             w(&[("ghost", 100)]),
@@ -1062,6 +1064,7 @@ mod tests {
                     rev: s.rev,
                     capacity_since: None,
                     autoscaling: BTreeMap::new(),
+                    control: None,
                 };
                 let payload = match &s.garbage {
                     Some(g) => format!("heritage=trafficshift,owner=test,{g}"),

@@ -83,6 +83,9 @@ pub struct RolloutState {
     /// of the exact value read + CREATE) never re-creates a value seen before, even when nothing
     /// else in the state changed. Absent (0) in TXTs written before fencing.
     pub rev: u64,
+    /// The latest on-call override (`trafficshift abort` ...), TXT keys `ovr*`, written only
+    /// while there is one; older TXTs have none.
+    pub control: Option<crate::overrides::Override>,
 }
 
 fn weights_str(w: &Weights) -> String {
@@ -140,6 +143,7 @@ impl RolloutState {
         if let Some(t) = self.capacity_since {
             out.push_str(&format!(",capwait={t}"));
         }
+        out.push_str(&crate::overrides::encode(self.control.as_ref()));
         out
     }
 
@@ -227,6 +231,7 @@ impl RolloutState {
                 Some(v) => Some(v.parse().map_err(|_| bad("capwait", v))?),
             },
             autoscaling,
+            control: crate::overrides::decode(&kv)?,
         })
     }
 
@@ -337,6 +342,7 @@ mod tests {
             capacity_since: None,
             autoscaling: BTreeMap::new(),
             rev: 7,
+            control: None,
         }
     }
 

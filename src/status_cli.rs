@@ -411,6 +411,15 @@ pub fn render_describe(s: &SplitStatus, now_unix: u64) -> String {
         "Waiting for",
         s.waiting_for.as_deref().unwrap_or("<none>"),
     );
+    if let Some(o) = &s.override_ {
+        let why = if o.reason.is_empty() { "-" } else { &o.reason };
+        let done = if o.done { ", done" } else { "" };
+        kv(
+            &mut out,
+            "Override",
+            &clean(&format!("{} by {} at {} ({why}){done}", o.action, o.actor, o.at)),
+        );
+    }
     kv(
         &mut out,
         "Last reconcile",
@@ -731,6 +740,7 @@ mod tests {
             last_error: None,
             observed_generation: "3f2a9c1b7d4e".into(),
             first_seen: at(3 * 3600 + 5 * 60),
+            override_: None,
             events: vec![
                 event(
                     "Normal",
@@ -777,6 +787,7 @@ mod tests {
             last_error: Some("route53 ChangeResourceRecordSets: Throttling".into()),
             observed_generation: "9e8d".into(),
             first_seen: at(2 * 86400 + 3600),
+            override_: None,
             events: vec![event(
                 "Warning",
                 "RolledBack",

@@ -67,6 +67,11 @@ async fn plan_split_inner(
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
     let (mut ecs_obs, ecs_live) = ecs_of(&split, &live.services);
+    if crate::overrides::suspended(obs.state.as_ref()) {
+        // `trafficshift suspend`: on-call edits Route53 by hand; nothing is written, not even
+        // a drift correction, and no gate is run.
+        return Ok(suspended_report(&split, &obs, ecs_live));
+    }
 
     let mut notes = Vec::new();
     if let Some(why) = &obs.state_problem {
@@ -190,7 +195,47 @@ async fn plan_split_inner(
         applied: false,
         drain_until,
         pending_change: None,
+        control: d.state.control.clone(),
     })
+}
+
+/// The report of a suspended split: what Route53 shows, no change.
+fn suspended_report(
+    split: &TrafficSplit,
+    obs: &plan::Observed,
+    ecs: BTreeMap<String, EcsService>,
+) -> Report {
+    let st = obs.state.as_ref();
+    let step_weights = st.map(|s| s.current.clone()).unwrap_or_default();
+    let control = st.and_then(|s| s.control.clone());
+    Report {
+        state: rollout::SplitState::Suspended,
+        step: st.map_or(0, |s| s.step),
+        steps: split.spec.steps().len(),
+        progress: 0.0,
+        waiting_for: control
+            .as_ref()
+            .map(|o| format!("trafficshift unsuspend ({})", o.describe())),
+        next_step_at: None,
+        target: split.spec.weights.clone(),
+        drift: obs
+            .weights
+            .as_ref()
+            .map_or(1.0, |w| drift(w, &step_weights)),
+        step_weights,
+        observed: obs.weights.clone(),
+        ecs,
+        route53: vec![],
+        ecs_changes: vec![],
+        autoscaling: vec![],
+        notes: vec![],
+        drift_corrected: false,
+        rolled_back: false,
+        applied: false,
+        drain_until: None,
+        pending_change: None,
+        control,
+    }
 }
 
 /// What the rollout decision sees of each ECS backend, and the services themselves, by backend.

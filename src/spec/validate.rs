@@ -117,6 +117,7 @@ fn check_state_size(c: &mut Checker, split: &TrafficSplit) {
             .collect(),
         rev: u64::MAX,
         capacity_since: Some(LONGEST_TIME),
+        control: Some(crate::overrides::Override::longest()),
         autoscaling: split
             .spec
             .backends
