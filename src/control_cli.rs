@@ -148,12 +148,15 @@ pub async fn run(action: Action, a: ControlArgs) -> Result<i32> {
         ..next
     };
     let new_payload = written.encode();
-    let len = txt_value_len(&new_payload);
+    // The controller keeps the override while the state grows (drains, bounds): it must fit the
+    // longest state this document can have, not only today's.
+    let len = txt_value_len(&new_payload)
+        .max(crate::spec::validate::longest_state_len(split, Some(o.clone())));
     if len > MAX_TXT_VALUE_CHARS {
         return Ok(refuse(
             &a.name,
             action,
-            &format!("the state with this override needs {len} characters, more than a TXT value holds; use a shorter --reason"),
+            &format!("the state with this override can need {len} characters, more than Route53's {MAX_TXT_VALUE_CHARS} for a TXT value; use a shorter --reason"),
         ));
     }
     let new = RecordSet {
