@@ -150,8 +150,10 @@ pub async fn run(action: Action, a: ControlArgs) -> Result<i32> {
     let new_payload = written.encode();
     // The controller keeps the override while the state grows (drains, bounds): it must fit the
     // longest state this document can have, not only today's.
-    let len = txt_value_len(&new_payload)
-        .max(crate::spec::validate::longest_state_len(split, Some(o.clone())));
+    let len = txt_value_len(&new_payload).max(crate::spec::validate::longest_state_len(
+        split,
+        Some(o.clone()),
+    ));
     if len > MAX_TXT_VALUE_CHARS {
         return Ok(refuse(
             &a.name,
@@ -177,7 +179,12 @@ pub async fn run(action: Action, a: ControlArgs) -> Result<i32> {
     if let Err(e) = aws.dns.change(&zone.id, &comment, &changes).await {
         // The batch deletes exactly what was read: a rejection after a change of the TXT means
         // someone (the controller) wrote in between.
-        let now = read(aws.dns.list_from(&zone.id, &record).await.unwrap_or_default());
+        let now = read(
+            aws.dns
+                .list_from(&zone.id, &record)
+                .await
+                .unwrap_or_default(),
+        );
         if now.first().is_some_and(|r| r.values != old.values) {
             return Err(Error::Fenced(format!(
                 "{txt} changed between read and write (the controller wrote its state); nothing was written, run the command again"

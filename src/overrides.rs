@@ -221,7 +221,10 @@ pub fn decode(kv: &BTreeMap<&str, &str>) -> Result<Option<Override>, String> {
 
 /// Why `action` makes no sense for a split in state `s`, if it does not.
 pub fn refusal(action: Action, s: &RolloutState) -> Option<String> {
-    let standing = s.control.as_ref().filter(|o| !o.done || o.action == Action::Abort);
+    let standing = s
+        .control
+        .as_ref()
+        .filter(|o| !o.done || o.action == Action::Abort);
     let by = |o: &Override| o.describe();
     if let Some(o) = standing.filter(|o| o.action == Action::Suspend) {
         if action != Action::Unsuspend {
@@ -456,10 +459,7 @@ mod tests {
         assert_eq!(values.len(), 5, "{keys}");
         assert!(!keys.contains(['"', '\\', ';', '\n']), "{keys}");
         assert!(keys.is_ascii());
-        let kv: BTreeMap<&str, &str> = values
-            .iter()
-            .map(|p| p.split_once('=').unwrap())
-            .collect();
+        let kv: BTreeMap<&str, &str> = values.iter().map(|p| p.split_once('=').unwrap()).collect();
         assert_eq!(decode(&kv), Ok(Some(o)));
 
         let long = Override::new(Action::Pause, &"é".repeat(500), 1, &"x".repeat(5000));
@@ -529,7 +529,9 @@ mod tests {
             );
         }
         assert!(refusal(Action::Retry, &aborted).is_none());
-        assert!(refusal(Action::Abort, &aborted).unwrap().contains("aborted"));
+        assert!(refusal(Action::Abort, &aborted)
+            .unwrap()
+            .contains("aborted"));
         assert!(refusal(Action::Promote, &paused)
             .unwrap()
             .contains("resume it first"));
@@ -545,7 +547,10 @@ mod tests {
         assert_eq!(st.phase, Phase::RolledBack);
         assert!(st.control.as_ref().unwrap().done);
         assert_eq!(notes[0].reason, "Aborted");
-        assert_eq!(shown_state(&st, SplitState::RolledBack), SplitState::Aborted);
+        assert_eq!(
+            shown_state(&st, SplitState::RolledBack),
+            SplitState::Aborted
+        );
         // Acknowledged: a second cycle (or a restart) does nothing more.
         let before = st.clone();
         notes.clear();
@@ -556,13 +561,13 @@ mod tests {
         st.control = Some(ovr(Action::Retry));
         st.current = w(&[("a", 100), ("b", 0)]);
         steer(&mut st, 500, &mut notes);
-        assert_eq!(
-            (st.phase, st.step, st.since),
-            (Phase::Progressing, 0, 500)
-        );
+        assert_eq!((st.phase, st.step, st.since), (Phase::Progressing, 0, 500));
         assert_eq!(st.start, w(&[("a", 100), ("b", 0)]));
         assert!(st.control.as_ref().unwrap().done);
-        assert_eq!(shown_state(&st, SplitState::Progressing), SplitState::Progressing);
+        assert_eq!(
+            shown_state(&st, SplitState::Progressing),
+            SplitState::Progressing
+        );
     }
 
     #[test]
@@ -596,7 +601,10 @@ mod tests {
         }
         let resumed = Override::new(Action::Resume, "x", 1, "");
         assert!(resumed.done, "resume is finished by being written");
-        assert!(!suspended(Some(&state(Phase::Progressing, Some(ovr(Action::Unsuspend))))));
+        assert!(!suspended(Some(&state(
+            Phase::Progressing,
+            Some(ovr(Action::Unsuspend))
+        ))));
     }
 
     fn fixture(text: &str) -> Vec<RolloutState> {
@@ -609,7 +617,11 @@ mod tests {
             .collect()
     }
 
-    fn decide_at(stored: &RolloutState, observed: crate::spec::Weights, now: u64) -> crate::rollout::Decision {
+    fn decide_at(
+        stored: &RolloutState,
+        observed: crate::spec::Weights,
+        now: u64,
+    ) -> crate::rollout::Decision {
         let split = crate::spec::TrafficSplit::test().with_steps(&[25, 50, 100], 300);
         let ecs = [(
             "fargate".to_string(),
@@ -651,10 +663,16 @@ mod tests {
             (pause.action, pause.at, pause.done),
             (Action::Pause, 1_764_000_050, false)
         );
-        assert_eq!(pause.actor, "arn:aws:sts::123456789012:assumed-role/oncall/alice");
+        assert_eq!(
+            pause.actor,
+            "arn:aws:sts::123456789012:assumed-role/oncall/alice"
+        );
         assert_eq!(pause.reason, "p99 latency, see INC-42");
         // Re-encoding gives back the stored text exactly (the compare-and-swap compares it).
-        let line = include_str!("../tests/fixtures/state-v2.txt").lines().next().unwrap();
+        let line = include_str!("../tests/fixtures/state-v2.txt")
+            .lines()
+            .next()
+            .unwrap();
         assert_eq!(format!("\"{}\"", v2[0].encode()), line);
         // Paused past the hold: no step, the split is held and corrected.
         let d = decide_at(&v2[0], w(&[("lambda", 75), ("fargate", 25)]), 1_764_000_900);
@@ -678,6 +696,69 @@ mod tests {
         assert_eq!(d.ecs_desired["fargate"], 10, "the drain is kept");
     }
 
+    /// Through the step machine: promote skips one hold, --full goes to the target but only once
+    /// the capacity for it serves, abort writes the start split.
+    #[test]
+    fn the_step_machine_follows_the_override() {
+        let v1 = fixture(include_str!("../tests/fixtures/state-v1.txt"));
+        let at_step1 = w(&[("lambda", 75), ("fargate", 25)]);
+        // 100 s into a 300 s hold.
+        let now = 1_764_000_100;
+        let d = decide_at(&v1[0], at_step1.clone(), now);
+        assert_eq!((d.state.step, d.next_step_at), (1, Some(1_764_000_300)));
+
+        let promoted = with_override(&v1[0], ovr(Action::Promote));
+        let d = decide_at(&promoted, at_step1.clone(), now);
+        assert_eq!(d.state.step, 2);
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        assert!(d.state.control.as_ref().unwrap().done);
+
+        // 20 tasks serve 100 %: --full takes the target in one step.
+        let full = with_override(&v1[0], ovr(Action::PromoteFull));
+        let d = decide_at(&full, at_step1.clone(), now);
+        assert_eq!((d.state.step, d.status), (3, SplitState::Complete));
+        assert_eq!(d.write, Some(w(&[("lambda", 0), ("fargate", 100)])));
+
+        let aborted = with_override(&v1[0], ovr(Action::Abort));
+        let d = decide_at(&aborted, at_step1, now);
+        assert_eq!(d.status, SplitState::Aborted);
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(d.state.phase, Phase::RolledBack);
+    }
+
+    #[test]
+    fn promote_full_scales_before_it_shifts() {
+        let v1 = fixture(include_str!("../tests/fixtures/state-v1.txt"));
+        let split = crate::spec::TrafficSplit::test().with_steps(&[25, 50, 100], 300);
+        let full = with_override(&v1[0], ovr(Action::PromoteFull));
+        // 5 tasks serve 25 %; 100 % needs 20.
+        let ecs = [(
+            "fargate".to_string(),
+            crate::rollout::EcsObs {
+                desired: 5,
+                running: 5,
+                stable: true,
+                deployments: 1,
+                ..Default::default()
+            },
+        )]
+        .into();
+        let observed = w(&[("lambda", 75), ("fargate", 25)]);
+        let d = crate::rollout::decide(&crate::rollout::Inputs {
+            split: &split,
+            owner: "test",
+            stored: Some(&full),
+            observed: Some(&observed),
+            ecs: &ecs,
+            gates: &crate::rollout::GateSummary::none(),
+            now_ms: 1_764_000_100_000,
+        });
+        assert_eq!(d.state.step, 1, "no step before the capacity serves");
+        assert_eq!(d.write, Some(observed));
+        assert_eq!(d.ecs_desired["fargate"], 20, "scaled for the target first");
+        assert!(!d.state.control.as_ref().unwrap().done, "still to do");
+    }
+
     #[test]
     fn transitions_make_one_event() {
         let o = ovr(Action::Suspend);
@@ -687,7 +768,10 @@ mod tests {
                 .reason,
             "Suspended"
         );
-        assert_eq!(transition_note("Suspended", SplitState::Suspended, Some(&o)), None);
+        assert_eq!(
+            transition_note("Suspended", SplitState::Suspended, Some(&o)),
+            None
+        );
         let u = Override::new(Action::Unsuspend, "x", 1, "");
         assert_eq!(
             transition_note("Suspended", SplitState::Progressing, Some(&u))

@@ -563,9 +563,7 @@ pub fn decide(i: &Inputs) -> Decision {
         Phase::Complete => SplitState::Complete,
         Phase::RolledBack => SplitState::RolledBack,
         Phase::Progressing
-            if deadline_passed.is_some()
-                && !i.gates.failing.is_empty()
-                && !paused =>
+            if deadline_passed.is_some() && !i.gates.failing.is_empty() && !paused =>
         {
             failure = deadline_passed;
             SplitState::Degraded

@@ -417,7 +417,10 @@ pub fn render_describe(s: &SplitStatus, now_unix: u64) -> String {
         kv(
             &mut out,
             "Override",
-            &clean(&format!("{} by {} at {} ({why}){done}", o.action, o.actor, o.at)),
+            &clean(&format!(
+                "{} by {} at {} ({why}){done}",
+                o.action, o.actor, o.at
+            )),
         );
     }
     kv(

@@ -187,7 +187,11 @@ fn abort_returns_to_the_start_at_once_and_stays_until_retry() {
     // A 5 s resync: an aborted split rests, so it is looked at every resync; while the rollout
     // is active it is polled at least every 10 s anyway.
     let c = s.start("5s");
-    s.wait_weights(&c, &[("lambda", 75), ("fargate", 25)], Duration::from_secs(60));
+    s.wait_weights(
+        &c,
+        &[("lambda", 75), ("fargate", 25)],
+        Duration::from_secs(60),
+    );
 
     // Another controller's owner id does not own the split.
     let (code, _, err) = run_cli(
@@ -211,7 +215,11 @@ fn abort_returns_to_the_start_at_once_and_stays_until_retry() {
     let t0 = Instant::now();
     let out = s.control_ok("abort", &["--reason", "p99 over 2s, INC-7"]);
     assert!(out.contains("abort written"), "{out}");
-    s.wait_weights(&c, &[("lambda", 100), ("fargate", 0)], Duration::from_secs(15));
+    s.wait_weights(
+        &c,
+        &[("lambda", 100), ("fargate", 0)],
+        Duration::from_secs(15),
+    );
     let took = t0.elapsed();
     assert!(took <= Duration::from_secs(15), "abort took {took:?}");
     assert_eq!(
@@ -257,10 +265,16 @@ fn abort_returns_to_the_start_at_once_and_stays_until_retry() {
 
     // Retry restarts from the current split: the first step leaves at once.
     s.control_ok("retry", &["--reason", "fixed"]);
-    s.wait_weights(&c, &[("lambda", 75), ("fargate", 25)], Duration::from_secs(30));
-    wait_for("/status to show Progressing", Duration::from_secs(15), || {
-        c.split("api").filter(|v| v["state"] == "Progressing")
-    });
+    s.wait_weights(
+        &c,
+        &[("lambda", 75), ("fargate", 25)],
+        Duration::from_secs(30),
+    );
+    wait_for(
+        "/status to show Progressing",
+        Duration::from_secs(15),
+        || c.split("api").filter(|v| v["state"] == "Progressing"),
+    );
     assert!(s.txt().contains("ovr=retry"));
     assert!(events(&c).iter().any(|e| e.contains("Retried")));
 }
@@ -269,7 +283,11 @@ fn abort_returns_to_the_start_at_once_and_stays_until_retry() {
 fn pause_holds_promote_skips_a_hold_and_promote_full_scales_first() {
     let s = setup();
     let c = s.start("2s");
-    s.wait_weights(&c, &[("lambda", 75), ("fargate", 25)], Duration::from_secs(60));
+    s.wait_weights(
+        &c,
+        &[("lambda", 75), ("fargate", 25)],
+        Duration::from_secs(60),
+    );
 
     s.control_ok("pause", &["--reason", "watching"]);
     wait_for("/status to show Paused", Duration::from_secs(15), || {
@@ -294,7 +312,11 @@ fn pause_holds_promote_skips_a_hold_and_promote_full_scales_first() {
     );
     let t0 = Instant::now();
     s.control_ok("promote", &["--reason", "looks good"]);
-    s.wait_weights(&c, &[("lambda", 50), ("fargate", 50)], Duration::from_secs(15));
+    s.wait_weights(
+        &c,
+        &[("lambda", 50), ("fargate", 50)],
+        Duration::from_secs(15),
+    );
     assert!(t0.elapsed() < Duration::from_secs(15));
     // Consumed once: the next hold is kept.
     s.hold_weights(
@@ -309,7 +331,12 @@ fn pause_holds_promote_skips_a_hold_and_promote_full_scales_first() {
     // gets 100.
     let before = s.writes().len();
     s.control_ok("promote", &["--full"]);
-    s.wait_weights(&c, &[("lambda", 0), ("fargate", 100)], Duration::from_secs(30));
+    s.wait_weights(
+        &c,
+        &[("lambda", 0), ("fargate", 100)],
+        // In the realistic layer ECS starts one task a second and targets must turn healthy.
+        Duration::from_secs(60),
+    );
     wait_for("/status to show Complete", Duration::from_secs(15), || {
         c.split("api").filter(|v| v["state"] == "Complete")
     });
@@ -319,9 +346,9 @@ fn pause_holds_promote_skips_a_hold_and_promote_full_scales_first() {
         .into_iter()
         .find(|b| {
             b.accepted
-                && b.changes.iter().any(|ch| {
-                    ch.set_id.as_deref() == Some("fargate") && ch.weight == Some(100)
-                })
+                && b.changes
+                    .iter()
+                    .any(|ch| ch.set_id.as_deref() == Some("fargate") && ch.weight == Some(100))
         })
         .expect("a batch set fargate to 100");
     let scaled = writelog::ecs_updates(after)
@@ -342,7 +369,11 @@ fn pause_holds_promote_skips_a_hold_and_promote_full_scales_first() {
 fn suspend_keeps_a_hand_edit_until_unsuspend() {
     let s = setup();
     let c = s.start("1s");
-    s.wait_weights(&c, &[("lambda", 75), ("fargate", 25)], Duration::from_secs(60));
+    s.wait_weights(
+        &c,
+        &[("lambda", 75), ("fargate", 25)],
+        Duration::from_secs(60),
+    );
 
     s.control_ok("suspend", &["--reason", "INC-9 hand fix"]);
     wait_for("/status to show Suspended", Duration::from_secs(15), || {
@@ -368,7 +399,11 @@ fn suspend_keeps_a_hand_edit_until_unsuspend() {
         .filter(|r| r["Name"] == s.sc.record.as_str() && r.get("SetIdentifier").is_some())
         .map(|r| {
             let mut r = r.clone();
-            let w = if r["SetIdentifier"] == "lambda" { 40 } else { 60 };
+            let w = if r["SetIdentifier"] == "lambda" {
+                40
+            } else {
+                60
+            };
             r["Weight"] = json!(w);
             json!({"Action": "UPSERT", "ResourceRecordSet": r})
         })
@@ -416,7 +451,11 @@ fn suspend_keeps_a_hand_edit_until_unsuspend() {
     assert!(err.contains("suspended"), "{err}");
 
     s.control_ok("unsuspend", &[]);
-    s.wait_weights(&c, &[("lambda", 75), ("fargate", 25)], Duration::from_secs(15));
+    s.wait_weights(
+        &c,
+        &[("lambda", 75), ("fargate", 25)],
+        Duration::from_secs(15),
+    );
     assert_eq!(cli_weights(&s), weights(&[("lambda", 75), ("fargate", 25)]));
     assert!(events(&c).iter().any(|e| e.contains("Unsuspended")));
 }
