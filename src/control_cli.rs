@@ -74,78 +74,115 @@ pub async fn run(action: Action, a: ControlArgs) -> Result<i32> {
 
     let aws = connect(&AwsOptions::default()).await;
     let zone = aws.dns.find_zone(&split.spec.record.hosted_zone).await?;
+    // The controller may write the TXT between the read and the write; the write then fails as
+    // a whole and is decided again on a fresh read (the action may no longer make sense).
+    let mut actor = None;
+    for _ in 0..FENCED_ATTEMPTS {
+        match attempt(&aws, &zone.id, split, action, &a, &mut actor).await? {
+            Attempt::Refused(why) => return Ok(refuse(&a.name, action, &why)),
+            Attempt::Raced => continue,
+            Attempt::Written { before, after, rev } => {
+                println!(
+                    "split {}: {} written to {txt} (rev {} -> {})",
+                    split.name(),
+                    action.as_str(),
+                    rev - 1,
+                    rev
+                );
+                println!("  override: {before} -> {after}");
+                println!(
+                    "  the controller acts on it within one resync (10 s while a rollout is active); `trafficshift status {}` shows it",
+                    split.name()
+                );
+                return Ok(exit::OK);
+            }
+        }
+    }
+    Err(Error::Fenced(format!(
+        "{txt} changed between read and write {FENCED_ATTEMPTS} times (the controller writes its state); nothing was written, run the command again"
+    )))
+}
+
+enum Attempt {
+    Refused(String),
+    /// The TXT changed between the read and the write: nothing was written.
+    Raced,
+    Written {
+        before: String,
+        after: String,
+        rev: u64,
+    },
+}
+
+/// One read of the state TXT, its checks, and the fenced write of the override.
+async fn attempt(
+    aws: &crate::aws::Aws,
+    zone_id: &str,
+    split: &crate::spec::TrafficSplit,
+    action: Action,
+    a: &ControlArgs,
+    actor: &mut Option<String>,
+) -> Result<Attempt> {
+    let record = fqdn(&split.spec.record.name);
+    let txt = txt_name(&record);
     let read = |records: Vec<RecordSet>| {
         records
             .into_iter()
             .filter(|r| r.name == txt && r.rtype == "TXT")
             .collect::<Vec<_>>()
     };
-    let found = read(aws.dns.list_from(&zone.id, &record).await?);
+    let found = read(aws.dns.list_from(zone_id, &record).await?);
     let old = match found.as_slice() {
-        [] => {
-            return Ok(refuse(
-                &a.name,
-                action,
-                &format!("{txt} does not exist: trafficshift has not written this split yet, so there is no rollout to steer"),
-            ))
-        }
+        [] => return Ok(Attempt::Refused(format!(
+            "{txt} does not exist: trafficshift has not written this split yet, so there is no rollout to steer"
+        ))),
         [one] => one.clone(),
-        _ => {
-            return Ok(refuse(
-                &a.name,
-                action,
-                &format!("{txt} has {} TXT records; expected one", found.len()),
-            ))
-        }
+        _ => return Ok(Attempt::Refused(format!(
+            "{txt} has {} TXT records; expected one",
+            found.len()
+        ))),
     };
     let payload = from_txt_values(&old.values);
     match RolloutState::owner_of(&payload) {
         Some(o) if o == a.aws.owner_id => {}
         Some(o) => {
-            return Ok(refuse(
-                &a.name,
-                action,
-                &format!(
-                    "{record} is owned by trafficshift owner {o:?}, not {:?} (--owner-id)",
-                    a.aws.owner_id
-                ),
-            ))
+            return Ok(Attempt::Refused(format!(
+                "{record} is owned by trafficshift owner {o:?}, not {:?} (--owner-id)",
+                a.aws.owner_id
+            )))
         }
         None => {
-            return Ok(refuse(
-                &a.name,
-                action,
-                &format!("{txt} was not written by trafficshift; the split is not owned"),
-            ))
+            return Ok(Attempt::Refused(format!(
+                "{txt} was not written by trafficshift; the split is not owned"
+            )))
         }
     }
     let state = match RolloutState::decode_checked(&payload) {
         Ok(s) => s,
         Err(why) => {
-            return Ok(refuse(
-                &a.name,
-                action,
-                &format!("the state in {txt} cannot be read ({why})"),
-            ))
+            return Ok(Attempt::Refused(format!(
+                "the state in {txt} cannot be read ({why})"
+            )))
         }
     };
     if state.split != split.name() {
-        return Ok(refuse(
-            &a.name,
-            action,
-            &format!("{txt} belongs to split {:?}", state.split),
-        ));
+        return Ok(Attempt::Refused(format!(
+            "{txt} belongs to split {:?}",
+            state.split
+        )));
     }
     if let Some(why) = overrides::refusal(action, &state) {
-        return Ok(refuse(&a.name, action, &why));
+        return Ok(Attempt::Refused(why));
     }
 
-    let actor = caller_arn().await?;
+    let actor = match actor {
+        Some(x) => x.clone(),
+        None => actor.insert(caller_arn().await?).clone(),
+    };
     let o = Override::new(action, &actor, crate::status::now_unix(), &a.reason);
-    let next = overrides::with_override(&state, o.clone());
     let written = RolloutState {
         rev: state.rev.saturating_add(1),
-        ..next
+        ..overrides::with_override(&state, o.clone())
     };
     let new_payload = written.encode();
     // The controller keeps the override while the state grows (drains, bounds): it must fit the
@@ -155,16 +192,10 @@ pub async fn run(action: Action, a: ControlArgs) -> Result<i32> {
         Some(o.clone()),
     ));
     if len > MAX_TXT_VALUE_CHARS {
-        return Ok(refuse(
-            &a.name,
-            action,
-            &format!("the state with this override can need {len} characters, more than Route53's {MAX_TXT_VALUE_CHARS} for a TXT value; use a shorter --reason"),
-        ));
+        return Ok(Attempt::Refused(format!(
+            "the state with this override can need {len} characters, more than Route53's {MAX_TXT_VALUE_CHARS} for a TXT value; use a shorter --reason"
+        )));
     }
-    let new = RecordSet {
-        values: to_txt_values(&new_payload),
-        ..old.clone()
-    };
     let changes = [
         Change {
             action: ChangeAction::Delete,
@@ -172,45 +203,40 @@ pub async fn run(action: Action, a: ControlArgs) -> Result<i32> {
         },
         Change {
             action: ChangeAction::Create,
-            record: new,
+            record: RecordSet {
+                values: to_txt_values(&new_payload),
+                ..old.clone()
+            },
         },
     ];
     let comment = format!("trafficshift {} {}", action.as_str(), split.name());
-    if let Err(e) = aws.dns.change(&zone.id, &comment, &changes).await {
+    if let Err(e) = aws.dns.change(zone_id, &comment, &changes).await {
         // The batch deletes exactly what was read: a rejection after a change of the TXT means
         // someone (the controller) wrote in between.
         let now = read(
             aws.dns
-                .list_from(&zone.id, &record)
+                .list_from(zone_id, &record)
                 .await
                 .unwrap_or_default(),
         );
         if now.first().is_some_and(|r| r.values != old.values) {
-            return Err(Error::Fenced(format!(
-                "{txt} changed between read and write (the controller wrote its state); nothing was written, run the command again"
-            )));
+            return Ok(Attempt::Raced);
         }
         return Err(e);
     }
-    let before = state
-        .control
-        .as_ref()
-        .map(Override::describe)
-        .unwrap_or_else(|| "none".into());
-    println!(
-        "split {}: {} written to {txt} (rev {} -> {})",
-        split.name(),
-        action.as_str(),
-        state.rev,
-        written.rev
-    );
-    println!("  override: {before} -> {}", o.describe());
-    println!(
-        "  the controller acts on it within one resync (10 s while a rollout is active); `trafficshift status {}` shows it",
-        split.name()
-    );
-    Ok(exit::OK)
+    Ok(Attempt::Written {
+        before: state
+            .control
+            .as_ref()
+            .map(Override::describe)
+            .unwrap_or_else(|| "none".into()),
+        after: o.describe(),
+        rev: written.rev,
+    })
 }
+
+/// Reads and writes of the TXT tried before giving up when the controller keeps writing it.
+const FENCED_ATTEMPTS: u32 = 3;
 
 /// Who is calling: the ARN `sts:GetCallerIdentity` answers, recorded with the override.
 async fn caller_arn() -> Result<String> {
