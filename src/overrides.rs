@@ -292,6 +292,13 @@ pub fn suspended(s: Option<&RolloutState>) -> bool {
         .is_some_and(|o| o.pending(Action::Suspend))
 }
 
+/// A retry waits to be carried out: the rollout restarts, and forgets its gates' failures
+/// (a gate still tripped would roll it back at once).
+pub fn retrying(s: Option<&RolloutState>) -> bool {
+    s.and_then(|s| s.control.as_ref())
+        .is_some_and(|o| o.pending(Action::Retry))
+}
+
 /// How the standing override steers this cycle's step machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Steer {
@@ -595,6 +602,17 @@ mod tests {
         assert!(carried_into_new_rollout(st.control.as_ref()).is_some());
         let s = state(Phase::Progressing, Some(ovr(Action::Suspend)));
         assert!(suspended(Some(&s)));
+        assert!(retrying(Some(&state(
+            Phase::RolledBack,
+            Some(ovr(Action::Retry))
+        ))));
+        assert!(!retrying(Some(&state(
+            Phase::Progressing,
+            Some(Override {
+                done: true,
+                ..ovr(Action::Retry)
+            })
+        ))));
         assert!(carried_into_new_rollout(s.control.as_ref()).is_some());
         for a in [Action::Abort, Action::Promote, Action::Resume] {
             assert_eq!(carried_into_new_rollout(Some(&ovr(a))), None, "{a:?}");

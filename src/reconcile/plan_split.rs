@@ -58,11 +58,12 @@ async fn plan_split_inner(
     let refs: Vec<&RecordSet> = p.records.iter().collect();
     let obs = plan::classify(&split, &ctx.owner, &refs, &targets)?;
 
-    // A new rollout forgets the gate history of the previous one.
+    // A new rollout (or a retried one) forgets the gate history of the previous one.
     if obs
         .state
         .as_ref()
         .is_none_or(|s| !rollout::same_generation(&s.generation, &split))
+        || crate::overrides::retrying(obs.state.as_ref())
     {
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
