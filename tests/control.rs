@@ -257,6 +257,16 @@ fn abort_returns_to_the_start_at_once_and_stays_until_retry() {
         "{:?}",
         events(&c)
     );
+    let (code, out, err) = run_cli(s.moto.aws(), &["status", "api", "--endpoint", &c.endpoint]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("Override"))
+        .unwrap_or_else(|| panic!("`status api` shows no override:\n{out}"));
+    assert!(
+        line.contains("abort by arn:aws:") && line.contains("p99 over 2s, INC-7"),
+        "{line}"
+    );
     assert_eq!(state_gauge(&c, "Aborted"), Some(1.0));
     assert_eq!(state_gauge(&c, "Suspended"), Some(0.0), "exists at 0");
     let (code, _, err) = s.control("abort", &[]);
