@@ -78,7 +78,7 @@ pub async fn run(action: Action, a: ControlArgs) -> Result<i32> {
     // a whole and is decided again on a fresh read (the action may no longer make sense).
     let mut actor = None;
     for _ in 0..FENCED_ATTEMPTS {
-        match attempt(&aws, &zone.id, split, action, &a, &mut actor).await? {
+        match attempt(aws.dns.as_ref(), &zone.id, split, action, &a, &mut actor).await? {
             Attempt::Refused(why) => return Ok(refuse(&a.name, action, &why)),
             Attempt::Raced => continue,
             Attempt::Written { before, after, rev } => {
@@ -116,7 +116,7 @@ enum Attempt {
 
 /// One read of the state TXT, its checks, and the fenced write of the override.
 async fn attempt(
-    aws: &crate::aws::Aws,
+    dns: &dyn crate::aws::Dns,
     zone_id: &str,
     split: &crate::spec::TrafficSplit,
     action: Action,
@@ -131,7 +131,7 @@ async fn attempt(
             .filter(|r| r.name == txt && r.rtype == "TXT")
             .collect::<Vec<_>>()
     };
-    let found = read(aws.dns.list_from(zone_id, &record).await?);
+    let found = read(dns.list_from(zone_id, &record).await?);
     let old = match found.as_slice() {
         [] => return Ok(Attempt::Refused(format!(
             "{txt} does not exist: trafficshift has not written this split yet, so there is no rollout to steer"
@@ -210,15 +210,10 @@ async fn attempt(
         },
     ];
     let comment = format!("trafficshift {} {}", action.as_str(), split.name());
-    if let Err(e) = aws.dns.change(zone_id, &comment, &changes).await {
+    if let Err(e) = dns.change(zone_id, &comment, &changes).await {
         // The batch deletes exactly what was read: a rejection after a change of the TXT means
         // someone (the controller) wrote in between.
-        let now = read(
-            aws.dns
-                .list_from(zone_id, &record)
-                .await
-                .unwrap_or_default(),
-        );
+        let now = read(dns.list_from(zone_id, &record).await.unwrap_or_default());
         if now.first().is_some_and(|r| r.values != old.values) {
             return Ok(Attempt::Raced);
         }
@@ -255,4 +250,209 @@ async fn caller_arn() -> Result<String> {
         })?;
     out.arn
         .ok_or_else(|| Error::Other("sts:GetCallerIdentity returned no ARN".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::aws::{Dns, Zone};
+    use crate::spec::TrafficSplit;
+    use crate::state::Phase;
+
+    /// One zone's records, changed the way Route53 does: a DELETE must match exactly, or the
+    /// whole batch is refused. `race` writes a new TXT value just before the next `n` batches,
+    /// as a controller would between the command's read and write.
+    #[derive(Default)]
+    struct Zone53 {
+        records: Mutex<Vec<RecordSet>>,
+        race: Mutex<u32>,
+        batches: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl Dns for Zone53 {
+        async fn find_zone(&self, _: &str) -> Result<Zone> {
+            Err(Error::Other(
+                "the command resolves the zone before its attempts".into(),
+            ))
+        }
+        async fn list_all(&self, _: &str) -> Result<Vec<RecordSet>> {
+            Ok(self.records.lock().unwrap().clone())
+        }
+        async fn list_from(&self, _: &str, _: &str) -> Result<Vec<RecordSet>> {
+            Ok(self.records.lock().unwrap().clone())
+        }
+        async fn change(&self, _: &str, _: &str, changes: &[Change]) -> Result<String> {
+            *self.batches.lock().unwrap() += 1;
+            let mut recs = self.records.lock().unwrap();
+            let mut race = self.race.lock().unwrap();
+            if *race > 0 {
+                *race -= 1;
+                // The controller writes its state (rev + 1) first.
+                let txt = recs.iter_mut().find(|r| r.rtype == "TXT").unwrap();
+                let s = RolloutState::decode(&from_txt_values(&txt.values)).unwrap();
+                txt.values = to_txt_values(
+                    &RolloutState {
+                        rev: s.rev + 1,
+                        ..s
+                    }
+                    .encode(),
+                );
+            }
+            let mut next = recs.clone();
+            for c in changes {
+                match c.action {
+                    ChangeAction::Delete => {
+                        let i = next
+                            .iter()
+                            .position(|r| *r == c.record)
+                            .ok_or_else(|| Error::Other("InvalidChangeBatch: not found".into()))?;
+                        next.remove(i);
+                    }
+                    _ => next.push(c.record.clone()),
+                }
+            }
+            *recs = next;
+            Ok("C1".into())
+        }
+        async fn insync(&self, _: &str) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    fn zone_with(split: &TrafficSplit, state: &RolloutState) -> Zone53 {
+        let z = Zone53::default();
+        z.records.lock().unwrap().push(RecordSet {
+            name: txt_name(&fqdn(&split.spec.record.name)),
+            rtype: "TXT".into(),
+            set_identifier: None,
+            weight: None,
+            ttl: Some(300),
+            alias: None,
+            values: to_txt_values(&state.encode()),
+            health_check_id: None,
+            other_routing: false,
+        });
+        z
+    }
+
+    fn args(owner: &str) -> ControlArgs {
+        ControlArgs {
+            name: "api".into(),
+            config: vec![],
+            reason: "why".into(),
+            aws: AwsArgs {
+                owner_id: owner.into(),
+                route53_rps: 5.0,
+            },
+        }
+    }
+
+    fn stored(split: &TrafficSplit, phase: Phase) -> RolloutState {
+        let w = |l, f| [("lambda".to_string(), l), ("fargate".to_string(), f)].into();
+        RolloutState {
+            owner: "test".into(),
+            split: split.name().into(),
+            generation: crate::rollout::generation(split),
+            phase,
+            step: 1,
+            since: 1,
+            start: w(100, 0),
+            current: w(75, 25),
+            drains: Default::default(),
+            capacity_since: None,
+            autoscaling: Default::default(),
+            rev: 4,
+            control: None,
+        }
+    }
+
+    fn txt_state(z: &Zone53) -> RolloutState {
+        let recs = z.records.lock().unwrap();
+        RolloutState::decode(&from_txt_values(&recs[0].values)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_the_override_with_the_fence_and_retries_a_race() {
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 300);
+        let z = zone_with(&split, &stored(&split, Phase::Progressing));
+        *z.race.lock().unwrap() = 1;
+        let mut actor = Some("arn:aws:iam::1:user/a".to_string());
+        let out = attempt(&z, "Z", &split, Action::Abort, &args("test"), &mut actor)
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, Attempt::Raced),
+            "the first write lost the race"
+        );
+        assert_eq!(txt_state(&z).rev, 5, "the controller's write stands");
+        let out = attempt(&z, "Z", &split, Action::Abort, &args("test"), &mut actor)
+            .await
+            .unwrap();
+        assert!(matches!(out, Attempt::Written { rev: 6, .. }));
+        let s = txt_state(&z);
+        assert_eq!(s.rev, 6);
+        let o = s.control.unwrap();
+        assert_eq!(
+            (o.action, o.actor.as_str(), o.reason.as_str(), o.done),
+            (Action::Abort, "arn:aws:iam::1:user/a", "why", false)
+        );
+        assert_eq!(z.records.lock().unwrap().len(), 1, "one TXT, replaced");
+    }
+
+    #[tokio::test]
+    async fn refuses_without_writing() {
+        let split = TrafficSplit::test().with_steps(&[25, 50, 100], 300);
+        let mut actor = Some("arn".to_string());
+        let cases = [
+            (
+                stored(&split, Phase::Progressing),
+                "other",
+                Action::Abort,
+                "owned by",
+            ),
+            (
+                stored(&split, Phase::Progressing),
+                "test",
+                Action::Retry,
+                "rolled-back",
+            ),
+            (
+                stored(&split, Phase::Complete),
+                "test",
+                Action::Promote,
+                "complete",
+            ),
+        ];
+        for (state, owner, action, why) in cases {
+            let z = zone_with(&split, &state);
+            let out = attempt(&z, "Z", &split, action, &args(owner), &mut actor)
+                .await
+                .unwrap();
+            match out {
+                Attempt::Refused(r) => assert!(r.contains(why), "{action:?}: {r}"),
+                _ => panic!("{action:?} by {owner} was not refused"),
+            }
+            assert_eq!(*z.batches.lock().unwrap(), 0, "nothing written");
+        }
+        let empty = Zone53::default();
+        match attempt(
+            &empty,
+            "Z",
+            &split,
+            Action::Pause,
+            &args("test"),
+            &mut actor,
+        )
+        .await
+        .unwrap()
+        {
+            Attempt::Refused(r) => assert!(r.contains("does not exist"), "{r}"),
+            _ => panic!("no TXT, not refused"),
+        }
+    }
 }
