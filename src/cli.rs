@@ -79,6 +79,22 @@ pub enum Command {
     /// Show the status of a running controller (exit 0, 1 unhealthy with --exit-code, 69 controller
     /// unreachable, 64 usage error).
     Status(StatusArgs),
+    /// Skip the current hold (gates and capacity still apply); --full: go to the target in one
+    /// step, capacity first. Written into the split's state TXT through Route53 (exit 0 written,
+    /// 1 refused or failed).
+    Promote(crate::control_cli::PromoteArgs),
+    /// Go back to the rollout's start split now and stay there until `retry` or a new document.
+    Abort(crate::control_cli::ControlArgs),
+    /// Restart a rolled-back or aborted rollout from the current split.
+    Retry(crate::control_cli::ControlArgs),
+    /// Stop step progress (drift is still corrected) until `resume`.
+    Pause(crate::control_cli::ControlArgs),
+    /// Restart step progress after `pause`.
+    Resume(crate::control_cli::ControlArgs),
+    /// Emergency stop: write nothing for the split (no drift correction, no ECS) until `unsuspend`.
+    Suspend(crate::control_cli::ControlArgs),
+    /// End a `suspend`: the controller puts Route53 back to the rollout's split.
+    Unsuspend(crate::control_cli::ControlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -165,7 +181,7 @@ pub struct StatusArgs {
     /// Redraw every 2 s.
     #[arg(long, env = "TRAFFICSHIFT_WATCH")]
     pub watch: bool,
-    /// Exit 1 when a split is Degraded, RolledBack, Conflict or Invalid, or the config is invalid
+    /// Exit 1 when a split is Degraded, RolledBack, Aborted, Conflict or Invalid, or the config is invalid
     /// (69 when the controller cannot be reached, with or without this flag).
     #[arg(long, env = "TRAFFICSHIFT_EXIT_CODE")]
     pub exit_code: bool,
@@ -243,6 +259,23 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Run(a) => run_controller(a).await,
+        Command::Promote(a) => {
+            use crate::overrides::Action;
+            let action = if a.full {
+                Action::PromoteFull
+            } else {
+                Action::Promote
+            };
+            crate::control_cli::run(action, a.control).await
+        }
+        Command::Abort(a) => crate::control_cli::run(crate::overrides::Action::Abort, a).await,
+        Command::Retry(a) => crate::control_cli::run(crate::overrides::Action::Retry, a).await,
+        Command::Pause(a) => crate::control_cli::run(crate::overrides::Action::Pause, a).await,
+        Command::Resume(a) => crate::control_cli::run(crate::overrides::Action::Resume, a).await,
+        Command::Suspend(a) => crate::control_cli::run(crate::overrides::Action::Suspend, a).await,
+        Command::Unsuspend(a) => {
+            crate::control_cli::run(crate::overrides::Action::Unsuspend, a).await
+        }
     }
 }
 

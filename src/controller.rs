@@ -504,6 +504,9 @@ fn record_report(m: &mut Managed, r: &Report, dry_run: bool) {
             info!(split = m.doc.split.name(), cluster = %c.cluster, service = %c.service, from_min = c.from.min, from_max = c.from.max, to_min = c.to.min, to_max = c.to.max, "dry-run: would set scalable target bounds");
         }
     }
+    if let Some(n) = crate::overrides::transition_note(m.state, r.state, r.control.as_ref()) {
+        m.event(n.warning, n.reason, n.message);
+    }
     m.state = r.state.as_str();
 }
 
@@ -595,12 +598,18 @@ fn update_conditions(m: &mut Managed) {
         _ => ("Healthy", String::new()),
     };
     set_condition(m, "Degraded", degraded, reason, msg);
-    let paused = m.doc.split.spec.rollout.as_ref().is_some_and(|r| r.paused);
+    let by_spec = m.doc.split.spec.rollout.as_ref().is_some_and(|r| r.paused);
+    let paused = by_spec || matches!(state, "Paused" | "Suspended");
     set_condition(
         m,
         "Paused",
         paused,
-        if paused { "PausedBySpec" } else { "NotPaused" },
+        match (by_spec, state) {
+            (_, "Suspended") => "Suspended",
+            (true, _) => "PausedBySpec",
+            (false, "Paused") => "PausedByOverride",
+            _ => "NotPaused",
+        },
         String::new(),
     );
 }
@@ -728,6 +737,15 @@ fn split_status(m: &Managed) -> SplitStatus {
         observed_generation: m.doc.hash.clone(),
         first_seen: rfc3339(m.first_seen),
         events: m.events.iter().cloned().collect(),
+        override_: r
+            .and_then(|r| r.control.as_ref())
+            .map(|o| crate::status::OverrideStatus {
+                action: o.action.as_str().into(),
+                actor: o.actor.clone(),
+                at: rfc3339(o.at),
+                reason: o.reason.clone(),
+                done: o.done,
+            }),
     }
 }
 

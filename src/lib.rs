@@ -4,10 +4,12 @@
 
 pub mod aws;
 pub mod cli;
+pub mod control_cli;
 pub mod controller;
 pub mod error;
 pub mod gates;
 pub mod metrics;
+pub mod overrides;
 pub mod plan;
 pub mod reconcile;
 pub mod retire;

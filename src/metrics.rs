@@ -8,12 +8,14 @@ use prometheus::{
 };
 
 /// Every split state, in the order shown to users.
-pub const STATES: [&str; 7] = [
+pub const STATES: [&str; 9] = [
     "Progressing",
     "Complete",
     "Paused",
     "Degraded",
     "RolledBack",
+    "Aborted",
+    "Suspended",
     "Conflict",
     "Invalid",
 ];

@@ -562,6 +562,7 @@ mod tests {
             autoscaling: BTreeMap::new(),
             rev: 0,
             retiring: BTreeMap::new(),
+            control: None,
         }
     }
 
@@ -870,6 +871,7 @@ mod tests {
             capacity_since: None,
             autoscaling: BTreeMap::new(),
             retiring: BTreeMap::new(),
+            control: None,
         };
         for bad in [
             w(&[("ghost", 100)]),
@@ -1065,6 +1067,7 @@ mod tests {
                     capacity_since: None,
                     autoscaling: BTreeMap::new(),
                     retiring: BTreeMap::new(),
+                    control: None,
                 };
                 let payload = match &s.garbage {
                     Some(g) => format!("heritage=trafficshift,owner=test,{g}"),

@@ -353,6 +353,7 @@ mod tests {
             drains: BTreeMap::new(),
             capacity_since: None,
             autoscaling: BTreeMap::new(),
+            control: None,
             rev: 3,
             retiring: BTreeMap::new(),
         }

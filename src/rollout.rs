@@ -65,6 +65,10 @@ pub enum SplitState {
     Paused,
     Degraded,
     RolledBack,
+    /// Rolled back by `trafficshift abort`, until `retry` or a new generation.
+    Aborted,
+    /// `trafficshift suspend`: nothing is written for the split until `unsuspend`.
+    Suspended,
 }
 
 impl SplitState {
@@ -75,6 +79,8 @@ impl SplitState {
             SplitState::Paused => "Paused",
             SplitState::Degraded => "Degraded",
             SplitState::RolledBack => "RolledBack",
+            SplitState::Aborted => "Aborted",
+            SplitState::Suspended => "Suspended",
         }
     }
 }
@@ -516,11 +522,17 @@ pub fn decide(i: &Inputs) -> Decision {
                 autoscaling: i.stored.map(|s| s.autoscaling.clone()).unwrap_or_default(),
                 retiring: i.stored.map(|s| s.retiring.clone()).unwrap_or_default(),
                 rev: i.stored.map_or(0, |s| s.rev),
+                control: crate::overrides::carried_into_new_rollout(
+                    i.stored.and_then(|s| s.control.as_ref()),
+                ),
             }
         }
     };
+    // On-call overrides from the TXT: abort and retry change the state here, the rest steer.
+    let steer = crate::overrides::steer(&mut st, stamp, &mut notes);
 
     let rollout = split.spec.rollout.as_ref();
+    let paused = rollout.is_some_and(|r| r.paused) || steer.paused;
     let on_failure = rollout.map(|r| r.on_gate_failure).unwrap_or_default();
     let interval = split.spec.interval().as_secs();
     let deadline = split.spec.progress_deadline().as_secs();
@@ -552,9 +564,7 @@ pub fn decide(i: &Inputs) -> Decision {
         Phase::Complete => SplitState::Complete,
         Phase::RolledBack => SplitState::RolledBack,
         Phase::Progressing
-            if deadline_passed.is_some()
-                && !i.gates.failing.is_empty()
-                && !rollout.is_some_and(|r| r.paused) =>
+            if deadline_passed.is_some() && !i.gates.failing.is_empty() && !paused =>
         {
             failure = deadline_passed;
             SplitState::Degraded
@@ -567,11 +577,19 @@ pub fn decide(i: &Inputs) -> Decision {
                     format!("gate {gate} to pass ({msg})"),
                 ));
                 SplitState::Degraded
-            } else if rollout.is_some_and(|r| r.paused) {
-                waiting_for = Some("rollout.paused to be false".to_string());
+            } else if paused {
+                waiting_for = Some(if steer.paused {
+                    "trafficshift resume".to_string()
+                } else {
+                    "rollout.paused to be false".to_string()
+                });
                 SplitState::Paused
             } else {
-                let next = interpolate(&st.start, &target, steps[st.step.min(n - 1)]);
+                let next = if steer.full {
+                    target.clone()
+                } else {
+                    interpolate(&st.start, &target, steps[st.step.min(n - 1)])
+                };
                 // A failing gate stops the clock: the hold interval counts from its latest failed
                 // check. The first failure of a run is written down (with the state, one Route53
                 // write per run, not per check) so a restart cannot cut the hold short; later
@@ -584,7 +602,7 @@ pub fn decide(i: &Inputs) -> Decision {
                 }
                 let hold_from = st.since.max(i.gates.last_failure.unwrap_or(0));
                 // The first step leaves the start split at once; later ones hold for the interval.
-                let due = if st.step == 0 {
+                let due = if st.step == 0 || steer.skip_hold {
                     0
                 } else {
                     hold_from.saturating_add(interval)
@@ -641,7 +659,8 @@ pub fn decide(i: &Inputs) -> Decision {
                             SplitState::Progressing
                         }
                         None => {
-                            st.step += 1;
+                            st.step = if steer.full { n } else { st.step + 1 };
+                            crate::overrides::stepped(&mut st, &mut notes);
                             notes.push(Note {
                                 warning: false,
                                 reason: "StepAdvanced",
@@ -789,10 +808,10 @@ pub fn decide(i: &Inputs) -> Decision {
     };
 
     Decision {
+        status: crate::overrides::shown_state(&st, status),
         state: st,
         write,
         ecs_desired,
-        status,
         waiting_for,
         next_step_at,
         steps: n,

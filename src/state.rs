@@ -88,6 +88,9 @@ pub struct RolloutState {
     /// `name@until;...`, written only when not empty; older TXTs have none). Kept here so a
     /// restart neither forgets a retirement nor restarts its drain.
     pub retiring: BTreeMap<String, u64>,
+    /// The latest on-call override (`trafficshift abort` ...), TXT keys `ovr*`, written only
+    /// while there is one; older TXTs have none.
+    pub control: Option<crate::overrides::Override>,
 }
 
 fn weights_str(w: &Weights) -> String {
@@ -154,6 +157,7 @@ impl RolloutState {
                 .join(";");
             out.push_str(&format!(",retire={v}"));
         }
+        out.push_str(&crate::overrides::encode(self.control.as_ref()));
         out
     }
 
@@ -253,6 +257,7 @@ impl RolloutState {
             },
             autoscaling,
             retiring,
+            control: crate::overrides::decode(&kv)?,
         })
     }
 
@@ -364,6 +369,7 @@ mod tests {
             autoscaling: BTreeMap::new(),
             rev: 7,
             retiring: BTreeMap::new(),
+            control: None,
         }
     }
 

@@ -57,6 +57,24 @@ pub struct SplitStatus {
     pub first_seen: String,
     /// Newest last, at most 20.
     pub events: Vec<Event>,
+    /// The latest on-call override (`trafficshift abort` ...) in the state TXT.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<OverrideStatus>,
+}
+
+/// An on-call override: what, who, when, why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideStatus {
+    /// promote, promote-full, abort, retry, pause, resume, suspend, unsuspend.
+    pub action: String,
+    /// The caller's ARN (`sts:GetCallerIdentity`).
+    pub actor: String,
+    /// RFC 3339.
+    pub at: String,
+    pub reason: String,
+    /// The controller has carried it out (one-shot actions).
+    pub done: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

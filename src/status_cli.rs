@@ -7,7 +7,7 @@ use crate::status::{ControllerStatus, SplitStatus};
 use crate::{Error, Result};
 
 /// States that make `--exit-code` return 1.
-const FAILING_STATES: [&str; 4] = ["Degraded", "RolledBack", "Conflict", "Invalid"];
+const FAILING_STATES: [&str; 5] = ["Degraded", "RolledBack", "Aborted", "Conflict", "Invalid"];
 /// How long one request to the controller may take.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Redraw period of `--watch`.
@@ -39,7 +39,7 @@ pub struct StatusOptions {
     pub output: Output,
     /// Redraw every 2 s until Ctrl-C.
     pub watch: bool,
-    /// Return 1 when a shown split is Degraded, RolledBack, Conflict or Invalid, or the config is
+    /// Return 1 when a shown split is Degraded, RolledBack, Aborted, Conflict or Invalid, or the config is
     /// invalid.
     pub exit_code: bool,
 }
@@ -115,7 +115,7 @@ fn result_code(status: &ControllerStatus, opts: &StatusOptions) -> i32 {
 }
 
 /// 1 when the config is invalid or a selected split (all when `name` is None) is Degraded,
-/// RolledBack, Conflict or Invalid; else 0.
+/// RolledBack, Aborted, Conflict or Invalid; else 0.
 pub fn exit_code(status: &ControllerStatus, name: Option<&str>) -> i32 {
     let bad_split = status
         .splits
@@ -414,6 +414,18 @@ pub fn render_describe(s: &SplitStatus, now_unix: u64) -> String {
         "Waiting for",
         s.waiting_for.as_deref().unwrap_or("<none>"),
     );
+    if let Some(o) = &s.override_ {
+        let why = if o.reason.is_empty() { "-" } else { &o.reason };
+        let done = if o.done { ", done" } else { "" };
+        kv(
+            &mut out,
+            "Override",
+            &clean(&format!(
+                "{} by {} at {} ({why}){done}",
+                o.action, o.actor, o.at
+            )),
+        );
+    }
     kv(
         &mut out,
         "Last reconcile",
@@ -734,6 +746,7 @@ mod tests {
             last_error: None,
             observed_generation: "3f2a9c1b7d4e".into(),
             first_seen: at(3 * 3600 + 5 * 60),
+            override_: None,
             events: vec![
                 event(
                     "Normal",
@@ -780,6 +793,7 @@ mod tests {
             last_error: Some("route53 ChangeResourceRecordSets: Throttling".into()),
             observed_generation: "9e8d".into(),
             first_seen: at(2 * 86400 + 3600),
+            override_: None,
             events: vec![event(
                 "Warning",
                 "RolledBack",

@@ -114,6 +114,8 @@ pub struct Report {
     pub drain_until: Option<u64>,
     /// The Route53 change this cycle submitted, PENDING until a later cycle sees it INSYNC.
     pub pending_change: Option<String>,
+    /// The latest on-call override in the state TXT (who, when, why).
+    pub control: Option<crate::overrides::Override>,
 }
 
 impl Report {

@@ -66,15 +66,21 @@ async fn plan_split_inner(
     }
     let obs = plan::classify(&split, &ctx.owner, &refs, &targets)?;
 
-    // A new rollout forgets the gate history of the previous one.
+    // A new rollout (or a retried one) forgets the gate history of the previous one.
     if obs
         .state
         .as_ref()
         .is_none_or(|s| !rollout::same_generation(&s.generation, &split))
+        || crate::overrides::retrying(obs.state.as_ref())
     {
         p.work.gates.retain(|_, r| r.consecutive_failures == 0);
     }
     let (mut ecs_obs, ecs_live) = ecs_of(&split, &live.services);
+    if crate::overrides::suspended(obs.state.as_ref()) {
+        // `trafficshift suspend`: on-call edits Route53 by hand; nothing is written, not even
+        // a drift correction, and no gate is run.
+        return Ok(suspended_report(&split, &obs, ecs_live));
+    }
 
     let mut notes = Vec::new();
     if let Some(why) = &obs.state_problem {
@@ -262,6 +268,7 @@ async fn plan_split_inner(
         applied: false,
         drain_until,
         pending_change: None,
+        control: d.state.control.clone(),
     })
 }
 
@@ -297,6 +304,46 @@ fn handed_back_report(doc: &TrafficSplit) -> Report {
         applied: false,
         drain_until: None,
         pending_change: None,
+        control: None,
+    }
+}
+
+/// The report of a suspended split: what Route53 shows, no change.
+fn suspended_report(
+    split: &TrafficSplit,
+    obs: &plan::Observed,
+    ecs: BTreeMap<String, EcsService>,
+) -> Report {
+    let st = obs.state.as_ref();
+    let step_weights = st.map(|s| s.current.clone()).unwrap_or_default();
+    let control = st.and_then(|s| s.control.clone());
+    Report {
+        state: rollout::SplitState::Suspended,
+        step: st.map_or(0, |s| s.step),
+        steps: split.spec.steps().len(),
+        progress: 0.0,
+        waiting_for: control
+            .as_ref()
+            .map(|o| format!("trafficshift unsuspend ({})", o.describe())),
+        next_step_at: None,
+        target: split.spec.weights.clone(),
+        drift: obs
+            .weights
+            .as_ref()
+            .map_or(1.0, |w| drift(w, &step_weights)),
+        step_weights,
+        observed: obs.weights.clone(),
+        ecs,
+        route53: vec![],
+        ecs_changes: vec![],
+        autoscaling: vec![],
+        notes: vec![],
+        drift_corrected: false,
+        rolled_back: false,
+        applied: false,
+        drain_until: None,
+        pending_change: None,
+        control,
     }
 }
 

@@ -81,9 +81,25 @@ pub fn check(split: &TrafficSplit) -> Vec<(String, String)> {
 /// can have is every backend at a 3-digit weight in `start` and `cur`, a drain for every ECS
 /// backend, the longest owner id and phase, 10-digit times and a 20-digit write count.
 fn check_state_size(c: &mut Checker, split: &TrafficSplit) {
-    use crate::state::{
-        txt_value_len, Drain, Phase, RolloutState, MAX_OWNER_LEN, MAX_TXT_VALUE_CHARS,
-    };
+    use crate::state::MAX_TXT_VALUE_CHARS;
+    let len = longest_state_len(split, None);
+    if len > MAX_TXT_VALUE_CHARS {
+        c.err(
+            "spec.backends",
+            format!(
+                "the rollout state of this split can need {len} characters in its TXT record, more than Route53's {MAX_TXT_VALUE_CHARS}: use fewer backends or shorter backend names"
+            ),
+        );
+    }
+}
+
+/// The TXT value length of the longest state `split` can have, carrying `control` (an on-call
+/// override, which its command checks against the limit before writing it).
+pub fn longest_state_len(
+    split: &TrafficSplit,
+    control: Option<crate::overrides::Override>,
+) -> usize {
+    use crate::state::{txt_value_len, Drain, Phase, RolloutState, MAX_OWNER_LEN};
     const LONGEST_TIME: u64 = 9_999_999_999;
     let all: crate::spec::Weights = split
         .spec
@@ -117,6 +133,7 @@ fn check_state_size(c: &mut Checker, split: &TrafficSplit) {
             .collect(),
         rev: u64::MAX,
         capacity_since: Some(LONGEST_TIME),
+        control,
         autoscaling: split
             .spec
             .backends
@@ -133,15 +150,7 @@ fn check_state_size(c: &mut Checker, split: &TrafficSplit) {
         // A retiring backend has left `backends`: it takes the place of one, never adds to them.
         retiring: Default::default(),
     };
-    let len = txt_value_len(&longest.encode());
-    if len > MAX_TXT_VALUE_CHARS {
-        c.err(
-            "spec.backends",
-            format!(
-                "the rollout state of this split can need {len} characters in its TXT record, more than Route53's {MAX_TXT_VALUE_CHARS}: use fewer backends or shorter backend names"
-            ),
-        );
-    }
+    txt_value_len(&longest.encode())
 }
 
 #[derive(Default)]

@@ -24,6 +24,7 @@ mod aws_adapters;
 mod call_counts;
 mod chaos;
 mod config_churn;
+mod control;
 mod controller_core;
 mod crash;
 mod docs;
