@@ -20,5 +20,6 @@ pub mod status_cli;
 pub mod telemetry;
 pub mod watch;
 pub mod weights;
+pub mod windows;
 
 pub use error::{Error, Result};
