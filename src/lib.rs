@@ -8,6 +8,7 @@ pub mod controller;
 pub mod error;
 pub mod gates;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod reconcile;
 pub mod rollout;
