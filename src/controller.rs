@@ -91,9 +91,16 @@ impl Managed {
     /// webhooks.
     fn event_of(&mut self, warning: bool, reason: &str, message: String, report: Option<&Report>) {
         let message = self.record(warning, reason, message);
-        let report = report.or(self.last.as_ref());
-        self.notify
-            .emit(reason, &message, &self.doc.split, report, &self.gates);
+        let before = self.last.as_ref();
+        let report = report.or(before);
+        self.notify.emit(
+            reason,
+            &message,
+            &self.doc.split,
+            report,
+            before,
+            &self.gates,
+        );
     }
 
     /// An event for the status and the log only.

@@ -166,7 +166,7 @@ pub struct Notification {
     pub record: String,
     pub hosted_zone: String,
     pub state: Option<String>,
-    /// Weights Route53 showed before this cycle.
+    /// Weights Route53 showed before this cycle (None before the first one).
     pub from: Option<Weights>,
     /// Weights after it (for RolloutStarted: the rollout's target).
     pub to: Option<Weights>,
@@ -180,10 +180,12 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// `report`: the cycle that recorded the event; `before`: the cycle before it.
     pub fn new(
         kind: Kind,
         split: &TrafficSplit,
         report: Option<&Report>,
+        before: Option<&Report>,
         gates: &std::collections::BTreeMap<String, GateRecord>,
         message: &str,
     ) -> Notification {
@@ -209,7 +211,9 @@ impl Notification {
             ),
             hosted_zone: split.spec.record.hosted_zone.clone(),
             state: report.map(|r| r.state.as_str().to_string()),
-            from: report.and_then(|r| r.observed.clone()),
+            // A cycle's `observed` is what Route53 shows after its write: the previous cycle's
+            // is what this one started from.
+            from: before.and_then(|r| r.observed.clone()),
             to: report.map(|r| {
                 if kind == Kind::RolloutStarted {
                     r.target.clone()
@@ -366,6 +370,7 @@ impl Notifier {
         message: &str,
         split: &TrafficSplit,
         report: Option<&Report>,
+        before: Option<&Report>,
         gates: &std::collections::BTreeMap<String, GateRecord>,
     ) {
         if !self.enabled() {
@@ -375,7 +380,9 @@ impl Notifier {
             if kind == Kind::DriftCorrected && !self.admit_drift(split.name(), Instant::now()) {
                 continue;
             }
-            self.enqueue(Notification::new(kind, split, report, gates, message));
+            self.enqueue(Notification::new(
+                kind, split, report, before, gates, message,
+            ));
         }
     }
 
@@ -544,6 +551,7 @@ mod tests {
                 "StepAdvanced",
                 "step 1/2",
                 &split,
+                None,
                 None,
                 &Default::default(),
             );
