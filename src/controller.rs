@@ -597,6 +597,10 @@ fn update_conditions(m: &mut Managed) {
             (true, "WaitingForCapacity")
         }
         "Progressing" if waiting.contains("gates") => (true, "WaitingForGates"),
+        "Progressing" if waiting.starts_with("waiting for window") => (true, "WaitingForWindow"),
+        "Progressing" if waiting.starts_with("waiting for the change freeze") => {
+            (true, "ChangeFreeze")
+        }
         "Progressing" if waiting.contains("interval") => (true, "HoldInterval"),
         "Progressing" => (true, "Advancing"),
         "Complete" => (false, "RolloutComplete"),

@@ -102,6 +102,12 @@ fn a_closed_window_holds_a_rollout_and_an_open_one_lets_it_finish() {
         s["nextStepAt"].as_str().is_some(),
         "next step time shown: {s}"
     );
+    let progressing = s["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(progressing["reason"], "WaitingForWindow", "{s}");
     let (code, out, _) = run_cli(moto.aws(), &["status", "api", "--endpoint", &c.endpoint]);
     assert_eq!(code, 0);
     assert!(out.contains("waiting for window (opens"), "{out}");

@@ -313,6 +313,9 @@ pub struct Notifier {
     queues: Vec<mpsc::Sender<Notification>>,
     /// Last DriftCorrected notification per split.
     drift: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Splits whose Degraded was notified and not left since: every failing check records an
+    /// event, the webhook hears of the state once.
+    degraded: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl fmt::Debug for Notifier {
@@ -355,7 +358,7 @@ impl Notifier {
         }
         Ok(Notifier {
             queues,
-            drift: Arc::default(),
+            ..Notifier::default()
         })
     }
 
@@ -376,8 +379,12 @@ impl Notifier {
         if !self.enabled() {
             return;
         }
-        for kind in kinds(reason, report.map(|r| r.state.as_str())) {
+        let state = report.map(|r| r.state.as_str());
+        for kind in kinds(reason, state) {
             if kind == Kind::DriftCorrected && !self.admit_drift(split.name(), Instant::now()) {
+                continue;
+            }
+            if !self.admit_degraded(split.name(), kind, state) {
                 continue;
             }
             self.enqueue(Notification::new(
@@ -396,6 +403,15 @@ impl Notifier {
                 true
             }
         }
+    }
+
+    /// Degraded once per stay in that state.
+    fn admit_degraded(&self, split: &str, kind: Kind, state: Option<&str>) -> bool {
+        let mut seen = self.degraded.lock().unwrap_or_else(|e| e.into_inner());
+        if state != Some("Degraded") {
+            seen.remove(split);
+        }
+        kind != Kind::Degraded || seen.insert(split.to_string())
     }
 
     pub fn enqueue(&self, n: Notification) {
@@ -522,6 +538,20 @@ mod tests {
             "per split"
         );
         assert!(n.admit_drift("api", t + Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn degraded_notifies_once_per_stay() {
+        let n = Notifier::default();
+        let d = Some("Degraded");
+        assert!(n.admit_degraded("api", Kind::Degraded, d));
+        assert!(
+            !n.admit_degraded("api", Kind::Degraded, d),
+            "second failing check"
+        );
+        assert!(n.admit_degraded("web", Kind::Degraded, d), "per split");
+        assert!(n.admit_degraded("api", Kind::StepAdvanced, Some("Progressing")));
+        assert!(n.admit_degraded("api", Kind::Degraded, d), "degraded again");
     }
 
     #[tokio::test]
