@@ -861,6 +861,7 @@ fn plan_bench(out: &mut String, n: usize, iters: usize) {
                 ecs: &ecs,
                 gates: &gates,
                 now_ms: now * 1000,
+                window: None,
             });
             let intended = obs
                 .state

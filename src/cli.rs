@@ -137,6 +137,20 @@ pub struct RunArgs {
     /// Reconcile everything once and exit (non-zero if anything failed).
     #[arg(long, env = "TRAFFICSHIFT_ONCE")]
     pub once: bool,
+    /// Webhook told about rollout events: a Slack incoming-webhook URL gets a Slack message, any
+    /// other URL a CloudEvents 1.0 JSON event. Repeatable (env: comma-separated). The URLs are
+    /// secrets: they are never logged.
+    #[arg(
+        long = "notify",
+        env = "TRAFFICSHIFT_NOTIFY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub notify: Vec<String>,
+    /// File holding the key of the `X-Trafficshift-Signature: sha256=<hex>` header (HMAC-SHA256
+    /// of the body) sent with every notification.
+    #[arg(long, env = "TRAFFICSHIFT_NOTIFY_SECRET_FILE")]
+    pub notify_secret_file: Option<PathBuf>,
     #[command(flatten)]
     pub aws: AwsArgs,
     #[command(flatten)]
@@ -486,12 +500,22 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
             }
         }
     };
+    let notify = crate::notify::Notifier::start(crate::notify::Config {
+        urls: a.notify.clone(),
+        secret: match &a.notify_secret_file {
+            Some(p) => Some(read_secret(p)?),
+            None => None,
+        },
+        source: format!("/trafficshift/{}", a.aws.owner_id),
+    })
+    .map_err(Error::Other)?;
     let opts = Options {
         paths: a.config.clone(),
         resync: a.resync.get().max(Duration::from_secs(1)),
         owner: a.aws.owner_id.clone(),
         dry_run: a.dry_run,
         once: a.once,
+        notify,
     };
     let mut controller = Controller::new(ctx, opts, app.clone());
     let ok = controller.run(shutdown_rx, reload_rx, watcher).await;
@@ -507,6 +531,26 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
     }
     info!("stopped");
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The signing key: the file's bytes without a trailing newline (as `echo` or a Secret leaves it).
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
+    let mut key = std::fs::read(path).map_err(|e| {
+        Error::Other(format!(
+            "cannot read --notify-secret-file {}: {e}",
+            path.display()
+        ))
+    })?;
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.is_empty() {
+        return Err(Error::Other(format!(
+            "--notify-secret-file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(key)
 }
 
 async fn wait_signal() {

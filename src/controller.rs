@@ -39,6 +39,8 @@ pub struct Options {
     pub owner: String,
     pub dry_run: bool,
     pub once: bool,
+    /// Webhooks told about the events recorded (`--notify`); the default tells nobody.
+    pub notify: crate::notify::Notifier,
 }
 
 /// Everything the controller remembers about one split. Only conveniences live here: what must
@@ -58,10 +60,11 @@ struct Managed {
     events: VecDeque<Event>,
     conditions: Vec<Condition>,
     state: &'static str,
+    notify: crate::notify::Notifier,
 }
 
 impl Managed {
-    fn new(doc: SplitDoc) -> Self {
+    fn new(doc: SplitDoc, notify: crate::notify::Notifier) -> Self {
         Managed {
             doc,
             rejected: None,
@@ -76,10 +79,32 @@ impl Managed {
             events: VecDeque::new(),
             conditions: Vec::new(),
             state: "Progressing",
+            notify,
         }
     }
 
     fn event(&mut self, warning: bool, reason: &str, message: String) {
+        self.event_of(warning, reason, message, None);
+    }
+
+    /// An event of the cycle that produced `report` (else of the last one), also sent to the
+    /// webhooks.
+    fn event_of(&mut self, warning: bool, reason: &str, message: String, report: Option<&Report>) {
+        let message = self.record(warning, reason, message);
+        let before = self.last.as_ref();
+        let report = report.or(before);
+        self.notify.emit(
+            reason,
+            &message,
+            &self.doc.split,
+            report,
+            before,
+            &self.gates,
+        );
+    }
+
+    /// An event for the status and the log only.
+    fn record(&mut self, warning: bool, reason: &str, message: String) -> String {
         let message = crate::sanitize::clean(&message, EVENT_MAX);
         if warning {
             warn!(split = self.doc.split.name(), reason, "{message}");
@@ -90,11 +115,12 @@ impl Managed {
             time: rfc3339(now_unix()),
             type_: if warning { "Warning" } else { "Normal" }.into(),
             reason: reason.into(),
-            message,
+            message: message.clone(),
         });
         while self.events.len() > MAX_EVENTS {
             self.events.pop_front();
         }
+        message
     }
 
     fn backoff_delay(&mut self) -> Duration {
@@ -179,7 +205,8 @@ impl Controller {
                 }
                 None => {
                     info!(split = %name, file = %doc.file.display(), "managing split");
-                    self.splits.insert(name, Managed::new(doc));
+                    let notify = self.opts.notify.clone();
+                    self.splits.insert(name, Managed::new(doc, notify));
                 }
             }
         }
@@ -470,9 +497,10 @@ fn record_report(m: &mut Managed, r: &Report, dry_run: bool) {
     let notes: Vec<Note> = r.notes.clone();
     for n in notes {
         if r.applied || n.reason == "GateFailed" {
-            m.event(n.warning, n.reason, n.message);
+            m.event_of(n.warning, n.reason, n.message, Some(r));
         } else if dry_run {
-            m.event(
+            // Not applied: nothing to tell the webhooks.
+            m.record(
                 n.warning,
                 n.reason,
                 format!("dry-run, not applied: {}", n.message),
@@ -572,6 +600,10 @@ fn update_conditions(m: &mut Managed) {
             (true, "WaitingForCapacity")
         }
         "Progressing" if waiting.contains("gates") => (true, "WaitingForGates"),
+        "Progressing" if waiting.starts_with("waiting for window") => (true, "WaitingForWindow"),
+        "Progressing" if waiting.starts_with("waiting for the change freeze") => {
+            (true, "ChangeFreeze")
+        }
         "Progressing" if waiting.contains("interval") => (true, "HoldInterval"),
         "Progressing" => (true, "Advancing"),
         "Complete" => (false, "RolloutComplete"),

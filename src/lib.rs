@@ -9,6 +9,7 @@ pub mod controller;
 pub mod error;
 pub mod gates;
 pub mod metrics;
+pub mod notify;
 pub mod overrides;
 pub mod plan;
 pub mod reconcile;
@@ -24,5 +25,6 @@ pub mod status_wait;
 pub mod telemetry;
 pub mod watch;
 pub mod weights;
+pub mod windows;
 
 pub use error::{Error, Result};

@@ -661,6 +661,7 @@ mod tests {
             ecs: &ecs,
             gates: &crate::rollout::GateSummary::none(),
             now_ms: now * 1000,
+            window: None,
         })
     }
 
@@ -771,6 +772,7 @@ mod tests {
             ecs: &ecs,
             gates: &crate::rollout::GateSummary::none(),
             now_ms: 1_764_000_100_000,
+            window: None,
         });
         assert_eq!(d.state.step, 1, "no step before the capacity serves");
         assert_eq!(d.write, Some(observed));

@@ -781,6 +781,7 @@ mod tests {
             ecs,
             gates: &GateSummary::none(),
             now_ms,
+            window: None,
         });
         let intended = obs
             .state
@@ -1091,6 +1092,7 @@ mod tests {
                 ecs: &ecs_obs,
                 gates: &gates,
                 now_ms,
+                window: None,
             });
             let Some(write) = &d.write else { return Ok(()); };
             let intended = obs.state.as_ref().map(|s| s.current.clone()).unwrap_or_default();

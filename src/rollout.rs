@@ -105,6 +105,9 @@ pub struct Inputs<'a> {
     /// Unix time in milliseconds. Stored times are whole seconds rounded up and compared with
     /// the time rounded down, so a hold interval is never cut short by rounding.
     pub now_ms: u64,
+    /// Why a step may not advance now (a closed change window or a freeze), from
+    /// `crate::windows`; rollbacks and drift corrections ignore it.
+    pub window: Option<&'a crate::windows::Hold>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -611,6 +614,10 @@ pub fn decide(i: &Inputs) -> Decision {
                     waiting_for = Some(format!("hold interval at step {}/{n}", st.step));
                     next_step_at = Some(due);
                     SplitState::Progressing
+                } else if let Some(h) = i.window {
+                    waiting_for = Some(h.reason.clone());
+                    next_step_at = h.until.and_then(|t| u64::try_from(t).ok());
+                    SplitState::Progressing
                 } else if !i.gates.failing.is_empty() {
                     waiting_for = Some(format!("gates to pass: {}", i.gates.failing.join("; ")));
                     SplitState::Progressing
@@ -884,6 +891,7 @@ mod tests {
         ecs: BTreeMap<String, EcsObs>,
         gates: GateSummary,
         now: u64,
+        window: Option<crate::windows::Hold>,
     }
 
     impl World {
@@ -895,6 +903,7 @@ mod tests {
                 ecs: ecs(2, 2, true),
                 gates: GateSummary::none(),
                 now: 1_000,
+                window: None,
             }
         }
         fn decide(&self) -> Decision {
@@ -906,6 +915,7 @@ mod tests {
                 ecs: &self.ecs,
                 gates: &self.gates,
                 now_ms: self.now * 1000,
+                window: self.window.as_ref(),
             })
         }
         /// Decide and apply the decision the way the reconciler does (ECS scales and settles).
@@ -1033,6 +1043,47 @@ mod tests {
         let d = world.cycle();
         assert_eq!(d.status, SplitState::Progressing);
         assert_eq!(d.state.start, w(&[("lambda", 100), ("fargate", 0)]));
+    }
+
+    #[test]
+    fn a_closed_window_holds_steps_but_not_rollbacks_or_drift() {
+        let split = TrafficSplit::test()
+            .with_steps(&[50, 100], 10)
+            .with_gate(Gate::ecs_stable("stable", "fargate"));
+        let mut world = World::new(split);
+        world.ecs = ecs(20, 20, true);
+        world.window = Some(crate::windows::Hold {
+            reason: "waiting for window (opens Mon 09:00 JST)".into(),
+            until: Some(5_000),
+        });
+        // Not even the first step, and no capacity asked for ahead of it.
+        let d = world.cycle();
+        assert_eq!(d.state.step, 0);
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        assert_eq!(
+            d.waiting_for.as_deref(),
+            Some("waiting for window (opens Mon 09:00 JST)")
+        );
+        assert_eq!(d.next_step_at, Some(5_000));
+        // Drift is put back while the window is closed.
+        world.observed = Some(w(&[("lambda", 70), ("fargate", 30)]));
+        let d = world.cycle();
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
+        // The window opens: the step is taken.
+        world.window = None;
+        let d = world.cycle();
+        assert_eq!(d.state.step, 1);
+        assert_eq!(d.write, Some(w(&[("lambda", 50), ("fargate", 50)])));
+        // Closed again: a tripped gate still rolls back.
+        world.window = Some(crate::windows::Hold {
+            reason: "waiting for window (opens Tue 09:00 JST)".into(),
+            until: None,
+        });
+        world.now += 10;
+        world.gates.tripped = Some(("stable".into(), "not stable".into()));
+        let d = world.cycle();
+        assert!(d.rolled_back);
+        assert_eq!(d.write, Some(w(&[("lambda", 100), ("fargate", 0)])));
     }
 
     #[test]

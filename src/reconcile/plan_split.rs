@@ -108,6 +108,7 @@ async fn plan_split_inner(
     }
     let summary = summarize(&split, &p.work.gates, now);
 
+    let window = crate::windows::hold(split.spec.rollout.as_ref(), now);
     let decide = |ecs: &BTreeMap<String, EcsObs>| {
         rollout::decide(&rollout::Inputs {
             split: &split,
@@ -117,6 +118,7 @@ async fn plan_split_inner(
             ecs,
             gates: &summary,
             now_ms,
+            window: window.as_ref(),
         })
     };
     let mut d: Decision = decide(&ecs_obs);

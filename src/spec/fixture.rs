@@ -66,6 +66,8 @@ impl TrafficSplit {
             paused: false,
             progress_deadline: HumanDuration(Duration::from_secs(600)),
             gate_interval: HumanDuration(Duration::from_secs(30)),
+            windows: vec![],
+            freeze: vec![],
         });
         self
     }

@@ -250,6 +250,52 @@ pub struct Rollout {
     /// `onGateFailure` acts. Default 30s.
     #[serde(default = "default_gate_interval")]
     pub gate_interval: HumanDuration,
+    /// When steps may advance: a step is taken only inside one of these windows (none: any
+    /// time). Rollbacks and drift corrections are never held by a window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<ChangeWindow>,
+    /// Periods in which steps never advance, whatever `windows` says (e.g. a holiday freeze).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<Freeze>,
+}
+
+/// A recurring weekly period in which steps may advance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChangeWindow {
+    /// Days on which the window opens (`mon` ... `sun`), in `timeZone`.
+    pub days: Vec<Weekday>,
+    /// Local opening time, `HH:MM` (24-hour).
+    pub start: String,
+    /// Local closing time, `HH:MM`, `24:00` for midnight. An end at or before `start` closes on
+    /// the next day (an overnight window belongs to the day it opens).
+    pub end: String,
+    /// IANA time zone name (e.g. `Asia/Tokyo`, `Europe/Berlin`, `UTC`). Daylight saving time is
+    /// followed: `09:00` is 09:00 local time all year.
+    pub time_zone: String,
+}
+
+/// A day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// A change freeze: no step advances from `from` (inclusive) to `to` (exclusive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Freeze {
+    /// Start, RFC 3339 with an offset (e.g. `2026-12-24T00:00:00Z`).
+    pub from: String,
+    /// End, RFC 3339 with an offset; after `from`.
+    pub to: String,
 }
 
 fn default_interval() -> HumanDuration {

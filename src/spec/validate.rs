@@ -636,6 +636,50 @@ fn check_rollout(c: &mut Checker, split: &TrafficSplit) {
             ),
         );
     }
+    check_windows(c, rollout);
+}
+
+/// Change windows and freezes: parsed by the same code that applies them (`crate::windows`).
+fn check_windows(c: &mut Checker, rollout: &super::Rollout) {
+    use crate::windows::{parse_hhmm, parse_instant, zone};
+    for (i, w) in rollout.windows.iter().enumerate() {
+        let at = format!("spec.rollout.windows[{i}]");
+        if w.days.is_empty() {
+            c.err(
+                format!("{at}.days"),
+                "days is empty; list at least one of mon, tue, wed, thu, fri, sat, sun",
+            );
+        }
+        if let Err(e) = zone(&w.time_zone) {
+            c.err(format!("{at}.timeZone"), e);
+        }
+        let start = parse_hhmm(&w.start, false).map_err(|e| c.err(format!("{at}.start"), e));
+        let end = parse_hhmm(&w.end, true).map_err(|e| c.err(format!("{at}.end"), e));
+        if let (Ok(s), Ok(e)) = (start, end) {
+            if s == e {
+                c.err(
+                    format!("{at}.end"),
+                    format!(
+                        "end equals start ({}): use start 00:00 and end 24:00 for a whole day",
+                        w.start
+                    ),
+                );
+            }
+        }
+    }
+    for (i, f) in rollout.freeze.iter().enumerate() {
+        let at = format!("spec.rollout.freeze[{i}]");
+        let from = parse_instant(&f.from).map_err(|e| c.err(format!("{at}.from"), e));
+        let to = parse_instant(&f.to).map_err(|e| c.err(format!("{at}.to"), e));
+        if let (Ok(from), Ok(to)) = (from, to) {
+            if to <= from {
+                c.err(
+                    format!("{at}.to"),
+                    format!("to {} is not after from {}", f.to, f.from),
+                );
+            }
+        }
+    }
 }
 
 fn gate_kinds(g: &Gate) -> Vec<&'static str> {
@@ -893,6 +937,8 @@ spec:
                     paused: false,
                     progress_deadline: HumanDuration(Duration::from_secs(600)),
                     gate_interval: HumanDuration(Duration::from_secs(30)),
+                    windows: vec![],
+                    freeze: vec![],
                 })
             })
         }
@@ -1352,6 +1398,53 @@ spec:
         f().with_rollout(None, Some(10))
             .with(|s| s.spec.rollout.as_mut().unwrap().failure_threshold = 101)
             .expect("spec.rollout.failureThreshold", "out of range 1-100");
+    }
+
+    #[test]
+    fn change_windows_and_freezes() {
+        use crate::spec::{ChangeWindow, Freeze, Weekday};
+        let win = |days: Vec<Weekday>, start: &str, end: &str, tz: &str| {
+            let w = ChangeWindow {
+                days,
+                start: start.into(),
+                end: end.into(),
+                time_zone: tz.into(),
+            };
+            move |s: &mut TrafficSplit| s.spec.rollout.as_mut().unwrap().windows = vec![w]
+        };
+        let f = || Fixture::valid().with_rollout(None, Some(10));
+        f().with(win(vec![Weekday::Mon], "09:00", "17:00", "Asia/Tokyo"))
+            .expect_valid();
+        f().with(win(vec![Weekday::Fri], "22:00", "06:00", "UTC"))
+            .expect_valid();
+        f().with(win(vec![Weekday::Sat], "00:00", "24:00", "Europe/Berlin"))
+            .expect_valid();
+        f().with(win(vec![Weekday::Mon], "09:00", "17:00", "Asia/Tokio"))
+            .expect(
+                "spec.rollout.windows[0].timeZone",
+                "unknown time zone 'Asia/Tokio'",
+            );
+        f().with(win(vec![Weekday::Mon], "9:00", "17:00", "UTC"))
+            .expect("spec.rollout.windows[0].start", "not a time HH:MM");
+        f().with(win(vec![Weekday::Mon], "09:00", "25:00", "UTC"))
+            .expect("spec.rollout.windows[0].end", "not a time HH:MM");
+        f().with(win(vec![Weekday::Mon], "09:00", "09:00", "UTC"))
+            .expect("spec.rollout.windows[0].end", "end equals start");
+        f().with(win(vec![], "09:00", "17:00", "UTC"))
+            .expect("spec.rollout.windows[0].days", "days is empty");
+        let freeze = |from: &str, to: &str| {
+            let fr = Freeze {
+                from: from.into(),
+                to: to.into(),
+            };
+            move |s: &mut TrafficSplit| s.spec.rollout.as_mut().unwrap().freeze = vec![fr]
+        };
+        f().with(freeze("2026-12-24T00:00:00Z", "2026-12-27T00:00:00+09:00"))
+            .expect_valid();
+        f().with(freeze("2026-12-24", "2026-12-27T00:00:00Z"))
+            .expect("spec.rollout.freeze[0].from", "not an RFC 3339 time");
+        f().with(freeze("2026-12-27T00:00:00Z", "2026-12-24T00:00:00Z"))
+            .expect("spec.rollout.freeze[0].to", "is not after from");
     }
 
     #[test]
