@@ -34,6 +34,8 @@ pub const DEFAULT_SESSION_NAME: &str = "trafficshift";
 /// Assumed credentials are renewed this long before they expire, so no request signs with
 /// credentials that lapse in flight.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+/// How long start waits for STS to say which account the base credentials are.
+const CALLER_IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
 
 tokio::task_local! {
     static ACCOUNT: Arc<str>;
@@ -78,7 +80,13 @@ impl Accounts {
     /// (the default account of the metrics and of the Route53 limit). When STS cannot tell, the
     /// account is `unknown` and the controller still runs.
     pub async fn new(opts: &AwsOptions, base: &SdkConfig) -> Accounts {
-        let account: Arc<str> = match caller_account(base).await {
+        // Bounded: an unreachable STS must not hold the controller's start (and its probes).
+        let asked = tokio::time::timeout(CALLER_IDENTITY_TIMEOUT, caller_account(base)).await;
+        let account: Arc<str> = match asked.unwrap_or_else(|_| {
+            Err(Error::Other(format!(
+                "sts GetCallerIdentity: no answer within {CALLER_IDENTITY_TIMEOUT:?}"
+            )))
+        }) {
             Ok(a) => a.into(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell the account of the controller's credentials; its AWS requests are counted as account=\"unknown\"");
@@ -334,6 +342,49 @@ async fn caller_account(base: &SdkConfig) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn role(arn: &str, session: &str) -> AwsSpec {
+        AwsSpec {
+            role_arn: arn.into(),
+            external_id: Some("ext-1".into()),
+            region: None,
+            session_name: Some(session.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn clients_are_built_once_per_role_and_limited_once_per_account() {
+        // Nothing here calls AWS: clients and providers are built lazily.
+        let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials_provider(Credentials::new("k", "s", None, None, "test"))
+            .load()
+            .await;
+        let accounts =
+            Accounts::with_default_account(&AwsOptions::default(), &base, "123456789012".into());
+        let a = role("arn:aws:iam::222222222222:role/dns", "one");
+        let a_again = accounts.role(&a).await;
+        assert!(Arc::ptr_eq(&accounts.role(&a).await, &a_again));
+        // Another session in the same account: its own clients, the account's one limiter.
+        let b = accounts
+            .role(&role("arn:aws:iam::222222222222:role/dns", "two"))
+            .await;
+        assert!(!Arc::ptr_eq(&a_again, &b));
+        let c = accounts
+            .role(&role("arn:aws:iam::333333333333:role/dns", "one"))
+            .await;
+        assert_eq!(&*c.account, "333333333333");
+        let limiters = accounts.limiters.lock().unwrap();
+        let mut keys: Vec<&str> = limiters.keys().map(|k| &**k).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["123456789012", "222222222222", "333333333333"]);
+        assert_eq!(&*accounts.account_of(None), "123456789012");
+        assert_eq!(
+            &*accounts.account_of(Some(&role("arn:aws:iam::222222222222:role/x", "s"))),
+            "222222222222"
+        );
+    }
 
     #[tokio::test]
     async fn calls_are_labelled_by_scope_then_default() {
