@@ -484,6 +484,7 @@ for page in c.get_paginator("list_hosted_zones").paginate():
 
     /// The fewest calls per `service.Operation` one cycle over `due` can make.
     ///
+    /// - STS GetCallerIdentity: one when the process starts (the first convergence).
     /// - ListHostedZonesByName: one per zone on a cold cache, none while cached.
     /// - ListResourceRecordSets per zone: min(ceil(zone records / 300), owned record names).
     /// - ChangeResourceRecordSets per zone: max(ceil(changes / 1000), ceil(value chars / 32000))
@@ -508,6 +509,11 @@ for page in c.get_paginator("list_hosted_zones").paginate():
     ) -> BTreeMap<String, u64> {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
         let mut add = |k: &str, n: u64| *m.entry(k.to_string()).or_default() += n;
+        if phase == Phase::First {
+            // A starting controller asks STS once which account its credentials are (the
+            // `account` label and the Route53 limit of its own account).
+            add("sts.GetCallerIdentity", 1);
+        }
         let mut by_zone: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for s in due {
             by_zone.entry(&s.zone).or_default().insert(&s.record);

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::aws::connect::{connect, AwsOptions};
+use crate::aws::connect::{connect_accounts, AwsOptions};
 use crate::controller::{Controller, Options};
 use crate::gates::{GateChecker, GateOptions};
 use crate::reconcile::{self, Context, Report, Work};
@@ -102,7 +102,8 @@ pub struct AwsArgs {
     /// Owner id written in the ownership TXT records; controllers with other ids never touch them.
     #[arg(long, env = "TRAFFICSHIFT_OWNER_ID", default_value = "trafficshift", value_parser = parse_owner)]
     pub owner_id: String,
-    /// Route53 requests per second for the whole process (AWS allows 5 per account).
+    /// Route53 requests per second per AWS account (AWS allows 5 per account; each account a
+    /// `spec.aws` role reaches gets its own budget).
     #[arg(long, env = "TRAFFICSHIFT_ROUTE53_RPS", default_value_t = 5.0)]
     pub route53_rps: f64,
 }
@@ -414,8 +415,10 @@ async fn plan(a: PlanArgs) -> Result<i32> {
         }
         return Ok(1);
     }
-    let aws = connect(&aws_options(&a.aws)).await;
+    let accounts = Arc::new(connect_accounts(&aws_options(&a.aws)).await);
+    let aws = accounts.default_aws();
     let mut ctx = Context::new(aws.clone(), a.aws.owner_id.clone(), true);
+    ctx.accounts = Some(accounts);
     ctx.gates = GateChecker::with_options(
         aws,
         GateOptions {
@@ -451,8 +454,10 @@ async fn plan(a: PlanArgs) -> Result<i32> {
 }
 
 async fn run_controller(a: RunArgs) -> Result<i32> {
-    let aws = connect(&aws_options(&a.aws)).await;
+    let accounts = Arc::new(connect_accounts(&aws_options(&a.aws)).await);
+    let aws = accounts.default_aws();
     let mut ctx = Context::new(aws.clone(), a.aws.owner_id.clone(), a.dry_run);
+    ctx.accounts = Some(accounts);
     ctx.gates = GateChecker::with_options(
         aws,
         GateOptions {

@@ -23,7 +23,7 @@ pub const STATES: [&str; 9] = [
 /// Every AWS operation trafficshift calls, as (service, operation) labels of
 /// `trafficshift_aws_requests_total`. Each outcome of each is exported from the first scrape, so
 /// `increase()` sees the first throttle.
-pub const AWS_OPERATIONS: [(&str, &str); 12] = [
+pub const AWS_OPERATIONS: [(&str, &str); 13] = [
     ("route53", "GetHostedZone"),
     ("route53", "ListHostedZonesByName"),
     ("route53", "ListResourceRecordSets"),
@@ -36,6 +36,7 @@ pub const AWS_OPERATIONS: [(&str, &str); 12] = [
     ("elbv2", "DescribeTargetGroups"),
     ("elbv2", "DescribeLoadBalancers"),
     ("elbv2", "DescribeTargetHealth"),
+    ("sts", "AssumeRole"),
 ];
 /// The `outcome` label values of `trafficshift_aws_requests_total`.
 pub const AWS_OUTCOMES: [&str; 3] = ["success", "throttled", "error"];
@@ -240,7 +241,7 @@ impl Metrics {
                 &r,
                 "trafficshift_aws_requests_total",
                 "AWS API requests by outcome (success, throttled, error).",
-                &["service", "operation", "outcome"],
+                &["service", "operation", "outcome", "account"],
             ),
             route53_changes: counter_vec(
                 &r,
@@ -271,13 +272,19 @@ impl Metrics {
                 option_env!("TRAFFICSHIFT_GIT_REVISION").unwrap_or("unknown"),
             ])
             .set(1);
+        m
+    }
+
+    /// Create every `trafficshift_aws_requests_total` series of an account at 0 (the base
+    /// credentials' account at start, an assumed role's on first use), so `increase()` sees the
+    /// first throttle. Idempotent.
+    pub fn init_account(&self, account: &str) {
         for (service, operation) in AWS_OPERATIONS {
             for outcome in AWS_OUTCOMES {
-                m.aws_requests
-                    .with_label_values(&[service, operation, outcome]);
+                self.aws_requests
+                    .with_label_values(&[service, operation, outcome, account]);
             }
         }
-        m
     }
 
     /// Create every counter of a split at 0, so the first rollback, drift correction or error is an
@@ -309,10 +316,12 @@ impl Metrics {
         String::from_utf8(buf).expect("utf-8")
     }
 
-    /// Count one AWS request. `outcome` is success, throttled or error.
+    /// Count one AWS request. `outcome` is success, throttled or error; the account is the one
+    /// the current task's calls go to (`aws::accounts::current`).
     pub fn aws_request(&self, service: &str, operation: &str, outcome: &str) {
+        let account = crate::aws::accounts::current();
         self.aws_requests
-            .with_label_values(&[service, operation, outcome])
+            .with_label_values(&[service, operation, outcome, &account])
             .inc();
     }
 
@@ -371,6 +380,7 @@ mod tests {
     #[test]
     fn split_counters_exist_at_zero_once_loaded() {
         METRICS.init_split("zero-init", &["smoke".to_string()]);
+        METRICS.init_account("123456789012");
         let text = METRICS.render();
         let s = ("split", "zero-init");
         for (name, extra) in [
@@ -401,7 +411,8 @@ mod tests {
                 &[
                     ("service", "route53"),
                     ("operation", "ChangeResourceRecordSets"),
-                    ("outcome", "throttled")
+                    ("outcome", "throttled"),
+                    ("account", "123456789012")
                 ]
             ),
             Some(0.0)

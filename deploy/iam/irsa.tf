@@ -77,6 +77,12 @@ variable "apigateway_domain_names" {
   default     = []
 }
 
+variable "assume_role_arns" {
+  description = "Roles in other accounts that cross-account splits name in spec.aws.roleArn (deploy/iam/target-account creates one per account). Empty: no sts:AssumeRole."
+  type        = list(string)
+  default     = []
+}
+
 variable "region" {
   description = "Region of the API Gateway custom domains and of the ECS services' scalable targets."
   type        = string
@@ -223,6 +229,17 @@ data "aws_iam_policy_document" "trafficshift" {
     sid       = "CloudWatchReadGateAlarms"
     actions   = ["cloudwatch:DescribeAlarms"]
     resources = ["*"]
+  }
+
+  # Cross-account splits (spec.aws.roleArn): only the named roles, never "*". The target role's
+  # trust policy must name this role too (and the external id); see deploy/iam/target-account.
+  dynamic "statement" {
+    for_each = length(var.assume_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "StsAssumeCrossAccountSplitRoles"
+      actions   = ["sts:AssumeRole"]
+      resources = var.assume_role_arns
+    }
   }
 }
 

@@ -19,7 +19,7 @@ use super::Aws;
 /// Tuning of the AWS edge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AwsOptions {
-    /// Route53 requests per second for the whole process (AWS allows 5 per account).
+    /// Route53 requests per second per account (AWS allows 5 per account).
     pub route53_rps: f64,
     /// Limit of one HTTP attempt.
     pub attempt_timeout: Duration,
@@ -47,7 +47,19 @@ pub async fn connect(opts: &AwsOptions) -> Aws {
 
 /// Clients from a caller-prepared loader (tests point it at moto with fixed credentials).
 pub async fn connect_with(opts: &AwsOptions, loader: ConfigLoader) -> Aws {
-    let config = loader
+    from_config(opts, &load(opts, loader).await)
+}
+
+/// The registry of every account's clients over the standard environment (`trafficshift run`
+/// and `plan`): asks STS once which account the base credentials are.
+pub async fn connect_accounts(opts: &AwsOptions) -> super::accounts::Accounts {
+    let config = load(opts, aws_config::defaults(BehaviorVersion::latest())).await;
+    super::accounts::Accounts::new(opts, &with_region(&config)).await
+}
+
+/// The base configuration: SDK retries off, our timeouts.
+async fn load(opts: &AwsOptions, loader: ConfigLoader) -> SdkConfig {
+    loader
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -56,23 +68,25 @@ pub async fn connect_with(opts: &AwsOptions, loader: ConfigLoader) -> Aws {
                 .build(),
         )
         .load()
-        .await;
-    from_config(opts, &config)
+        .await
 }
 
 /// Clients from a loaded configuration, used as is (its retry and timeout settings included).
 pub fn from_config(opts: &AwsOptions, config: &SdkConfig) -> Aws {
-    let config = if config.region().is_some() {
-        config.clone()
-    } else {
-        config
-            .to_builder()
-            .region(Region::new(FALLBACK_REGION))
-            .build()
-    };
     // A burst of 3 lets a quiet controller list and write without waiting a token interval in
     // between; the sustained rate stays at route53_rps.
-    let limiter = Arc::new(RateLimiter::with_burst(opts.route53_rps, 3));
+    from_config_with(
+        opts,
+        config,
+        Arc::new(RateLimiter::with_burst(opts.route53_rps, 3)),
+    )
+}
+
+/// `from_config` with the Route53 limiter of the configuration's account (one per account,
+/// shared by every set of clients in it: see `accounts`).
+pub fn from_config_with(opts: &AwsOptions, config: &SdkConfig, limiter: Arc<RateLimiter>) -> Aws {
+    let _ = opts;
+    let config = with_region(config);
     Aws {
         dns: Arc::new(Route53Dns::new(
             aws_sdk_route53::Client::new(&config),
@@ -90,5 +104,17 @@ pub fn from_config(opts: &AwsOptions, config: &SdkConfig) -> Aws {
         autoscaling: Arc::new(AppAutoscaling::new(
             aws_sdk_applicationautoscaling::Client::new(&config),
         )),
+    }
+}
+
+/// The configuration with the fallback region when it has none.
+fn with_region(config: &SdkConfig) -> SdkConfig {
+    if config.region().is_some() {
+        config.clone()
+    } else {
+        config
+            .to_builder()
+            .region(Region::new(FALLBACK_REGION))
+            .build()
     }
 }

@@ -1,6 +1,7 @@
-//! A process-wide async token bucket. Route53 allows five requests per second per account, shared
-//! by every client of the account; every Route53 request (each page, each GetChange poll) takes a
-//! token first so the controller stays under its share.
+//! An async token bucket, one per AWS account (`accounts`). Route53 allows five requests per
+//! second per account, shared by every client of the account; every Route53 request (each page,
+//! each GetChange poll) takes a token of its account's bucket first so the controller stays under
+//! its share there.
 
 use std::time::Duration;
 

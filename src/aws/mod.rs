@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::Result;
 
+pub mod accounts;
 pub mod apigateway;
 pub mod autoscaling;
 pub mod cloudwatch;

@@ -460,7 +460,7 @@ mod tests {
     fn count(op: &str, outcome: &str) -> u64 {
         METRICS
             .aws_requests
-            .with_label_values(&["test", op, outcome])
+            .with_label_values(&["test", op, outcome, &crate::aws::accounts::current()])
             .get()
     }
 

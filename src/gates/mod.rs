@@ -111,6 +111,16 @@ impl GateChecker {
         GateChecker { http, aws, options }
     }
 
+    /// The same checker (options, HTTP client) reading CloudWatch and ELB through `aws`: a
+    /// cross-account split's gates look in its account.
+    pub fn with_aws(&self, aws: Aws) -> Self {
+        GateChecker {
+            http: self.http.clone(),
+            aws,
+            options: self.options,
+        }
+    }
+
     /// Whether `check` calls this gate. Gates it skips stay "not checked yet".
     pub fn will_check(&self, gate: &Gate) -> bool {
         self.options.remote || (gate.http.is_none() && gate.prometheus.is_none())

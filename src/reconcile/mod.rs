@@ -13,6 +13,7 @@
 //! split's decision and changes, as data), `autoscaling` (scalable-target bounds) and `apply`
 //! (the writes, in order, and the changes still PENDING).
 
+mod accounts;
 mod apply;
 mod autoscaling;
 #[cfg(test)]
@@ -53,6 +54,11 @@ pub struct Context {
     /// Users' scalable-target bounds read before trafficshift first raised them, until a TXT
     /// write records them (see `autoscaling_changes`).
     bounds: Mutex<HashMap<(String, String), ScalableTarget>>,
+    /// Every account's clients; `None` (tests, fakes) runs every split with `aws`.
+    pub accounts: Option<std::sync::Arc<crate::aws::accounts::Accounts>>,
+    /// One context per assumed role (`spec.aws`): its own caches and in-flight changes, since a
+    /// zone id or a change id of one account means nothing in another.
+    roles: Mutex<HashMap<crate::spec::AwsSpec, std::sync::Arc<Context>>>,
 }
 
 impl Context {
@@ -66,6 +72,8 @@ impl Context {
             inflight: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashMap::new()),
             bounds: Mutex::new(HashMap::new()),
+            accounts: None,
+            roles: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -143,6 +151,11 @@ struct Pending {
 /// Run one cycle. `apply` false computes the plan only.
 /// `now_ms`: Unix time in milliseconds.
 pub async fn cycle(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> Vec<Outcome> {
+    accounts::cycle(ctx, work, now_ms, apply).await
+}
+
+/// One cycle of splits that all use `ctx.aws` (one account).
+async fn cycle_in(ctx: &Context, work: Vec<Work>, now_ms: u64, apply: bool) -> Vec<Outcome> {
     // 0. Changes still PENDING from earlier cycles: one GetChange each, never a wait.
     let due: Vec<&str> = work.iter().map(|w| w.doc.split.name()).collect();
     ctx.check_inflight(&due, now_ms / 1000).await;

@@ -46,6 +46,7 @@ impl TrafficSplit {
                 weights: [("lambda".to_string(), 0), ("fargate".to_string(), 100)].into(),
                 rollout: None,
                 gates: vec![],
+                aws: None,
             },
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod aws;
 mod duration;
 #[cfg(test)]
 mod fixture;
@@ -67,6 +68,42 @@ pub struct SplitSpec {
     /// Health gates checked while a rollout is in progress; a step advances only while all pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<Gate>,
+    /// Reach this split's zone and backends in another AWS account by assuming a role there.
+    /// Without it the controller's own credentials (and account) are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSpec>,
+}
+
+/// Credentials of a cross-account split: the role assumed (on top of the controller's own
+/// credentials) for every AWS call the split makes. Splits with the same four values share one
+/// set of clients, one credential cache and, per account, one Route53 rate limit.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsSpec {
+    /// The role to assume: `arn:aws:iam::<12-digit account>:role/<path/name>` (also `aws-cn` and
+    /// `aws-us-gov` partitions). Its trust policy must allow the controller's role.
+    pub role_arn: String,
+    /// The `sts:ExternalId` the role's trust policy requires (2-1224 characters), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// Region of the split's clients (ECS, load balancers, API Gateway, CloudWatch) and of the STS
+    /// endpoint, e.g. `eu-west-1`. Default: the controller's region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The role session name seen in the target account's CloudTrail: 2-64 characters of
+    /// letters, digits and `_+=,.@-`. Default `trafficshift`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_name: Option<String>,
+}
+
+impl AwsSpec {
+    /// The account the role lives in (the ARN's 12 digits), once `validate` accepted the ARN.
+    pub fn account_id(&self) -> Option<&str> {
+        let account = self.role_arn.split(':').nth(4)?;
+        (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
+    }
 }
 
 /// The Route53 record that trafficshift owns.

@@ -73,6 +73,9 @@ pub fn check(split: &TrafficSplit) -> Vec<(String, String)> {
     check_rollout(&mut c, split);
     check_gates(&mut c, split);
     check_state_size(&mut c, split);
+    if let Some(aws) = &split.spec.aws {
+        c.problems.extend(super::aws::problems(aws));
+    }
     c.problems
 }
 

@@ -19,6 +19,7 @@ mod support;
 #[path = "../support/writelog.rs"]
 mod writelog;
 
+mod accounts;
 mod autoscaling;
 mod aws_adapters;
 mod call_counts;
