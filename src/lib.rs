@@ -18,6 +18,7 @@ pub mod state;
 pub mod status;
 pub mod status_cli;
 pub mod telemetry;
+pub mod traffic;
 pub mod watch;
 pub mod weights;
 

@@ -237,8 +237,8 @@ fn table_view(s: &ControllerStatus, now: u64, wide: bool) -> String {
         out.push_str("No splits configured.\n");
     } else {
         let mut headers = vec![
-            "SPLIT", "RECORD", "STATE", "STEP", "WEIGHTS", "TARGET", "GATES", "DRIFT", "NEXT",
-            "AGE",
+            "SPLIT", "RECORD", "STATE", "STEP", "WEIGHTS", "TRAFFIC", "TARGET", "GATES", "DRIFT",
+            "NEXT", "AGE",
         ];
         if wide {
             headers.extend(["ZONE", "GENERATION", "LAST-RECONCILE", "ERROR"]);
@@ -254,6 +254,7 @@ fn table_view(s: &ControllerStatus, now: u64, wide: bool) -> String {
                     sp.state.clone(),
                     step_cell(sp),
                     weights_cell(sp, |b| b.observed_weight),
+                    traffic_cell(sp),
                     weights_cell(sp, |b| Some(b.target_weight)),
                     gates_cell(sp),
                     percent(sp.drift),
@@ -527,6 +528,21 @@ fn weights_cell(
         .join(" ")
 }
 
+/// Measured shares in percent, next to the weights; "?" where CloudWatch has no data.
+fn traffic_cell(s: &SplitStatus) -> String {
+    if s.backends.is_empty() {
+        return "-".into();
+    }
+    s.backends
+        .iter()
+        .map(|b| match b.traffic_share {
+            Some(v) => format!("{}={:.0}", b.name, v * 100.0),
+            None => format!("{}=?", b.name),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn gates_cell(s: &SplitStatus) -> String {
     if s.gates.is_empty() {
         return "-".into();
@@ -662,6 +678,7 @@ mod tests {
             step_weight: step,
             observed_weight: observed,
             ecs: None,
+            traffic_share: None,
         }
     }
 
@@ -705,7 +722,16 @@ mod tests {
             steps: 4,
             progress: 0.25,
             drift: 0.0,
-            backends: vec![backend("lambda", 0, 75, Some(75)), fargate],
+            backends: vec![
+                BackendStatus {
+                    traffic_share: Some(0.716),
+                    ..backend("lambda", 0, 75, Some(75))
+                },
+                BackendStatus {
+                    traffic_share: Some(0.284),
+                    ..fargate
+                },
+            ],
             gates: vec![
                 GateStatus {
                     name: "alarms".into(),
@@ -805,9 +831,9 @@ mod tests {
     #[test]
     fn table_lists_every_split() {
         let want = "\
-SPLIT      RECORD                        STATE         STEP   WEIGHTS                TARGET                 GATES   DRIFT   NEXT                               AGE
-api        api.example.com. A            Progressing   2/4    lambda=75 fargate=25   lambda=0 fargate=100   1/2     0%      in 2m10s                           3h5m
-checkout   checkout.example.com. CNAME   RolledBack    0/5    old=90 new=-           old=0 new=100          -       10%     a new document (rolled back aft…   2d1h
+SPLIT      RECORD                        STATE         STEP   WEIGHTS                TRAFFIC                TARGET                 GATES   DRIFT   NEXT                               AGE
+api        api.example.com. A            Progressing   2/4    lambda=75 fargate=25   lambda=72 fargate=28   lambda=0 fargate=100   1/2     0%      in 2m10s                           3h5m
+checkout   checkout.example.com. CNAME   RolledBack    0/5    old=90 new=-           old=? new=?            old=0 new=100          -       10%     a new document (rolled back aft…   2d1h
 ";
         assert_eq!(render_table(&fixture(), NOW), want);
     }

@@ -78,6 +78,9 @@ async fn plan_split_inner(
             ),
         });
     }
+    // Before the gates: trafficShare compares the share with the weights Route53 holds now.
+    ctx.traffic
+        .observe_weights(split.name(), obs.weights.as_ref(), now);
     if gates_matter(&split, &obs) {
         let capacity_wait = awaits_capacity(&split, &obs, now);
         notes.extend(

@@ -28,6 +28,7 @@ impl TrafficSplit {
                         }),
                         ecs: None,
                         target: None,
+                        request_metric: None,
                     },
                     Backend {
                         name: "fargate".into(),
@@ -40,11 +41,13 @@ impl TrafficSplit {
                             max_tasks: Some(40),
                         }),
                         target: None,
+                        request_metric: None,
                     },
                 ],
                 weights: [("lambda".to_string(), 0), ("fargate".to_string(), 100)].into(),
                 rollout: None,
                 gates: vec![],
+                observe: None,
             },
         }
     }
@@ -91,6 +94,7 @@ impl Gate {
             target_health: None,
             prometheus: None,
             http: None,
+            traffic_share: None,
         }
     }
 }
