@@ -85,7 +85,10 @@ out = api
         .to_string();
     // CloudWatch names an ALB and a target group by the resource part of their ARNs.
     let lb_dim = lb_arn.split_once(":loadbalancer/").unwrap().1.to_string();
-    let tg_dim = format!("targetgroup/{}", tg_arn.split_once(":targetgroup/").unwrap().1);
+    let tg_dim = format!(
+        "targetgroup/{}",
+        tg_arn.split_once(":targetgroup/").unwrap().1
+    );
     World {
         sc,
         api_name,
@@ -96,7 +99,13 @@ out = api
 
 /// Put `per_minute` requests in every minute from 10 minutes ago to 10 minutes ahead, so any
 /// window the test reads holds the same minutes for both backends.
-fn put_requests(moto: &Moto, namespace: &str, metric: &str, dims: &[(&str, &str)], per_minute: f64) {
+fn put_requests(
+    moto: &Moto,
+    namespace: &str,
+    metric: &str,
+    dims: &[(&str, &str)],
+    per_minute: f64,
+) {
     let t0 = now();
     let data: Vec<Value> = (-10..=10)
         .map(|m| {
@@ -159,7 +168,12 @@ fn route53_weights(moto: &Moto, sc: &Scenario) -> Vec<(String, i64)> {
         .unwrap()
         .iter()
         .filter(|r| r["Name"] == sc.record.as_str() && r["Type"] == "A")
-        .filter_map(|r| Some((r["SetIdentifier"].as_str()?.to_string(), r["Weight"].as_i64()?)))
+        .filter_map(|r| {
+            Some((
+                r["SetIdentifier"].as_str()?.to_string(),
+                r["Weight"].as_i64()?,
+            ))
+        })
         .collect();
     w.sort();
     w
@@ -186,10 +200,11 @@ fn doc(w: &World, lambda: u32, fargate: u32, extra: &str) -> String {
     .replace("minTasks: 2", "minTasks: 20")
 }
 
-/// A one-step rollout with a trafficShare gate checked every second.
+/// A two-step rollout with a trafficShare gate checked every second. Gates decide whether the
+/// next step may come, so the gate judges the start weights, then the first step's.
 fn gated(tolerance: u32, on_failure: &str, on_no_data: &str) -> String {
     format!(
-        "  rollout:\n    steps: [100]\n    interval: 5s\n    gateInterval: 1s\n    failureThreshold: 1\n    onGateFailure: {on_failure}\n  gates:\n    - name: share\n      trafficShare:\n        tolerance: {tolerance}\n        onNoData: {on_no_data}\n        settle: 0s\n"
+        "  rollout:\n    steps: [50, 100]\n    interval: 5s\n    gateInterval: 1s\n    failureThreshold: 1\n    onGateFailure: {on_failure}\n  gates:\n    - name: share\n      trafficShare:\n        tolerance: {tolerance}\n        onNoData: {on_no_data}\n        settle: 0s\n"
     )
 }
 
@@ -246,7 +261,10 @@ fn share_of_300_and_700_requests_per_minute_is_published_within_a_minute() {
         "share published {:?} after start",
         started.elapsed()
     );
-    let (api, alb) = (share(&text, "lambda").unwrap(), share(&text, "fargate").unwrap());
+    let (api, alb) = (
+        share(&text, "lambda").unwrap(),
+        share(&text, "fargate").unwrap(),
+    );
     assert!((api - 0.3).abs() < 1e-9, "lambda share {api}");
     assert!((alb - 0.7).abs() < 1e-9, "fargate share {alb}");
     let rate = |b: &str| {
@@ -267,16 +285,16 @@ fn share_of_300_and_700_requests_per_minute_is_published_within_a_minute() {
     );
     assert_eq!(info, Some(1.0), "{text}");
 
-    let (code, out, err) = run_cli(
-        moto.aws(),
-        &["status", "--endpoint", &c.endpoint],
-    );
+    let (code, out, err) = run_cli(moto.aws(), &["status", "--endpoint", &c.endpoint]);
     assert_eq!(code, 0, "{out}{err}");
     let header = out.lines().next().unwrap_or_default();
     let weights_at = header.find("WEIGHTS").expect("WEIGHTS column");
     let traffic_at = header.find("TRAFFIC").expect("TRAFFIC column");
     assert!(traffic_at > weights_at, "{out}");
-    let row = out.lines().find(|l| l.starts_with("api ")).expect("api row");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("api "))
+        .expect("api row");
     assert!(row.contains("lambda=30 fargate=70"), "{out}");
     assert_eq!(
         row[traffic_at..].split("   ").next().map(str::trim),
@@ -337,17 +355,18 @@ fn traffic_share_gate_passes_within_tolerance_and_the_rollout_completes() {
     put_alb(&moto, &w, 700.0);
     let dir = tempfile::tempdir().unwrap();
     let c = converged_at_30_70(&moto, &w, dir.path());
-    // 30/70 measured; the step to 25/75 is 5 points off, within 10.
-    write_doc(dir.path(), &doc(&w, 25, 75, &gated(10, "rollback", "fail")));
-    wait_for("Route53 at 25/75", DEADLINE, || {
-        (route53_weights(&moto, &w.sc) == weights(25, 75)).then_some(())
+    // 30/70 measured; the first step, 25/75, is 5 points off: within 10, so the second comes.
+    write_doc(dir.path(), &doc(&w, 20, 80, &gated(10, "rollback", "fail")));
+    // The new document's completion, not the first one's.
+    let s = wait_for("/status api Complete at target 20/80", DEADLINE, || {
+        c.split("api")
+            .filter(|s| s["state"] == "Complete" && s["backends"][0]["targetWeight"] == 20)
     });
-    let s = wait_state(&c, "Complete");
     let g = gate_of(&s);
     assert_eq!(g["passing"], true, "{s}");
     let v = g["value"].as_f64().expect("the gate's measured deviation");
-    assert!((v - 5.0).abs() < 1e-6, "judged against 25/75: {g}");
-    assert_eq!(route53_weights(&moto, &w.sc), weights(25, 75));
+    assert!((v - 5.0).abs() < 1e-6, "last judged against 25/75: {g}");
+    assert_eq!(route53_weights(&moto, &w.sc), weights(20, 80));
     let text = c.metrics().unwrap();
     let gv = metric_sum(
         &text,
@@ -365,13 +384,16 @@ fn traffic_share_gate_outside_tolerance_rolls_back() {
     put_alb(&moto, &w, 700.0);
     let dir = tempfile::tempdir().unwrap();
     let c = converged_at_30_70(&moto, &w, dir.path());
-    // At 70/30 the measured 30/70 is 40 points off: the first check there trips the gate.
-    write_doc(dir.path(), &doc(&w, 70, 30, &gated(10, "rollback", "fail")));
+    // The first step, 60/40, is 30 points off the measured 30/70: its first check trips the gate.
+    write_doc(dir.path(), &doc(&w, 90, 10, &gated(10, "rollback", "fail")));
+    wait_for("Route53 at the first step, 60/40", DEADLINE, || {
+        (route53_weights(&moto, &w.sc) == weights(60, 40)).then_some(())
+    });
     let s = wait_state(&c, "RolledBack");
     let g = gate_of(&s);
     assert_eq!(g["passing"], false, "{s}");
     let v = g["value"].as_f64().expect("the gate's measured deviation");
-    assert!((v - 40.0).abs() < 1e-6, "judged against 70/30: {g}");
+    assert!((v - 30.0).abs() < 1e-6, "judged against 60/40: {g}");
     wait_for("Route53 back at 30/70", DEADLINE, || {
         (route53_weights(&moto, &w.sc) == weights(30, 70)).then_some(())
     });
@@ -386,12 +408,14 @@ fn traffic_share_gate_without_data_waits_or_fails_as_configured() {
     let dir = tempfile::tempdir().unwrap();
     let c = converged_at_30_70(&moto, &w, dir.path());
 
-    // onNoData: wait holds the rollout: several checks, no failure, no completion.
+    // onNoData: wait holds the rollout at its start: several checks, no failure, no step.
     write_doc(dir.path(), &doc(&w, 25, 75, &gated(10, "rollback", "wait")));
     let first = wait_for("the gate to wait on missing data", DEADLINE, || {
-        c.split("api")
-            .map(|s| gate_of(&s))
-            .filter(|g| g["message"].as_str().is_some_and(|m| m.contains("traffic share unknown")))
+        c.split("api").map(|s| gate_of(&s)).filter(|g| {
+            g["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("traffic share unknown"))
+        })
     });
     let held_from = route53_weights(&moto, &w.sc);
     // Longer than the 5s interval plus several 1s gate checks.
@@ -403,7 +427,11 @@ fn traffic_share_gate_without_data_waits_or_fails_as_configured() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let later = gate_of(&c.split("api").unwrap());
-    assert_ne!(later["lastCheck"], first["lastCheck"], "the gate kept being checked");
+    assert_ne!(
+        later["lastCheck"], first["lastCheck"],
+        "the gate kept being checked"
+    );
+    assert_eq!(held_from, weights(30, 70), "no step while the gate waits");
     assert_eq!(route53_weights(&moto, &w.sc), held_from, "Route53 held");
 
     // onNoData: fail trips the gate (failureThreshold 1): rolled back to 30/70.
