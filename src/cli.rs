@@ -125,8 +125,9 @@ pub struct RunArgs {
     pub aws: AwsArgs,
     #[command(flatten)]
     pub gates: GateArgs,
-    /// How often request counts are read from CloudWatch. CloudWatch has a new datapoint once a
-    /// minute, so the default is also the floor in production; hidden, for tests.
+    /// How often request counts are read from CloudWatch; 0s turns the traffic share off. CloudWatch
+    /// has a new datapoint once a minute, so the default is also the useful floor; hidden, for
+    /// tests (a faster poll, or none where AWS calls are counted).
     #[arg(
         long,
         env = "TRAFFICSHIFT_TRAFFIC_POLL_INTERVAL",
@@ -404,14 +405,10 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
     let ctx = Arc::new(ctx);
     let app = AppState::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    if !a.once {
+    if !a.once && !a.traffic_poll_interval.get().is_zero() {
         let sources =
             crate::aws::metric_data::AwsTrafficSources::connect(&aws_options(&a.aws)).await;
-        let poller = crate::traffic::poll::Poller::new(
-            Arc::new(sources),
-            ctx.aws.ecs.clone(),
-            ctx.traffic.clone(),
-        );
+        let poller = crate::traffic::poll::Poller::new(Arc::new(sources), ctx.traffic.clone());
         tokio::spawn(crate::traffic::poll::run(
             poller,
             a.config.clone(),

@@ -231,6 +231,17 @@ fn converged_at_30_70(moto: &Moto, w: &World, dir: &Path) -> Controller {
         (route53_weights(moto, &w.sc) == weights(30, 70)).then_some(())
     });
     wait_state(&c, "Complete");
+    // The share (or its absence) is measured before the gated document arrives.
+    wait_for("a traffic measurement of api", DEADLINE, || {
+        c.metrics().filter(|t| {
+            metric_sum(
+                t,
+                "trafficshift_backend_requests_per_second",
+                &[("split", "api"), ("backend", "fargate")],
+            )
+            .is_some()
+        })
+    });
     c
 }
 
@@ -285,22 +296,20 @@ fn share_of_300_and_700_requests_per_minute_is_published_within_a_minute() {
     );
     assert_eq!(info, Some(1.0), "{text}");
 
-    let (code, out, err) = run_cli(moto.aws(), &["status", "--endpoint", &c.endpoint]);
-    assert_eq!(code, 0, "{out}{err}");
+    // `status` shows what the controller published at its last cycle: poll it.
+    let out = wait_for("TRAFFIC lambda=30 fargate=70 in `status`", DEADLINE, || {
+        let (code, out, err) = run_cli(moto.aws(), &["status", "--endpoint", &c.endpoint]);
+        assert_eq!(code, 0, "{out}{err}");
+        let header = out.lines().next().unwrap_or_default().to_string();
+        let traffic_at = header.find("TRAFFIC")?;
+        let row = out.lines().find(|l| l.starts_with("api "))?.to_string();
+        (row.get(traffic_at..)?.split("   ").next().map(str::trim) == Some("lambda=30 fargate=70"))
+            .then_some(out)
+    });
     let header = out.lines().next().unwrap_or_default();
     let weights_at = header.find("WEIGHTS").expect("WEIGHTS column");
     let traffic_at = header.find("TRAFFIC").expect("TRAFFIC column");
-    assert!(traffic_at > weights_at, "{out}");
-    let row = out
-        .lines()
-        .find(|l| l.starts_with("api "))
-        .expect("api row");
-    assert!(row.contains("lambda=30 fargate=70"), "{out}");
-    assert_eq!(
-        row[traffic_at..].split("   ").next().map(str::trim),
-        Some("lambda=30 fargate=70"),
-        "{out}"
-    );
+    assert!(traffic_at > weights_at, "TRAFFIC next to WEIGHTS:\n{out}");
 }
 
 #[test]
@@ -385,10 +394,8 @@ fn traffic_share_gate_outside_tolerance_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let c = converged_at_30_70(&moto, &w, dir.path());
     // The first step, 60/40, is 30 points off the measured 30/70: its first check trips the gate.
+    // (60/40 lasts about one gate interval; the gate's value below shows it was judged.)
     write_doc(dir.path(), &doc(&w, 90, 10, &gated(10, "rollback", "fail")));
-    wait_for("Route53 at the first step, 60/40", DEADLINE, || {
-        (route53_weights(&moto, &w.sc) == weights(60, 40)).then_some(())
-    });
     let s = wait_state(&c, "RolledBack");
     let g = gate_of(&s);
     assert_eq!(g["passing"], false, "{s}");

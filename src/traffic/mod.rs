@@ -195,6 +195,9 @@ struct SeenWeights {
 pub struct Store {
     traffic: RwLock<HashMap<String, SplitTraffic>>,
     weights: RwLock<HashMap<String, SeenWeights>>,
+    /// Target group ARNs of each split's ECS backends, as the last reconcile described them (the
+    /// poller reuses them instead of describing the services again).
+    target_groups: RwLock<HashMap<String, BTreeMap<String, Vec<String>>>>,
 }
 
 impl Store {
@@ -216,6 +219,26 @@ impl Store {
         if let Ok(mut m) = self.weights.write() {
             m.retain(|k, _| keep(k));
         }
+        if let Ok(mut m) = self.target_groups.write() {
+            m.retain(|k, _| keep(k));
+        }
+    }
+
+    /// Record the target groups of a split's ECS backends (by backend name).
+    pub fn observe_target_groups(&self, split: &str, by_backend: BTreeMap<String, Vec<String>>) {
+        if let Ok(mut m) = self.target_groups.write() {
+            m.insert(split.to_string(), by_backend);
+        }
+    }
+
+    /// The target groups of an ECS backend, as last described; None before a reconcile saw it.
+    pub fn target_groups(&self, split: &str, backend: &str) -> Option<Vec<String>> {
+        self.target_groups
+            .read()
+            .ok()?
+            .get(split)?
+            .get(backend)
+            .cloned()
     }
 
     /// Record the weights a reconcile read from Route53 at `now`; a change restarts the clock the

@@ -1,5 +1,7 @@
 //! The traffic poller: once a minute (at most), name every configured backend's request series,
-//! read them all in one GetMetricData call (500 queries per call), and publish the shares.
+//! read them all in one GetMetricData call (500 queries per call), and publish the shares. ECS
+//! target groups come from the reconciler's describes (through the `Store`), so the poller adds
+//! no ECS call.
 //!
 //! It runs beside the reconcile loop, not in it: a slow CloudWatch must not hold a rollout step,
 //! and reconciles come much more often than CloudWatch has new minutes.
@@ -17,7 +19,6 @@ use super::{
     SplitTraffic, Store,
 };
 use crate::aws::metric_data::TrafficSources;
-use crate::aws::Ecs;
 use crate::metrics::METRICS;
 use crate::spec::TrafficSplit;
 
@@ -27,7 +28,6 @@ const RESOLVE_EVERY: u64 = 600;
 /// The poller's memory between polls.
 pub struct Poller {
     sources: Arc<dyn TrafficSources>,
-    ecs: Arc<dyn Ecs>,
     store: Arc<Store>,
     load_balancers: HashMap<String, (String, u64)>,
     stages: HashMap<String, (Vec<ApiStage>, u64)>,
@@ -35,10 +35,9 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub fn new(sources: Arc<dyn TrafficSources>, ecs: Arc<dyn Ecs>, store: Arc<Store>) -> Self {
+    pub fn new(sources: Arc<dyn TrafficSources>, store: Arc<Store>) -> Self {
         Poller {
             sources,
-            ecs,
             store,
             load_balancers: HashMap::new(),
             stages: HashMap::new(),
@@ -81,7 +80,6 @@ impl Poller {
     async fn queries(
         &mut self,
         split: &TrafficSplit,
-        target_groups: &HashMap<(String, String), Vec<String>>,
         now: u64,
     ) -> Vec<(String, Result<Vec<MetricQuery>, String>)> {
         let mut out = Vec::new();
@@ -89,8 +87,11 @@ impl Poller {
             let q = if let Some(q) = override_query(b) {
                 Ok(vec![q])
             } else if let Some(e) = &b.ecs {
-                match target_groups.get(&(e.cluster.clone(), e.service.clone())) {
-                    None => Err(format!("ECS service {}/{} not found", e.cluster, e.service)),
+                match self.store.target_groups(split.name(), &b.name) {
+                    None => Err(format!(
+                        "ECS service {}/{} not described yet (or not found)",
+                        e.cluster, e.service
+                    )),
                     Some(tgs) if tgs.is_empty() => Err(format!(
                         "ECS service {}/{} has no target group",
                         e.cluster, e.service
@@ -98,7 +99,7 @@ impl Poller {
                     Some(tgs) => {
                         let mut qs = Vec::new();
                         let mut err = None;
-                        for tg in tgs {
+                        for tg in &tgs {
                             match self.load_balancer(tg, now).await {
                                 Ok(lb) => match alb_query(tg, &lb) {
                                     Some(q) => qs.push(q),
@@ -136,43 +137,11 @@ impl Poller {
 
     /// One measurement of every split, at `now` (unix seconds).
     pub async fn poll(&mut self, splits: &[TrafficSplit], now: u64) {
-        // ECS services: one describe per cluster, for their target groups.
-        let mut by_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for s in splits {
-            for b in &s.spec.backends {
-                if let (Some(e), None) = (&b.ecs, &b.request_metric) {
-                    let v = by_cluster.entry(e.cluster.clone()).or_default();
-                    if !v.contains(&e.service) {
-                        v.push(e.service.clone());
-                    }
-                }
-            }
-        }
-        let mut target_groups = HashMap::new();
-        let mut ecs_problem = None;
-        for (cluster, services) in &by_cluster {
-            match self.ecs.describe(cluster, services).await {
-                Ok(found) => {
-                    for svc in found {
-                        // Backends name services by name or ARN; index both.
-                        for key in services
-                            .iter()
-                            .filter(|k| **k == svc.service || **k == svc.arn)
-                        {
-                            target_groups
-                                .insert((cluster.clone(), key.clone()), svc.target_groups.clone());
-                        }
-                    }
-                }
-                Err(e) => ecs_problem = Some(e.to_string()),
-            }
-        }
-
         let mut plans = Vec::new();
         let mut all: Vec<MetricQuery> = Vec::new();
         let mut index: HashMap<MetricQuery, usize> = HashMap::new();
         for s in splits {
-            let qs = self.queries(s, &target_groups, now).await;
+            let qs = self.queries(s, now).await;
             for (_, q) in &qs {
                 for q in q.iter().flatten() {
                     index.entry(q.clone()).or_insert_with(|| {
@@ -233,7 +202,7 @@ impl Poller {
                 };
                 counts.insert(backend, count);
             }
-            if let Some(p) = data_problem.as_ref().or(ecs_problem.as_ref()) {
+            if let Some(p) = &data_problem {
                 problems.push(p.clone());
             }
             let t = SplitTraffic {
@@ -312,7 +281,6 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::aws::EcsService;
     use crate::spec::{ApiGatewayBackend, Backend, EcsBackend};
     use crate::Result;
 
@@ -348,33 +316,6 @@ mod tests {
             } else {
                 vec![]
             })
-        }
-    }
-
-    struct FakeEcs;
-    #[async_trait]
-    impl Ecs for FakeEcs {
-        async fn describe(&self, cluster: &str, services: &[String]) -> Result<Vec<EcsService>> {
-            Ok(services
-                .iter()
-                .map(|s| EcsService {
-                    cluster: cluster.into(),
-                    service: s.clone(),
-                    arn: format!("arn:svc/{s}"),
-                    status: "ACTIVE".into(),
-                    desired: 1,
-                    running: 1,
-                    pending: 0,
-                    deployments: 1,
-                    rollout_state: None,
-                    target_groups: vec![
-                        "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/tg/2".into(),
-                    ],
-                })
-                .collect())
-        }
-        async fn set_desired(&self, _: &str, _: &str, _: i32) -> Result<()> {
-            Ok(())
         }
     }
 
@@ -432,7 +373,18 @@ mod tests {
             ..FakeSources::default()
         });
         let store = Arc::new(Store::default());
-        let mut p = Poller::new(sources.clone(), Arc::new(FakeEcs), store.clone());
+        // As the reconciler's describe of prod/api left them.
+        for name in ["a", "b"] {
+            store.observe_target_groups(
+                name,
+                [(
+                    "fargate".to_string(),
+                    vec!["arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/tg/2".to_string()],
+                )]
+                .into(),
+            );
+        }
+        let mut p = Poller::new(sources.clone(), store.clone());
         p.poll(&[split("a", "gw.example"), split("b", "none.example")], now)
             .await;
         // Both splits share the ALB series: 2 distinct queries, one call, 5m window.
