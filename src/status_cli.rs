@@ -327,6 +327,9 @@ pub fn render_describe(s: &SplitStatus, now_unix: u64) -> String {
                 b.target_weight.to_string(),
                 b.step_weight.to_string(),
                 opt(b.observed_weight),
+                b.traffic_share
+                    .map(|v| format!("{:.0}", v * 100.0))
+                    .unwrap_or_else(|| "?".into()),
                 opt(b.ecs.as_ref().map(|e| e.desired)),
                 opt(b.ecs.as_ref().map(|e| e.running)),
             ]
@@ -340,6 +343,7 @@ pub fn render_describe(s: &SplitStatus, now_unix: u64) -> String {
             "TARGET",
             "STEP",
             "OBSERVED",
+            "TRAFFIC",
             "ECS-DESIRED",
             "ECS-RUNNING",
         ],
@@ -894,9 +898,9 @@ Step:            2/4
 Progress:        25%
 Drift:           0%
 Backends:
-  NAME      TARGET   STEP   OBSERVED   ECS-DESIRED   ECS-RUNNING
-  lambda    0        75     75         -             -
-  fargate   100      25     25         5             5
+  NAME      TARGET   STEP   OBSERVED   TRAFFIC   ECS-DESIRED   ECS-RUNNING
+  lambda    0        75     75         72        -             -
+  fargate   100      25     25         28        5             5
 Gates:
   NAME          PASSING   FAILURES   VALUE    LAST-CHECK   MESSAGE
   alarms        True      0          -        15s          api-fargate-5xx is OK
