@@ -450,3 +450,53 @@ fn traffic_share_gate_without_data_waits_or_fails_as_configured() {
         (now == held_from).then_some(())
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_than_500_queries_are_batched_and_each_series_comes_back_in_its_place() {
+    use trafficshift::aws::metric_data::{AwsTrafficSources, TrafficSources};
+    use trafficshift::traffic::MetricQuery;
+
+    let moto = Moto::start();
+    let api = support::unique("batch");
+    // Series i has the value i; 1,001 queries need three calls (the layer refuses more than 500).
+    let t0 = now();
+    for chunk in (0..1001).collect::<Vec<i64>>().chunks(500) {
+        let data: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                json!({"MetricName": "Count", "Timestamp": t0 - 30, "Value": *i as f64, "Unit": "Count",
+                       "Dimensions": [{"Name": "ApiName", "Value": format!("{api}-{i}")}, {"Name": "Stage", "Value": "prod"}]})
+            })
+            .collect();
+        moto.py(
+            r#"client("cloudwatch").put_metric_data(Namespace="AWS/ApiGateway", MetricData=input)
+out = None"#,
+            Value::Array(data),
+        );
+    }
+    let config = moto.loader().endpoint_url(moto.aws()).load().await;
+    let sources = AwsTrafficSources::from_config(&config);
+    let queries: Vec<MetricQuery> = (0..1001)
+        .map(|i| {
+            MetricQuery::sum(
+                "AWS/ApiGateway",
+                "Count",
+                &[("ApiName", &format!("{api}-{i}")), ("Stage", "prod")],
+            )
+        })
+        .collect();
+    let got = sources
+        .metric_data(&queries, t0 - 120, t0 + 60)
+        .await
+        .expect("GetMetricData through the layer");
+    assert_eq!(got.len(), 1001);
+    for (i, series) in got.iter().enumerate() {
+        let values: Vec<f64> = series.iter().map(|(_, v)| *v).collect();
+        assert_eq!(values, vec![i as f64], "series {i}");
+    }
+    let calls = moto.layer().unwrap().stats()["by_operation"]["cloudwatch.GetMetricData"]
+        ["requests"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(calls, 3, "ceil(1001 / 500) calls");
+}

@@ -59,8 +59,13 @@ impl AwsTrafficSources {
             )
             .load()
             .await;
+        Self::from_config(&config)
+    }
+
+    /// Clients from a loaded configuration, used as is (tests point it at moto).
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         let config = if config.region().is_some() {
-            config
+            config.clone()
         } else {
             config.to_builder().region(Region::new("us-east-1")).build()
         };
