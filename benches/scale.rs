@@ -1145,7 +1145,14 @@ fn calls(out: &mut String, r: &Run) -> (f64, u64) {
         &r.proxy.url,
         &[r.fleet.dir.as_path()],
         OWNER,
-        &["--resync", "30s", "--route53-rps", rps],
+        &[
+            "--resync",
+            "30s",
+            "--route53-rps",
+            rps,
+            "--traffic-poll-interval",
+            "0s",
+        ],
     );
     c.wait_ready(Duration::from_secs(300));
     let m1 = c.metrics().expect("metrics");

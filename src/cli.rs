@@ -156,6 +156,16 @@ pub struct RunArgs {
     pub aws: AwsArgs,
     #[command(flatten)]
     pub gates: GateArgs,
+    /// How often request counts are read from CloudWatch; 0s turns the traffic share off. CloudWatch
+    /// has a new datapoint once a minute, so the default is also the useful floor; hidden, for
+    /// tests (a faster poll, or none where AWS calls are counted).
+    #[arg(
+        long,
+        env = "TRAFFICSHIFT_TRAFFIC_POLL_INTERVAL",
+        default_value = "60s",
+        hide = true
+    )]
+    pub traffic_poll_interval: HumanDuration,
 }
 
 #[derive(Debug, Args)]
@@ -464,10 +474,22 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
             allow_loopback: a.gates.allow_loopback_gates,
             remote: true,
         },
-    );
+    )
+    .with_traffic(ctx.traffic.clone());
     let ctx = Arc::new(ctx);
     let app = AppState::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if !a.once && !a.traffic_poll_interval.get().is_zero() {
+        let sources =
+            crate::aws::metric_data::AwsTrafficSources::connect(&aws_options(&a.aws)).await;
+        let poller = crate::traffic::poll::Poller::new(Arc::new(sources), ctx.traffic.clone());
+        tokio::spawn(crate::traffic::poll::run(
+            poller,
+            a.config.clone(),
+            a.traffic_poll_interval.get().max(Duration::from_secs(1)),
+            shutdown_rx.clone(),
+        ));
+    }
 
     // First signal: drain (not ready, finish or abandon the in-flight call, exit 0). Second: exit now.
     {

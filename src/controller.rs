@@ -193,6 +193,12 @@ impl Controller {
             seen.insert(doc.split.name().to_string(), ());
             let name = doc.split.name().to_string();
             METRICS.init_split(&name, &gate_names(&doc.split));
+            let account = self.ctx.account_of(&doc.split);
+            crate::traffic::split_info(
+                &doc.split,
+                &self.ctx.owner,
+                account.as_deref().unwrap_or(""),
+            );
             match self.splits.get_mut(&name) {
                 Some(m) => {
                     m.rejected = None;
@@ -254,6 +260,10 @@ impl Controller {
                     .map(|b| b.name.clone())
                     .collect();
                 METRICS.forget_split(&name, &backends, &gate_names(&m.doc.split));
+                crate::traffic::forget_split_info(&name);
+                for g in gate_names(&m.doc.split) {
+                    let _ = METRICS.gate_value.remove_label_values(&[&name, &g]);
+                }
             }
         }
         self.config_errors = loaded.errors;
@@ -379,7 +389,11 @@ impl Controller {
                 errors: self.config_errors.iter().map(|e| e.to_string()).collect(),
                 last_load: self.last_load.map(rfc3339),
             },
-            splits: self.splits.values().map(split_status).collect(),
+            splits: self
+                .splits
+                .values()
+                .map(|m| split_status(m, &self.ctx.traffic))
+                .collect(),
         }
     }
 
@@ -662,6 +676,13 @@ fn publish_metrics(name: &str, m: &Managed) {
             .gate_failures
             .with_label_values(&[name, g])
             .set(i64::from(r.consecutive_failures));
+        // Absent until a check measures something: a gate without a value has nothing to plot.
+        match r.value.filter(|v| v.is_finite()) {
+            Some(v) => METRICS.gate_value.with_label_values(&[name, g]).set(v),
+            None => {
+                let _ = METRICS.gate_value.remove_label_values(&[name, g]);
+            }
+        }
     }
     let Some(r) = &m.last else { return };
     for b in &m.doc.split.spec.backends {
@@ -706,9 +727,10 @@ fn publish_metrics(name: &str, m: &Managed) {
     METRICS.steps.with_label_values(&[name]).set(r.steps as i64);
 }
 
-fn split_status(m: &Managed) -> SplitStatus {
+fn split_status(m: &Managed, traffic: &crate::traffic::Store) -> SplitStatus {
     let split = &m.doc.split;
     let r = m.last.as_ref();
+    let measured = traffic.get(split.name());
     SplitStatus {
         name: split.name().into(),
         record: format!(
@@ -743,6 +765,10 @@ fn split_status(m: &Managed) -> SplitStatus {
                     running: s.running,
                     stable: s.is_stable(),
                 }),
+                traffic_share: measured
+                    .as_ref()
+                    .and_then(|t| t.backends.get(&b.name))
+                    .and_then(|t| t.share),
             })
             .collect(),
         gates: split

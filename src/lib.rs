@@ -23,6 +23,7 @@ pub mod status;
 pub mod status_cli;
 pub mod status_wait;
 pub mod telemetry;
+pub mod traffic;
 pub mod watch;
 pub mod weights;
 pub mod windows;

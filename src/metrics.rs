@@ -72,6 +72,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload: Gauge,
     pub build_info: IntGaugeVec,
+    pub traffic_share: GaugeVec,
+    pub backend_rps: GaugeVec,
+    pub split_info: IntGaugeVec,
+    pub gate_value: GaugeVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -262,6 +266,31 @@ impl Metrics {
                 "trafficshift_build_info",
                 "Always 1; the labels name the build (crate version, git revision).",
                 &["version", "revision"],
+            ),
+            // Absent while unknown (no CloudWatch data): a 0 would read as "no traffic".
+            traffic_share: gauge_vec(
+                &r,
+                "trafficshift_traffic_share_ratio",
+                "Share of the split's requests this backend served over observe.window, from CloudWatch (0-1); absent while unknown.",
+                sb,
+            ),
+            backend_rps: gauge_vec(
+                &r,
+                "trafficshift_backend_requests_per_second",
+                "Requests per second this backend served over observe.window, from CloudWatch; absent while unknown.",
+                sb,
+            ),
+            split_info: int_gauge_vec(
+                &r,
+                "trafficshift_split_info",
+                "Always 1; the labels name the split's record, hosted zone, owner id and AWS account, to join on.",
+                &["split", "record", "zone", "owner", "account"],
+            ),
+            gate_value: gauge_vec(
+                &r,
+                "trafficshift_gate_value",
+                "The value a gate's last check measured: a Prometheus result, the healthy target percent, an HTTP status, the share deviation in percentage points.",
+                &["split", "gate"],
             ),
             registry: r,
         };

@@ -78,6 +78,7 @@ pub fn with_leaving(split: &TrafficSplit, leaving: &[Leaving]) -> TrafficSplit {
             name: l.name.clone(),
             api_gateway: None,
             ecs: None,
+            request_metric: None,
             target: Some(FixedTarget {
                 alias: r.alias.as_ref().map(|a| AliasSpec {
                     dns_name: a.dns_name.clone(),

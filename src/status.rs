@@ -86,6 +86,10 @@ pub struct BackendStatus {
     /// None when no record of this backend exists in Route53.
     pub observed_weight: Option<u32>,
     pub ecs: Option<EcsStatus>,
+    /// Share of the split's requests this backend served over `observe.window` (0-1), from
+    /// CloudWatch; None while unknown. Default for statuses from controllers without it.
+    #[serde(default)]
+    pub traffic_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -240,8 +240,8 @@ fn table_view(s: &ControllerStatus, now: u64, wide: bool) -> String {
         out.push_str("No splits configured.\n");
     } else {
         let mut headers = vec![
-            "SPLIT", "RECORD", "STATE", "STEP", "WEIGHTS", "TARGET", "GATES", "DRIFT", "NEXT",
-            "AGE",
+            "SPLIT", "RECORD", "STATE", "STEP", "WEIGHTS", "TRAFFIC", "TARGET", "GATES", "DRIFT",
+            "NEXT", "AGE",
         ];
         if wide {
             headers.extend(["ZONE", "GENERATION", "LAST-RECONCILE", "ERROR"]);
@@ -257,6 +257,7 @@ fn table_view(s: &ControllerStatus, now: u64, wide: bool) -> String {
                     sp.state.clone(),
                     step_cell(sp),
                     weights_cell(sp, |b| b.observed_weight),
+                    traffic_cell(sp),
                     weights_cell(sp, |b| Some(b.target_weight)),
                     gates_cell(sp),
                     percent(sp.drift),
@@ -329,6 +330,9 @@ pub fn render_describe(s: &SplitStatus, now_unix: u64) -> String {
                 b.target_weight.to_string(),
                 b.step_weight.to_string(),
                 opt(b.observed_weight),
+                b.traffic_share
+                    .map(|v| format!("{:.0}", v * 100.0))
+                    .unwrap_or_else(|| "?".into()),
                 opt(b.ecs.as_ref().map(|e| e.desired)),
                 opt(b.ecs.as_ref().map(|e| e.running)),
             ]
@@ -342,6 +346,7 @@ pub fn render_describe(s: &SplitStatus, now_unix: u64) -> String {
             "TARGET",
             "STEP",
             "OBSERVED",
+            "TRAFFIC",
             "ECS-DESIRED",
             "ECS-RUNNING",
         ],
@@ -542,6 +547,21 @@ fn weights_cell(
         .join(" ")
 }
 
+/// Measured shares in percent, next to the weights; "?" where CloudWatch has no data.
+fn traffic_cell(s: &SplitStatus) -> String {
+    if s.backends.is_empty() {
+        return "-".into();
+    }
+    s.backends
+        .iter()
+        .map(|b| match b.traffic_share {
+            Some(v) => format!("{}={:.0}", b.name, v * 100.0),
+            None => format!("{}=?", b.name),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn gates_cell(s: &SplitStatus) -> String {
     if s.gates.is_empty() {
         return "-".into();
@@ -677,6 +697,7 @@ mod tests {
             step_weight: step,
             observed_weight: observed,
             ecs: None,
+            traffic_share: None,
         }
     }
 
@@ -720,7 +741,16 @@ mod tests {
             steps: 4,
             progress: 0.25,
             drift: 0.0,
-            backends: vec![backend("lambda", 0, 75, Some(75)), fargate],
+            backends: vec![
+                BackendStatus {
+                    traffic_share: Some(0.716),
+                    ..backend("lambda", 0, 75, Some(75))
+                },
+                BackendStatus {
+                    traffic_share: Some(0.284),
+                    ..fargate
+                },
+            ],
             gates: vec![
                 GateStatus {
                     name: "alarms".into(),
@@ -822,9 +852,9 @@ mod tests {
     #[test]
     fn table_lists_every_split() {
         let want = "\
-SPLIT      RECORD                        STATE         STEP   WEIGHTS                TARGET                 GATES   DRIFT   NEXT                               AGE
-api        api.example.com. A            Progressing   2/4    lambda=75 fargate=25   lambda=0 fargate=100   1/2     0%      in 2m10s                           3h5m
-checkout   checkout.example.com. CNAME   RolledBack    0/5    old=90 new=-           old=0 new=100          -       10%     a new document (rolled back aft…   2d1h
+SPLIT      RECORD                        STATE         STEP   WEIGHTS                TRAFFIC                TARGET                 GATES   DRIFT   NEXT                               AGE
+api        api.example.com. A            Progressing   2/4    lambda=75 fargate=25   lambda=72 fargate=28   lambda=0 fargate=100   1/2     0%      in 2m10s                           3h5m
+checkout   checkout.example.com. CNAME   RolledBack    0/5    old=90 new=-           old=? new=?            old=0 new=100          -       10%     a new document (rolled back aft…   2d1h
 ";
         assert_eq!(render_table(&fixture(), NOW), want);
     }
@@ -885,9 +915,9 @@ Step:            2/4
 Progress:        25%
 Drift:           0%
 Backends:
-  NAME      TARGET   STEP   OBSERVED   ECS-DESIRED   ECS-RUNNING
-  lambda    0        75     75         -             -
-  fargate   100      25     25         5             5
+  NAME      TARGET   STEP   OBSERVED   TRAFFIC   ECS-DESIRED   ECS-RUNNING
+  lambda    0        75     75         72        -             -
+  fargate   100      25     25         28        5             5
 Gates:
   NAME          PASSING   FAILURES   VALUE    LAST-CHECK   MESSAGE
   alarms        True      0          -        15s          api-fargate-5xx is OK

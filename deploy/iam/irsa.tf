@@ -219,9 +219,18 @@ data "aws_iam_policy_document" "trafficshift" {
   dynamic "statement" {
     for_each = length(var.apigateway_domain_names) > 0 ? [1] : []
     content {
-      sid       = "ApiGatewayReadCustomDomains"
-      actions   = ["apigateway:GET"]
-      resources = [for d in var.apigateway_domain_names : "arn:aws:apigateway:${var.region}::/domainnames/${d}"]
+      sid     = "ApiGatewayReadCustomDomains"
+      actions = ["apigateway:GET"]
+      # The domain (alias target), its REST base path mappings and HTTP API mappings, and the
+      # mapped REST APIs' names: the traffic share counts requests by API name and stage.
+      resources = concat(
+        flatten([for d in var.apigateway_domain_names : [
+          "arn:aws:apigateway:${var.region}::/domainnames/${d}",
+          "arn:aws:apigateway:${var.region}::/domainnames/${d}/basepathmappings",
+          "arn:aws:apigateway:${var.region}::/domainnames/${d}/apimappings",
+        ]]),
+        ["arn:aws:apigateway:${var.region}::/restapis/*"],
+      )
     }
   }
 
@@ -229,6 +238,12 @@ data "aws_iam_policy_document" "trafficshift" {
     sid       = "CloudWatchReadGateAlarms"
     actions   = ["cloudwatch:DescribeAlarms"]
     resources = ["*"]
+  }
+
+  statement {
+    sid       = "CloudWatchReadRequestCounts"
+    actions   = ["cloudwatch:GetMetricData"]
+    resources = ["*"] # GetMetricData has no resource-level permissions
   }
 
   # Cross-account splits (spec.aws.roleArn): only the named roles, never "*". The target role's

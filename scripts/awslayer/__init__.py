@@ -251,7 +251,13 @@ class Layer:
             elif ctx.service == "ecs" and s.ecs:
                 self.ecs.before(ctx)
             elif ctx.service == "cloudwatch":
-                self.cw.before(ctx)
+                answer = self.cw.before(ctx)
+                if answer is not None:
+                    status, headers, body, code, reason = answer
+                    ctx.entry["status"] = status
+                    ctx.entry["error_code"] = code
+                    self.refuse(ctx, reason)
+                    return status, headers, body
         except Exception as exc:  # noqa: BLE001 - the layer must never break forwarding
             self.last_error = f"{ctx.service}.{ctx.operation} before: {exc!r}"
         return None

@@ -1,5 +1,7 @@
-"""CloudWatch as the real service answers: a new alarm has no data yet, and an ALB publishes no
-5xx datapoints at all (not zeros) while nothing fails."""
+"""CloudWatch as the real service answers: a new alarm has no data yet, an ALB publishes no
+5xx datapoints at all (not zeros) while nothing fails, and GetMetricData refuses more than 500
+queries in one call or a period that is not 1, 5, 10, 30 or a multiple of 60 seconds (moto
+accepts both)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,25 @@ from .wire import Tagged, cbor_dumps, cbor_loads, form_params, xml_dump, xml_ns,
 
 ALB_5XX = re.compile(r"^HTTPCode_(Target|ELB)_(5XX|50\d)_Count$")
 INITIAL_REASON = "Unchecked: Initial alarm creation"
+MAX_QUERIES = 500
+QUERY_NS = "http://monitoring.amazonaws.com/doc/2010-08-01/"
+
+
+def error_answer(ctx, code: str, message: str, status: int = 400):
+    """(status, headers, body) of a CloudWatch client error in the request's protocol."""
+    headers = {"x-amzn-RequestId": "layer-refusal"}
+    if ctx.protocol == "cbor":
+        headers.update({"Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"})
+        return status, headers, cbor_dumps({"__type": code, "message": message})
+    if ctx.protocol.startswith("json"):
+        headers.update({"Content-Type": "application/x-amz-json-1.0", "x-amzn-ErrorType": code,
+                        "x-amzn-query-error": f"{code};Sender"})
+        return status, headers, json.dumps({"__type": code, "message": message}).encode()
+    headers["Content-Type"] = "text/xml"
+    body = (f'<?xml version="1.0"?>\n<ErrorResponse xmlns="{QUERY_NS}"><Error><Type>Sender</Type>'
+            f"<Code>{code}</Code><Message>{message}</Message></Error>"
+            "<RequestId>layer-refusal</RequestId></ErrorResponse>")
+    return status, headers, body.encode()
 
 
 class CloudWatch:
@@ -62,7 +83,39 @@ class CloudWatch:
                 return {}
         return form_params(ctx.body, ctx.query)
 
+    def _metric_data_problem(self, ctx) -> tuple[str, str] | None:
+        """What real GetMetricData refuses in this request, as (code, message)."""
+        req = self._request(ctx)
+        periods = []
+        if ctx.protocol == "cbor" or ctx.protocol.startswith("json"):
+            queries = req.get("MetricDataQueries") or []
+            periods = [(q.get("MetricStat") or {}).get("Period") for q in queries]
+            count = len(queries)
+        else:
+            count = 0
+            while f"MetricDataQueries.member.{count + 1}.Id" in req:
+                count += 1
+                periods.append(req.get(f"MetricDataQueries.member.{count}.MetricStat.Period"))
+        if count > MAX_QUERIES:
+            return "ValidationError", (
+                f"The collection MetricDataQueries must not have a size greater than {MAX_QUERIES}.")
+        for p in periods:
+            if p is None:
+                continue
+            p = int(p)
+            if p not in (1, 5, 10, 30) and (p <= 0 or p % 60):
+                return "InvalidParameterValue", f"The parameter Period must be 1, 5, 10, 30 or a multiple of 60, got {p}."
+        return None
+
     def before(self, ctx):
+        """None to forward, or (status, headers, body, code, reason) to refuse as CloudWatch would."""
+        if ctx.operation == "GetMetricData":
+            problem = self._metric_data_problem(ctx)
+            if problem is None:
+                return None
+            code, message = problem
+            status, headers, body = error_answer(ctx, code, message)
+            return status, headers, body, code, f"{code}: {message}"
         if ctx.operation in ("PutMetricAlarm", "SetAlarmState", "DeleteAlarms"):
             req = self._request(ctx)
             name = req.get("AlarmName")

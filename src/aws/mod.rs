@@ -14,6 +14,7 @@ pub mod connect;
 pub mod ecs;
 pub mod elbv2;
 pub mod limiter;
+pub mod metric_data;
 pub mod retry;
 pub mod route53;
 

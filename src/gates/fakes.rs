@@ -184,6 +184,7 @@ pub(super) fn gate(name: &str) -> Gate {
         target_health: None,
         prometheus: None,
         http: None,
+        traffic_share: None,
     }
 }
 

@@ -4,7 +4,7 @@
 //! whose message says what went wrong, so the rollout's failure threshold treats them alike.
 //!
 //! One file per kind of gate (`cloudwatch_alarm`, `ecs_stable`, `target_health`, `prometheus`,
-//! `http`), each adding its check to `GateChecker`; this file dispatches to them. `http` also
+//! `http`, `traffic_share`), each adding its check to `GateChecker`; this file dispatches to them. `http` also
 //! holds the client HTTP and Prometheus gates share, and the address checks that keep gates
 //! off instance metadata and loopback.
 
@@ -15,6 +15,7 @@ mod fakes;
 mod http;
 mod prometheus;
 mod target_health;
+mod traffic_share;
 
 use crate::aws::Aws;
 use crate::sanitize;
@@ -98,6 +99,8 @@ pub struct GateChecker {
     http: reqwest::Client,
     aws: Aws,
     options: GateOptions,
+    /// Measured traffic shares and the Route53 weights, for `trafficShare`.
+    traffic: std::sync::Arc<crate::traffic::Store>,
 }
 
 impl GateChecker {
@@ -108,7 +111,18 @@ impl GateChecker {
 
     pub fn with_options(aws: Aws, options: GateOptions) -> Self {
         let http = http::client(options.allow_loopback);
-        GateChecker { http, aws, options }
+        GateChecker {
+            http,
+            aws,
+            options,
+            traffic: Default::default(),
+        }
+    }
+
+    /// Read traffic shares from `store` (the one the traffic poller fills).
+    pub fn with_traffic(mut self, store: std::sync::Arc<crate::traffic::Store>) -> Self {
+        self.traffic = store;
+        self
     }
 
     /// The same checker (options, HTTP client) reading CloudWatch and ELB through `aws`: a
@@ -118,6 +132,7 @@ impl GateChecker {
             http: self.http.clone(),
             aws,
             options: self.options,
+            traffic: self.traffic.clone(),
         }
     }
 
@@ -138,8 +153,10 @@ impl GateChecker {
             self.prometheus(g).await
         } else if let Some(g) = &gate.http {
             self.http(g).await
+        } else if let Some(g) = &gate.traffic_share {
+            self.traffic_share(split, g, crate::status::now_unix())
         } else {
-            GateOutcome::fail("gate has no check (set one of cloudwatchAlarm, ecsStable, targetHealth, prometheus, http)")
+            GateOutcome::fail("gate has no check (set one of cloudwatchAlarm, ecsStable, targetHealth, prometheus, http, trafficShare)")
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Context {
     pub gates: GateChecker,
     pub owner: String,
     pub dry_run: bool,
+    /// Measured traffic shares (filled by the traffic poller) and the weights last read.
+    pub traffic: std::sync::Arc<crate::traffic::Store>,
     cache: Mutex<Cache>,
     /// Route53 changes submitted and not yet seen INSYNC, by split name (in memory: after a
     /// restart the drains recorded in the TXT, counted from the write, are all there is).
@@ -63,8 +65,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(aws: Aws, owner: impl Into<String>, dry_run: bool) -> Self {
+        let traffic = std::sync::Arc::new(crate::traffic::Store::default());
         Context {
-            gates: GateChecker::new(aws.clone()),
+            gates: GateChecker::new(aws.clone()).with_traffic(traffic.clone()),
+            traffic,
             aws,
             owner: owner.into(),
             dry_run,

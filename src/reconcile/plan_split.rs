@@ -92,6 +92,17 @@ async fn plan_split_inner(
             ),
         });
     }
+    // Before the gates: trafficShare compares the share with the weights Route53 holds now.
+    ctx.traffic
+        .observe_weights(split.name(), obs.weights.as_ref(), now);
+    // The traffic poller counts an ECS backend's requests by these target groups.
+    ctx.traffic.observe_target_groups(
+        split.name(),
+        ecs_live
+            .iter()
+            .map(|(b, s)| (b.clone(), s.target_groups.clone()))
+            .collect(),
+    );
     if gates_matter(&split, &obs) {
         let capacity_wait = awaits_capacity(&split, &obs, now);
         notes.extend(

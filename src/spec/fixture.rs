@@ -29,6 +29,7 @@ impl TrafficSplit {
                         }),
                         ecs: None,
                         target: None,
+                        request_metric: None,
                     },
                     Backend {
                         name: "fargate".into(),
@@ -41,12 +42,14 @@ impl TrafficSplit {
                             max_tasks: Some(40),
                         }),
                         target: None,
+                        request_metric: None,
                     },
                 ],
                 weights: [("lambda".to_string(), 0), ("fargate".to_string(), 100)].into(),
                 rollout: None,
                 gates: vec![],
                 aws: None,
+                observe: None,
             },
         }
     }
@@ -95,6 +98,7 @@ impl Gate {
             target_health: None,
             prometheus: None,
             http: None,
+            traffic_share: None,
         }
     }
 }

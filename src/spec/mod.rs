@@ -68,6 +68,9 @@ pub struct SplitSpec {
     /// Health gates checked while a rollout is in progress; a step advances only while all pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<Gate>,
+    /// How the traffic each backend really receives is measured (CloudWatch request counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<Observe>,
     /// Reach this split's zone and backends in another AWS account by assuming a role there.
     /// Without it the controller's own credentials (and account) are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +107,40 @@ impl AwsSpec {
         let account = self.role_arn.split(':').nth(4)?;
         (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
     }
+}
+
+/// Traffic measurement settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Observe {
+    /// Request counts are summed over this trailing window (1m-1h, whole minutes: CloudWatch
+    /// periods are 60 s). A longer window is steadier but lags a weight change longer. Default 5m.
+    #[serde(default = "default_observe_window")]
+    pub window: HumanDuration,
+}
+
+fn default_observe_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+/// A CloudWatch metric counting a backend's requests, summed per 60 s period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMetric {
+    /// CloudWatch namespace, e.g. `AWS/ApplicationELB`.
+    pub namespace: String,
+    /// Metric name, e.g. `RequestCount`.
+    pub metric_name: String,
+    /// Dimensions (name -> value) that select exactly this backend's series.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dimensions: BTreeMap<String, String>,
+    /// Statistic: `Sum` (default) or `SampleCount`; a request count needs one of those.
+    #[serde(default = "default_stat")]
+    pub stat: String,
+}
+
+fn default_stat() -> String {
+    "Sum".into()
 }
 
 /// The Route53 record that trafficshift owns.
@@ -175,6 +212,11 @@ pub struct Backend {
     /// A fixed target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<FixedTarget>,
+    /// The CloudWatch metric that counts this backend's requests. Default: `AWS/ApplicationELB`
+    /// `RequestCount` of an ECS backend's target groups, `AWS/ApiGateway` `Count` of the APIs
+    /// mapped to an apiGateway backend's domain; a `target` backend has none unless set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_metric: Option<RequestMetric>,
 }
 
 /// API Gateway backend: the alias target is the custom domain's regional domain name.
@@ -380,6 +422,46 @@ pub struct Gate {
     /// An HTTP GET must answer with the expected status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpGate>,
+    /// Every backend's measured traffic share must be within `tolerance` percentage points of
+    /// its current weight (see `spec.observe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_share: Option<TrafficShareGate>,
+}
+
+/// Traffic share gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficShareGate {
+    /// Largest allowed difference, in percentage points (0-100), between a backend's share of the
+    /// requests and its weight. Default 10.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: u32,
+    /// What an unknown share means (no measurement yet, or a backend without request data):
+    /// `wait` (default), `pass` or `fail`.
+    #[serde(default)]
+    pub on_no_data: OnTrafficNoData,
+    /// After the weights change, the share still reflects the old ones for about a TTL (resolver
+    /// caches) plus the window: the gate waits that long before judging. Default: record TTL
+    /// plus `observe.window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<HumanDuration>,
+}
+
+fn default_tolerance() -> u32 {
+    10
+}
+
+/// What an unknown traffic share means to its gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnTrafficNoData {
+    /// The step waits; no failure is counted toward `failureThreshold`.
+    #[default]
+    Wait,
+    /// An unknown share passes.
+    Pass,
+    /// An unknown share fails: silence is not success.
+    Fail,
 }
 
 /// CloudWatch alarm gate.
@@ -544,6 +626,14 @@ impl SplitSpec {
             .as_ref()
             .map(|r| r.gate_interval.get())
             .unwrap_or_else(|| default_gate_interval().get())
+    }
+
+    /// The traffic measurement window: `observe.window`, 5m by default.
+    pub fn observe_window(&self) -> Duration {
+        self.observe
+            .as_ref()
+            .map(|o| o.window.get())
+            .unwrap_or_else(|| default_observe_window().get())
     }
 
     /// Wait after a backend's weight drops before scaling it down: `rollout.drainDelay`, else

@@ -72,6 +72,9 @@ pub fn check(split: &TrafficSplit) -> Vec<(String, String)> {
     check_weights(&mut c, split);
     check_rollout(&mut c, split);
     check_gates(&mut c, split);
+    for (path, message) in crate::traffic::problems(split) {
+        c.err(path, message);
+    }
     check_state_size(&mut c, split);
     if let Some(aws) = &split.spec.aws {
         c.problems.extend(super::aws::problems(aws));
@@ -702,6 +705,9 @@ fn gate_kinds(g: &Gate) -> Vec<&'static str> {
     if g.http.is_some() {
         kinds.push("http");
     }
+    if g.traffic_share.is_some() {
+        kinds.push("trafficShare");
+    }
     kinds
 }
 
@@ -766,7 +772,7 @@ fn check_gates(c: &mut Checker, split: &TrafficSplit) {
                 .ok_or("1-63 lowercase letters, digits and '-'"),
             &mut first,
             &kinds,
-            "cloudwatchAlarm, ecsStable, targetHealth, prometheus or http",
+            "cloudwatchAlarm, ecsStable, targetHealth, prometheus, http or trafficShare",
         );
         if let Some(cw) = &g.cloudwatch_alarm {
             if cw.alarm_names.is_empty() {
@@ -983,6 +989,7 @@ spec:
             target_health: None,
             prometheus: None,
             http: None,
+            traffic_share: None,
         }
     }
     fn alarm_gate(name: &str) -> Gate {
@@ -1024,6 +1031,7 @@ spec:
                 }),
                 cname: cname.then(|| "other.example.com".into()),
             }),
+            request_metric: None,
         }
     }
 
@@ -1235,6 +1243,7 @@ spec:
             api_gateway: None,
             ecs: None,
             target: None,
+            request_metric: None,
         };
         Fixture::valid()
             .with_backend(none)

@@ -117,6 +117,7 @@ fn gate(address: &str, query: &str, max: Option<f64>, on_no_data: OnNoData) -> G
             timeout: HumanDuration(Duration::from_secs(5)),
         }),
         http: None,
+        traffic_share: None,
     }
 }
 

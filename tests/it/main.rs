@@ -43,4 +43,5 @@ mod server;
 mod spec_corpus;
 mod spec_fuzz;
 mod status_wait;
+mod traffic;
 mod windows;

@@ -1079,8 +1079,8 @@ fn status_cli_table_describe_json_yaml_and_exit_code() {
     assert_eq!(
         header,
         [
-            "SPLIT", "RECORD", "STATE", "STEP", "WEIGHTS", "TARGET", "GATES", "DRIFT", "NEXT",
-            "AGE"
+            "SPLIT", "RECORD", "STATE", "STEP", "WEIGHTS", "TRAFFIC", "TARGET", "GATES", "DRIFT",
+            "NEXT", "AGE"
         ],
         "{out}"
     );
@@ -1089,15 +1089,17 @@ fn status_cli_table_describe_json_yaml_and_exit_code() {
         .unwrap_or_else(|| panic!("a row for api:\n{out}"))
         .split_whitespace()
         .collect();
-    // RECORD is "<fqdn> A" (two words); WEIGHTS and TARGET two words each.
+    // RECORD is "<fqdn> A" (two words); WEIGHTS, TRAFFIC and TARGET two words each.
     assert_eq!(row[1], sc.record, "{out}");
     assert_eq!(row[2], "A", "{out}");
     assert_eq!(row[3], "Complete", "{out}");
     assert_eq!(row[4], "1/1", "{out}");
     assert_eq!(&row[5..7], ["lambda=0", "fargate=100"], "observed: {out}");
-    assert_eq!(&row[7..9], ["lambda=0", "fargate=100"], "target: {out}");
-    assert_eq!(row[9], "-", "no gates: {out}");
-    assert_eq!(row[10], "0%", "no drift: {out}");
+    // No request counts in CloudWatch here: the share is unknown, never 0.
+    assert_eq!(&row[7..9], ["lambda=?", "fargate=?"], "traffic: {out}");
+    assert_eq!(&row[9..11], ["lambda=0", "fargate=100"], "target: {out}");
+    assert_eq!(row[11], "-", "no gates: {out}");
+    assert_eq!(row[12], "0%", "no drift: {out}");
 
     // Describe.
     let (code, out, err) = status_cli(&c.endpoint, &["api"]);

@@ -70,6 +70,7 @@ fn split(name: &str, state: &str) -> SplitStatus {
             step_weight: 50,
             observed_weight: Some(50),
             ecs: None,
+            traffic_share: None,
         }],
         first_seen: "2024-05-01T10:00:00Z".into(),
         ..SplitStatus::default()

@@ -560,6 +560,30 @@ def test_alb_5xx_metrics_are_absent_without_errors(start_proxy, client, moto_url
     assert by_id == {"errors": [], "requests": [0.0]}, by_id
 
 
+def test_get_metric_data_refuses_what_cloudwatch_refuses(start_proxy, client, moto_url, unique):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    window = {"StartTime": now - datetime.timedelta(minutes=5), "EndTime": now}
+
+    def queries(n, period=60):
+        return [
+            {"Id": f"q{i}", "MetricStat": {"Metric": {"Namespace": "AWS/ApiGateway", "MetricName": "Count",
+                                                       "Dimensions": [{"Name": "ApiName", "Value": f"{unique}-{i}"}]},
+                                            "Period": period, "Stat": "Sum"}}
+            for i in range(n)
+        ]
+
+    # Any active layer checks these (the Rust tests' layer always validates).
+    proxy = start_proxy("--fault-rate", "0", "--route53-validate", "true")
+    cw = client("cloudwatch", proxy.url)
+    assert len(cw.get_metric_data(MetricDataQueries=queries(500), **window)["MetricDataResults"]) == 500
+    for bad, code in ((queries(501), "ValidationError"), (queries(1, period=90), "InvalidParameterValue")):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            cw.get_metric_data(MetricDataQueries=bad, **window)
+        assert e.value.response["Error"]["Code"] == code, e.value.response
+    # moto itself takes both.
+    client("cloudwatch", moto_url).get_metric_data(MetricDataQueries=queries(501), **window)
+
+
 # --- Application Auto Scaling ---------------------------------------------------------------------
 
 
