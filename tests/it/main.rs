@@ -3,10 +3,11 @@
 //! realistic AWS layer and the controller's clocks) run side by side under one libtest.
 //! Each file is a module named after what it tests; `cargo test --test it -- rollout::` runs one.
 
-#[allow(dead_code)]
+// `scale` (the benchmark's fleet) brings its own copy of `support`, as the bench binary needs it.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../support/outside.rs"]
 mod outside;
-#[allow(dead_code)]
 #[path = "../support/prometheus.rs"]
 mod prometheus;
 /// The scale benchmark's fleet (call counts are guarded in CI by `call_counts`).
@@ -15,7 +16,6 @@ mod prometheus;
 mod scale;
 #[path = "../support/mod.rs"]
 mod support;
-#[allow(dead_code)]
 #[path = "../support/writelog.rs"]
 mod writelog;
 
