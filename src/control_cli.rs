@@ -31,7 +31,7 @@ pub struct ControlArgs {
     )]
     pub config: Vec<PathBuf>,
     /// Why, recorded with the override (shown in status and events; at most 200 characters kept).
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "TRAFFICSHIFT_REASON", default_value = "")]
     pub reason: String,
     #[command(flatten)]
     pub aws: AwsArgs,
@@ -40,7 +40,7 @@ pub struct ControlArgs {
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
     /// Go to the target weights in one step (capacity first), instead of skipping one hold.
-    #[arg(long)]
+    #[arg(long, env = "TRAFFICSHIFT_PROMOTE_FULL")]
     pub full: bool,
     #[command(flatten)]
     pub control: ControlArgs,

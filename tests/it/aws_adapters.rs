@@ -302,7 +302,12 @@ async fn rejected_batch_is_permanent_and_says_nothing_was_written() {
     let ghost = txt(&format!("ghost.{fqdn}"), "never created");
     let before = METRICS
         .aws_requests
-        .with_label_values(&["route53", "ChangeResourceRecordSets", "error"])
+        .with_label_values(&[
+            "route53",
+            "ChangeResourceRecordSets",
+            "error",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get();
     let err = aws
         .dns
@@ -324,7 +329,12 @@ async fn rejected_batch_is_permanent_and_says_nothing_was_written() {
     // Permanent: exactly one attempt.
     let after = METRICS
         .aws_requests
-        .with_label_values(&["route53", "ChangeResourceRecordSets", "error"])
+        .with_label_values(&[
+            "route53",
+            "ChangeResourceRecordSets",
+            "error",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get();
     assert_eq!(after - before, 1);
 }
@@ -348,12 +358,22 @@ for start in range(0, len(names), 100):
     );
     let pages_before = METRICS
         .aws_requests
-        .with_label_values(&["route53", "ListResourceRecordSets", "success"])
+        .with_label_values(&[
+            "route53",
+            "ListResourceRecordSets",
+            "success",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get();
     let all = aws.dns.list_all(&zone).await.expect("list_all");
     let pages = METRICS
         .aws_requests
-        .with_label_values(&["route53", "ListResourceRecordSets", "success"])
+        .with_label_values(&[
+            "route53",
+            "ListResourceRecordSets",
+            "success",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get()
         - pages_before;
     // 650 A records plus the apex NS and SOA; 300 per page makes at least 3 pages. Other tests
@@ -462,12 +482,22 @@ async fn ecs_services_are_described_in_batches_and_scaled() {
     ask.push("does-not-exist".into());
     let calls_before = METRICS
         .aws_requests
-        .with_label_values(&["ecs", "DescribeServices", "success"])
+        .with_label_values(&[
+            "ecs",
+            "DescribeServices",
+            "success",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get();
     let got = aws.ecs.describe(&cluster, &ask).await.expect("describe");
     let calls = METRICS
         .aws_requests
-        .with_label_values(&["ecs", "DescribeServices", "success"])
+        .with_label_values(&[
+            "ecs",
+            "DescribeServices",
+            "success",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get()
         - calls_before;
     assert!(calls >= 2, "13 names need 2 calls, counted {calls}");
@@ -762,7 +792,12 @@ async fn unreachable_endpoint_is_transient_and_every_attempt_counted() {
     let aws = trafficshift::aws::connect::connect_with(&opts, loader).await;
     let before = METRICS
         .aws_requests
-        .with_label_values(&["cloudwatch", "DescribeAlarms", "error"])
+        .with_label_values(&[
+            "cloudwatch",
+            "DescribeAlarms",
+            "error",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get();
     let err = aws
         .alarms
@@ -771,7 +806,12 @@ async fn unreachable_endpoint_is_transient_and_every_attempt_counted() {
         .expect_err("nothing listens");
     let after = METRICS
         .aws_requests
-        .with_label_values(&["cloudwatch", "DescribeAlarms", "error"])
+        .with_label_values(&[
+            "cloudwatch",
+            "DescribeAlarms",
+            "error",
+            &trafficshift::aws::accounts::current(),
+        ])
         .get();
     assert_eq!(err.kind(), "aws_transient", "{err}");
     assert!(err.is_retryable());
