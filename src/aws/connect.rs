@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 
@@ -45,9 +46,32 @@ pub async fn connect(opts: &AwsOptions) -> Aws {
     connect_with(opts, aws_config::defaults(BehaviorVersion::latest())).await
 }
 
+/// The HTTPS client of the whole process, the SDK's default one built once.
+///
+/// Left unset, every SDK client builds its own (connection pool, rustls configuration and the
+/// system's trusted roots parsed again): six of each for one account. Every client made from a
+/// configuration that carries this one (see [`from_config`]) shares them.
+pub fn shared_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    // What aws-smithy-runtime's default_https_client builds for each client, proxy included.
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            conn.set_sleep_impl(components.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    })
+}
+
 /// Clients from a caller-prepared loader (tests point it at moto with fixed credentials).
 pub async fn connect_with(opts: &AwsOptions, loader: ConfigLoader) -> Aws {
     let config = loader
+        .http_client(shared_https_client())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -62,13 +86,17 @@ pub async fn connect_with(opts: &AwsOptions, loader: ConfigLoader) -> Aws {
 
 /// Clients from a loaded configuration, used as is (its retry and timeout settings included).
 pub fn from_config(opts: &AwsOptions, config: &SdkConfig) -> Aws {
-    let config = if config.region().is_some() {
+    let config = if config.region().is_some() && config.http_client().is_some() {
         config.clone()
     } else {
-        config
-            .to_builder()
-            .region(Region::new(FALLBACK_REGION))
-            .build()
+        let mut b = config.to_builder();
+        if config.region().is_none() {
+            b.set_region(Some(Region::new(FALLBACK_REGION)));
+        }
+        if config.http_client().is_none() {
+            b.set_http_client(Some(shared_https_client()));
+        }
+        b.build()
     };
     // A burst of 3 lets a quiet controller list and write without waiting a token interval in
     // between; the sustained rate stays at route53_rps.
