@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
-use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use super::autoscaling::AppAutoscaling;
 use super::cloudwatch::CloudWatchAlarms;
