@@ -1377,7 +1377,14 @@ fn resources(out: &mut String, r: &Run, n: usize) {
     let cpu = ticks as f64 / clk_tck() / secs * 100.0;
     let hwm = proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
     let rss = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
-    let target = if n <= 1 { 20.0 } else { 60.0 };
+    // Issue 11's targets: 16 MiB idle with one split, 40 MiB with 1,005, 150 MiB with 10,000.
+    let target = if n <= 1 {
+        16.0
+    } else if n < 5_000 {
+        40.0
+    } else {
+        150.0
+    };
     let _ = writeln!(
         out,
         "| {n} | {hwm:.1} MiB | {rss:.1} MiB | {} | {cpu:.2} % ({ticks} ticks in {secs:.1} s) | {} |",
