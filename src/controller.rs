@@ -18,7 +18,7 @@ use crate::metrics::{METRICS, STATES};
 use crate::reconcile::{self, Context, GateRecord, Report, Work};
 use crate::rollout::{Note, SplitState};
 use crate::server::AppState;
-use crate::spec::{fqdn, load_paths, SplitDoc, TrafficSplit};
+use crate::spec::{fqdn, DocCache, Loaded, SplitDoc, TrafficSplit};
 use crate::status::{
     now_unix, now_unix_ms, rfc3339, BackendStatus, Condition, ConfigStatus, ControllerStatus,
     EcsStatus, Event, GateStatus, SplitStatus,
@@ -146,6 +146,8 @@ pub struct Controller {
     config_errors: Vec<Invalid>,
     last_load: Option<u64>,
     first_cycle_done: bool,
+    /// Parsed documents per file: a file event parses only the files it names.
+    docs: DocCache,
 }
 
 /// How often a split in motion is looked at: often enough to notice stability and gates, a few
@@ -169,13 +171,24 @@ impl Controller {
             config_errors: Vec::new(),
             last_load: None,
             first_cycle_done: false,
+            docs: DocCache::default(),
         }
     }
 
     /// Re-read every config path. Bad documents change nothing: their split keeps its last good
     /// version and reports why.
     pub fn reload(&mut self) {
-        let loaded = load_paths(&self.opts.paths);
+        let loaded = self.docs.load_all(&self.opts.paths);
+        self.apply_loaded(loaded);
+    }
+
+    /// Re-read only the files a watch event named; the others come from the cache.
+    pub fn reload_files(&mut self, files: &[PathBuf]) {
+        let loaded = self.docs.load_changed(&self.opts.paths, files);
+        self.apply_loaded(loaded);
+    }
+
+    fn apply_loaded(&mut self, loaded: Loaded) {
         self.last_load = Some(now_unix());
         METRICS.config_last_reload.set(now_unix() as f64);
         let valid = loaded.errors.is_empty();
@@ -192,7 +205,6 @@ impl Controller {
         for doc in loaded.docs {
             seen.insert(doc.split.name().to_string(), ());
             let name = doc.split.name().to_string();
-            METRICS.init_split(&name, &gate_names(&doc.split));
             let account = self.ctx.account_of(&doc.split);
             crate::traffic::split_info(
                 &doc.split,
@@ -203,6 +215,7 @@ impl Controller {
                 Some(m) => {
                     m.rejected = None;
                     if m.doc.hash != doc.hash {
+                        METRICS.init_split(&name, &gate_names(&doc.split));
                         info!(split = %name, from = %m.doc.hash, to = %doc.hash, "document changed");
                         m.doc = doc;
                         m.next_due = Instant::now();
@@ -210,6 +223,7 @@ impl Controller {
                     }
                 }
                 None => {
+                    METRICS.init_split(&name, &gate_names(&doc.split));
                     info!(split = %name, file = %doc.file.display(), "managing split");
                     let notify = self.opts.notify.clone();
                     self.splits.insert(name, Managed::new(doc, notify));
@@ -457,8 +471,15 @@ impl Controller {
                     return true;
                 }
                 Some(()) = reload_rx.recv() => {
-                    self.reload();
-                    if let Some(w) = watcher.as_mut() { w.rewatch(&self.opts.paths); }
+                    let changed = watcher.as_ref().map(|w| w.take()).unwrap_or_default();
+                    if changed.all || changed.files.is_empty() {
+                        self.reload();
+                        if let Some(w) = watcher.as_mut() { w.rewatch(&self.opts.paths); }
+                    } else {
+                        // Only files changed: the directories and symlinks watched are the same.
+                        let files: Vec<PathBuf> = changed.files.into_iter().collect();
+                        self.reload_files(&files);
+                    }
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= next_resync {

@@ -2,7 +2,9 @@
 
 use clap::Parser;
 
-#[tokio::main]
+// Two workers: the work is IO-bound (AWS calls, file events); a worker per core of a large node
+// would only add threads and their memory.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = match trafficshift::cli::Cli::try_parse() {
         Ok(cli) => cli,

@@ -163,21 +163,24 @@ pub fn same_generation(stored: &str, split: &TrafficSplit) -> bool {
 }
 
 fn hash_of(split: &TrafficSplit, backend_names: &[&str]) -> String {
-    let mut h = Sha256::new();
+    use std::fmt::Write as _;
+    // One buffer for the whole input (every cycle hashes every split: no allocation per item).
+    let mut buf = String::with_capacity(128);
     for (k, v) in &split.spec.weights {
-        h.update(format!("w:{k}={v};"));
+        let _ = write!(buf, "w:{k}={v};");
     }
     for s in split.spec.steps() {
-        h.update(format!("s:{s};"));
+        let _ = write!(buf, "s:{s};");
     }
     for b in backend_names {
-        h.update(format!("b:{b};"));
+        let _ = write!(buf, "b:{b};");
     }
-    h.finalize()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let digest = Sha256::digest(buf.as_bytes());
+    let mut out = String::with_capacity(12);
+    for b in digest.iter().take(6) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 fn zeroes(split: &TrafficSplit) -> Weights {
@@ -444,6 +447,8 @@ pub fn decide(i: &Inputs) -> Decision {
     let steps = split.spec.steps();
     let n = steps.len();
     let gen = generation(split);
+    // same_generation without hashing the current form again.
+    let ours = |stored: &str| stored == gen || stored == legacy_generation(split);
     let observed_or_zero = i
         .observed
         .and_then(|o| observed_shares(split, o))
@@ -452,7 +457,7 @@ pub fn decide(i: &Inputs) -> Decision {
 
     // A stored state of this rollout that does not fit the document is not ours to trust.
     let stored = match i.stored {
-        Some(s) if s.owner == i.owner && same_generation(&s.generation, split) => {
+        Some(s) if s.owner == i.owner && ours(&s.generation) => {
             match validate_stored(split, s, &target, &steps, now) {
                 Ok(()) => Some(s),
                 Err(why) => {
@@ -481,7 +486,7 @@ pub fn decide(i: &Inputs) -> Decision {
         other => other,
     };
     let mut st = match stored {
-        Some(s) if same_generation(&s.generation, split) => RolloutState {
+        Some(s) if ours(&s.generation) => RolloutState {
             // A legacy hash is carried forward in the current form with the next write.
             generation: gen.clone(),
             drains: sane_drains(split, s, now),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use super::autoscaling::AppAutoscaling;
 use super::cloudwatch::CloudWatchAlarms;
@@ -45,6 +46,28 @@ pub async fn connect(opts: &AwsOptions) -> Aws {
     connect_with(opts, aws_config::defaults(BehaviorVersion::latest())).await
 }
 
+/// The HTTPS client of the whole process, the SDK's default one built once.
+///
+/// Left unset, every SDK client builds its own (connection pool, rustls configuration and the
+/// system's trusted roots parsed again): six of each for one account. Every client made from a
+/// configuration that carries this one (see [`from_config`]) shares them.
+pub fn shared_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    // What aws-smithy-runtime's default_https_client builds for each client, proxy included.
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            conn.set_sleep_impl(components.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    })
+}
+
 /// Clients from a caller-prepared loader (tests point it at moto with fixed credentials).
 pub async fn connect_with(opts: &AwsOptions, loader: ConfigLoader) -> Aws {
     from_config(opts, &load(opts, loader).await)
@@ -60,6 +83,7 @@ pub async fn connect_accounts(opts: &AwsOptions) -> super::accounts::Accounts {
 /// The base configuration: SDK retries off, our timeouts.
 async fn load(opts: &AwsOptions, loader: ConfigLoader) -> SdkConfig {
     loader
+        .http_client(shared_https_client())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -107,14 +131,18 @@ pub fn from_config_with(opts: &AwsOptions, config: &SdkConfig, limiter: Arc<Rate
     }
 }
 
-/// The configuration with the fallback region when it has none.
+/// The configuration with the fallback region when it has none, and the shared HTTPS client.
 fn with_region(config: &SdkConfig) -> SdkConfig {
-    if config.region().is_some() {
-        config.clone()
-    } else {
-        config
-            .to_builder()
-            .region(Region::new(FALLBACK_REGION))
-            .build()
+    if config.region().is_some() && config.http_client().is_some() {
+        return config.clone();
     }
+    let mut b = config.to_builder();
+    if config.region().is_none() {
+        b.set_region(Some(Region::new(FALLBACK_REGION)));
+    }
+    // A configuration prepared elsewhere (tests) still shares the process's one HTTPS client.
+    if config.http_client().is_none() {
+        b.set_http_client(Some(shared_https_client()));
+    }
+    b.build()
 }

@@ -67,55 +67,189 @@ impl SplitDoc {
 /// to `errors` and never to `docs`; other documents still load. The first document with a given
 /// `metadata.name` wins; later ones are errors.
 pub fn load_paths(paths: &[PathBuf]) -> Loaded {
-    let mut loaded = Loaded::default();
-    for path in paths {
-        collect_files(path, &mut loaded);
+    DocCache::default().load_all(paths)
+}
+
+/// Parsed documents per file, so that a file event costs one parse instead of one per file
+/// (parsing is most of a reload: about 130 ms for 1,000 files).
+///
+/// The cache holds what a file says on its own (its documents, each validated, and its parse
+/// errors); what depends on the other files (a duplicate name, the order) is decided again on
+/// every load, so a cached load returns exactly what [`load_paths`] would.
+#[derive(Debug, Default)]
+pub struct DocCache {
+    /// The files of the last listing, in load order.
+    files: Vec<PathBuf>,
+    /// Problems of the last listing (a missing path, an unreadable directory).
+    list_errors: Vec<Invalid>,
+    entries: HashMap<PathBuf, FileEntry>,
+}
+
+/// One file as last read.
+#[derive(Debug)]
+struct FileEntry {
+    /// SHA-256 of the bytes parsed; `None` when the file could not be read.
+    digest: Option<[u8; 32]>,
+    /// Read and parse errors, in the order the parser found them.
+    errors: Vec<Invalid>,
+    docs: Vec<CachedDoc>,
+}
+
+#[derive(Debug)]
+struct CachedDoc {
+    name: String,
+    line: u64,
+    /// Where a duplicate of this name is reported.
+    name_pos: SourcePos,
+    /// The valid document, or its validation problems.
+    outcome: Result<SplitDoc, Vec<Invalid>>,
+}
+
+impl DocCache {
+    /// List the paths again and re-read every file; only a file whose bytes changed is parsed
+    /// again. The periodic resync uses this: it verifies everything, whatever events were lost.
+    pub fn load_all(&mut self, paths: &[PathBuf]) -> Loaded {
+        self.relist(paths);
+        let files = self.files.clone();
+        for file in &files {
+            self.refresh(file);
+        }
+        self.assemble()
     }
-    let mut seen: HashMap<String, (PathBuf, u64)> = HashMap::new();
-    for file in loaded.files.clone() {
-        let text = match read_capped(&file) {
-            Ok(text) => text,
-            Err(invalid) => {
-                loaded.errors.push(invalid);
-                continue;
-            }
-        };
-        let (parsed, mut errors) = parse_file(&file, &text);
-        for doc in parsed {
-            let at = |path: &str| doc.position(&file, path);
-            if let Some((first_file, first_line)) = seen.get(doc.split.name()) {
-                errors.push(Invalid {
-                    pos: at("metadata.name"),
-                    message: format!(
-                        "duplicate TrafficSplit name '{}' (first defined at {}:{}); names must be unique",
-                        doc.split.name(),
-                        first_file.display(),
-                        first_line
-                    ),
-                });
-                continue;
-            }
-            seen.insert(doc.split.name().to_string(), (file.clone(), doc.line));
-            let problems = validate::check(&doc.split);
-            if problems.is_empty() {
-                loaded.docs.push(SplitDoc {
-                    hash: SplitDoc::hash_of(&doc.split),
-                    line: doc.line,
-                    file: file.clone(),
-                    split: doc.split,
-                });
-            } else {
-                // Problems quote names and values from the document: cleaned and bounded like
-                // every other echo of input.
-                errors.extend(problems.into_iter().map(|(path, message)| Invalid {
-                    pos: at(&path),
-                    message: crate::sanitize::message(&message),
-                }));
+
+    /// Re-read only `changed` (paths as the listing names them: a config file, or a config
+    /// directory joined with a file name). A file that appeared or disappeared lists the paths
+    /// again; the other files are taken from the cache unread.
+    pub fn load_changed(&mut self, paths: &[PathBuf], changed: &[PathBuf]) -> Loaded {
+        let listed_again = changed
+            .iter()
+            .any(|f| !self.entries.contains_key(f) || !f.is_file());
+        if listed_again || self.files.is_empty() {
+            self.relist(paths);
+        }
+        let files = self.files.clone();
+        for file in &files {
+            if !self.entries.contains_key(file) || changed.contains(file) {
+                self.refresh(file);
             }
         }
-        loaded.errors.extend(errors);
+        self.assemble()
     }
-    loaded
+
+    fn relist(&mut self, paths: &[PathBuf]) {
+        let mut listing = Loaded::default();
+        for path in paths {
+            collect_files(path, &mut listing);
+        }
+        self.files = listing.files;
+        self.list_errors = listing.errors;
+        let keep: std::collections::HashSet<&PathBuf> = self.files.iter().collect();
+        self.entries.retain(|f, _| keep.contains(f));
+    }
+
+    /// Read one file; parse it again only if its bytes differ from the cached ones.
+    fn refresh(&mut self, file: &Path) {
+        let text = match read_capped(file) {
+            Ok(text) => text,
+            Err(invalid) => {
+                self.entries.insert(
+                    file.to_path_buf(),
+                    FileEntry {
+                        digest: None,
+                        errors: vec![invalid],
+                        docs: Vec::new(),
+                    },
+                );
+                return;
+            }
+        };
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if self
+            .entries
+            .get(file)
+            .is_some_and(|e| e.digest == Some(digest))
+        {
+            return;
+        }
+        let (parsed, errors) = parse_file(file, &text);
+        let docs = parsed
+            .into_iter()
+            .map(|doc| {
+                let name = doc.split.name().to_string();
+                let at = |path: &str| doc.position(file, path);
+                let name_pos = at("metadata.name");
+                let problems = validate::check(&doc.split);
+                let outcome = if problems.is_empty() {
+                    Ok(SplitDoc {
+                        hash: SplitDoc::hash_of(&doc.split),
+                        line: doc.line,
+                        file: file.to_path_buf(),
+                        split: doc.split,
+                    })
+                } else {
+                    // Problems quote names and values from the document: cleaned and bounded
+                    // like every other echo of input.
+                    Err(problems
+                        .into_iter()
+                        .map(|(path, message)| Invalid {
+                            pos: at(&path),
+                            message: crate::sanitize::message(&message),
+                        })
+                        .collect())
+                };
+                CachedDoc {
+                    name,
+                    line: doc.line,
+                    name_pos,
+                    outcome,
+                }
+            })
+            .collect();
+        self.entries.insert(
+            file.to_path_buf(),
+            FileEntry {
+                digest: Some(digest),
+                errors,
+                docs,
+            },
+        );
+    }
+
+    /// The documents in load order, with the decisions that span files (duplicate names).
+    fn assemble(&self) -> Loaded {
+        let mut loaded = Loaded {
+            docs: Vec::with_capacity(self.entries.len()),
+            errors: self.list_errors.clone(),
+            files: self.files.clone(),
+        };
+        let mut seen: HashMap<&str, (&Path, u64)> = HashMap::with_capacity(self.entries.len());
+        for file in &self.files {
+            let Some(entry) = self.entries.get(file) else {
+                continue;
+            };
+            loaded.errors.extend(entry.errors.iter().cloned());
+            for doc in &entry.docs {
+                if let Some((first_file, first_line)) = seen.get(doc.name.as_str()) {
+                    loaded.errors.push(Invalid {
+                        pos: doc.name_pos.clone(),
+                        message: format!(
+                            "duplicate TrafficSplit name '{}' (first defined at {}:{}); names must be unique",
+                            doc.name,
+                            first_file.display(),
+                            first_line
+                        ),
+                    });
+                    continue;
+                }
+                seen.insert(&doc.name, (file, doc.line));
+                match &doc.outcome {
+                    Ok(d) => loaded.docs.push(d.clone()),
+                    Err(problems) => loaded.errors.extend(problems.iter().cloned()),
+                }
+            }
+        }
+        loaded
+    }
 }
 
 fn file_error(file: &Path, message: String) -> Invalid {
@@ -863,6 +997,90 @@ fn find_at(trees: &[Spanned<Node>], loc: Location, prefer_container: bool) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn doc(name: &str, blue: u32) -> String {
+        format!(
+            "apiVersion: trafficshift.dev/v1alpha1\nkind: TrafficSplit\nmetadata:\n  name: {name}\nspec:\n  record:\n    hostedZone: z.example.\n    name: {name}.z.example.\n    type: A\n  backends:\n    - name: blue\n      target:\n        alias:\n          dnsName: blue.lb.example\n          hostedZoneId: Z35SXDOTRQ7X7K\n    - name: green\n      target:\n        alias:\n          dnsName: green.lb.example\n          hostedZoneId: Z35SXDOTRQ7X7K\n  weights:\n    blue: {blue}\n    green: {}\n",
+            100 - i64::from(blue)
+        )
+    }
+
+    fn same(a: &Loaded, b: &Loaded) {
+        assert_eq!(a.docs, b.docs);
+        assert_eq!(a.errors, b.errors);
+        assert_eq!(a.files, b.files);
+    }
+
+    #[test]
+    fn a_cached_load_says_what_a_fresh_load_says() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let paths = vec![dir.clone()];
+        std::fs::write(dir.join("a.yaml"), doc("a", 80)).unwrap();
+        std::fs::write(dir.join("b.yaml"), doc("b", 80)).unwrap();
+        std::fs::write(dir.join("c.yaml"), "kind: [").unwrap();
+        let mut cache = DocCache::default();
+        let first = cache.load_all(&paths);
+        assert_eq!(first.docs.len(), 2);
+        same(&first, &load_paths(&paths));
+
+        // b now duplicates a (an error that depends on another file), d is new, c is fixed.
+        std::fs::write(dir.join("b.yaml"), doc("a", 10)).unwrap();
+        std::fs::write(dir.join("c.yaml"), doc("c", 50)).unwrap();
+        std::fs::write(dir.join("d.yaml"), doc("d", 110)).unwrap();
+        let changed = [dir.join("b.yaml"), dir.join("c.yaml"), dir.join("d.yaml")];
+        let second = cache.load_changed(&paths, &changed);
+        same(&second, &load_paths(&paths));
+        assert!(
+            second
+                .errors
+                .iter()
+                .any(|e| e.message.contains("duplicate")),
+            "{:?}",
+            second.errors
+        );
+
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        let third = cache.load_changed(&paths, &[dir.join("a.yaml")]);
+        same(&third, &load_paths(&paths));
+        assert_eq!(
+            third
+                .docs
+                .iter()
+                .map(|d| d.split.name())
+                .collect::<Vec<_>>(),
+            ["a", "c"],
+            "b's document is no longer a duplicate"
+        );
+    }
+
+    #[test]
+    fn an_event_reads_only_the_files_it_names_and_a_full_load_reads_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let paths = vec![dir.clone()];
+        std::fs::write(dir.join("a.yaml"), doc("a", 80)).unwrap();
+        std::fs::write(dir.join("b.yaml"), doc("b", 80)).unwrap();
+        let mut cache = DocCache::default();
+        cache.load_all(&paths);
+        std::fs::write(dir.join("a.yaml"), doc("a", 30)).unwrap();
+        std::fs::write(dir.join("b.yaml"), doc("b", 30)).unwrap();
+        let blue = |l: &Loaded, name: &str| {
+            l.docs
+                .iter()
+                .find(|d| d.split.name() == name)
+                .unwrap()
+                .split
+                .spec
+                .weights["blue"]
+        };
+        let named = cache.load_changed(&paths, &[dir.join("a.yaml")]);
+        assert_eq!(blue(&named, "a"), 30);
+        assert_eq!(blue(&named, "b"), 80, "b was not named, so not read");
+        let all = cache.load_all(&paths);
+        assert_eq!(blue(&all, "b"), 30, "a full load verifies every file");
+        same(&all, &load_paths(&paths));
+    }
 
     #[test]
     fn parses_paths() {

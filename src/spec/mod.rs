@@ -17,7 +17,7 @@ pub mod schema;
 pub mod validate;
 
 pub use duration::HumanDuration;
-pub use load::{load_paths, Loaded, SplitDoc};
+pub use load::{load_paths, DocCache, Loaded, SplitDoc};
 
 pub const API_VERSION: &str = "trafficshift.dev/v1alpha1";
 pub const KIND: &str = "TrafficSplit";
