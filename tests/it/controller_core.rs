@@ -187,37 +187,10 @@ fn show_timeline(tl: &[Sample]) -> String {
         .join("\n")
 }
 
-/// ECS tasks the scenario document (`tasksAtFullTraffic: 20, minTasks: 2, maxTasks: 40`) needs by
-/// fargate share, written out by hand as (highest share, tasks): one task per 5% started, at
-/// least two.
-const FARGATE_TASKS: [(i64, i64); 19] = [
-    (10, 2),
-    (15, 3),
-    (20, 4),
-    (25, 5),
-    (30, 6),
-    (35, 7),
-    (40, 8),
-    (45, 9),
-    (50, 10),
-    (55, 11),
-    (60, 12),
-    (65, 13),
-    (70, 14),
-    (75, 15),
-    (80, 16),
-    (85, 17),
-    (90, 18),
-    (95, 19),
-    (100, 20),
-];
-
+/// ECS tasks the scenario document needs by fargate share: the table written out by hand in
+/// `writelog::SCENARIO_TASKS`.
 fn tasks_for(share: i64) -> i64 {
-    FARGATE_TASKS
-        .iter()
-        .find(|(upto, _)| share <= *upto)
-        .map(|(_, n)| *n)
-        .unwrap_or_else(|| panic!("no task count written down for a {share}% share"))
+    crate::writelog::tasks_in(crate::writelog::SCENARIO_TASKS, share)
 }
 
 /// The first index of a JSON log line whose message is `msg` and whose fields match.

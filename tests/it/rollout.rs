@@ -385,37 +385,10 @@ fn assert_each_step_held(tl: &Timeline, interval: f64) {
     );
 }
 
-/// ECS tasks the scenario document (`tasksAtFullTraffic: 20, minTasks: 2, maxTasks: 40`) needs by
-/// fargate share, written out by hand as (highest share, tasks): one task per 5% started, at
-/// least two.
-const FARGATE_TASKS: [(i64, i64); 19] = [
-    (10, 2),
-    (15, 3),
-    (20, 4),
-    (25, 5),
-    (30, 6),
-    (35, 7),
-    (40, 8),
-    (45, 9),
-    (50, 10),
-    (55, 11),
-    (60, 12),
-    (65, 13),
-    (70, 14),
-    (75, 15),
-    (80, 16),
-    (85, 17),
-    (90, 18),
-    (95, 19),
-    (100, 20),
-];
-
+/// ECS tasks the scenario document needs by fargate share: the table written out by hand in
+/// `writelog::SCENARIO_TASKS`.
 fn need(share: i64) -> i64 {
-    FARGATE_TASKS
-        .iter()
-        .find(|(upto, _)| share <= *upto)
-        .map(|(_, n)| *n)
-        .unwrap_or_else(|| panic!("no task count written down for a {share}% share"))
+    crate::writelog::tasks_in(crate::writelog::SCENARIO_TASKS, share)
 }
 
 /// Replace the ECS service by a new one with `desired` tasks and (moto started with
