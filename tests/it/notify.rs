@@ -187,9 +187,12 @@ fn weights(v: &Value, lambda: i64, fargate: i64) -> bool {
 enum OnCall {
     /// Nothing: the rollout runs to its end.
     Nothing,
-    /// `trafficshift abort api --reason ...` while the rollout holds at step 1.
-    Abort,
+    /// `trafficshift pause api`, then `abort api`, while the rollout holds at step 1.
+    PauseAndAbort,
 }
+
+/// A step as announced: (lambda, fargate) before and after.
+type Step = ((i64, i64), (i64, i64));
 
 const REASON: &str = "p99 over 2s, INC-7";
 
@@ -205,7 +208,7 @@ fn a_rollout_notifies(on_call: OnCall) {
     // To be aborted, the rollout must still be in progress when the command lands: an hour's hold.
     let interval = match on_call {
         OnCall::Nothing => "2s",
-        OnCall::Abort => "1h",
+        OnCall::PauseAndAbort => "1h",
     };
     write_atomic(
         &dir.path().join("docs/api.yaml"),
@@ -218,8 +221,8 @@ fn a_rollout_notifies(on_call: OnCall) {
     );
     let c = start(&moto, dir.path(), &rx);
 
-    // (from, to) of each StepAdvanced this run must announce.
-    let want_steps: &[((i64, i64), (i64, i64))] = match on_call {
+    // Each StepAdvanced this run must announce.
+    let want_steps: &[Step] = match on_call {
         OnCall::Nothing => {
             let (p, v) = rx.wait_event("dev.trafficshift.RolloutComplete", |_| true);
             check_envelope(&p, &v, &sc.record);
@@ -238,32 +241,51 @@ fn a_rollout_notifies(on_call: OnCall) {
             );
             &[((100, 0), (50, 50)), ((50, 50), (0, 100))]
         }
-        OnCall::Abort => {
+        OnCall::PauseAndAbort => {
             rx.wait_event("dev.trafficshift.StepAdvanced", |v| v["data"]["step"] == 1);
             let docs = dir.path().join("docs");
-            let (code, out, err) = run_cli(
-                moto.aws(),
-                &[
-                    "abort",
-                    "api",
-                    "--config",
-                    docs.to_str().unwrap(),
-                    "--owner-id",
-                    "test",
-                    "--reason",
-                    REASON,
-                ],
-            );
-            assert_eq!(code, 0, "abort failed: {out}\n{err}");
+            let control = |action: &str| {
+                let (code, out, err) = run_cli(
+                    moto.aws(),
+                    &[
+                        action,
+                        "api",
+                        "--config",
+                        docs.to_str().unwrap(),
+                        "--owner-id",
+                        "test",
+                        "--reason",
+                        REASON,
+                    ],
+                );
+                assert_eq!(code, 0, "{action} failed: {out}\n{err}");
+            };
             // Who the caller is, asked of moto here rather than taken from the controller.
             let caller = moto.boto3_json("sts", "get_caller_identity", json!({}))["Arn"]
                 .as_str()
                 .expect("an ARN")
                 .to_string();
+            let said_by_caller = |v: &Value| {
+                let d = &v["data"];
+                assert_eq!(d["actor"], caller.as_str(), "who asked: {v}");
+                assert!(
+                    d["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(&format!("by {caller}")) && m.contains(REASON)),
+                    "{v}"
+                );
+            };
+            // A pause is announced by the state change it makes, an abort by the step back.
+            control("pause");
+            let (p, v) = rx.wait_event("dev.trafficshift.Paused", |_| true);
+            check_envelope(&p, &v, &sc.record);
+            said_by_caller(&v);
+            assert_eq!(v["data"]["state"], "Paused", "{v}");
+            control("abort");
             let (p, v) = rx.wait_event("dev.trafficshift.Aborted", |_| true);
             check_envelope(&p, &v, &sc.record);
             let d = &v["data"];
-            assert_eq!(d["actor"], caller.as_str(), "who aborted: {v}");
+            said_by_caller(&v);
             assert_eq!(d["state"], "Aborted", "{v}");
             assert_eq!(d["steps"], 2, "{v}");
             assert!(d["step"].is_u64(), "{v}");
@@ -321,7 +343,7 @@ fn a_rollout_notifies(on_call: OnCall) {
         "trafficshift_notifications_total",
         &[("outcome", "sent")],
     );
-    // The steps and the final event (RolloutComplete or Aborted).
+    // The steps and the final event (RolloutComplete, or Aborted after Paused).
     let at_least = (want_steps.len() + 1) as f64;
     assert!(sent.is_some_and(|n| n >= at_least), "sent = {sent:?}");
     for outcome in ["failed", "dropped"] {
@@ -347,8 +369,8 @@ fn a_rollout_posts_signed_step_and_complete_events() {
 }
 
 #[test]
-fn an_abort_posts_a_signed_aborted_event_naming_the_caller() {
-    a_rollout_notifies(OnCall::Abort);
+fn pause_and_abort_post_signed_events_naming_the_caller() {
+    a_rollout_notifies(OnCall::PauseAndAbort);
 }
 
 #[test]
