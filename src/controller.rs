@@ -568,7 +568,8 @@ fn record_report(m: &mut Managed, r: &Report, dry_run: bool) {
         }
     }
     if let Some(n) = crate::overrides::transition_note(m.state, r.state, r.control.as_ref()) {
-        m.event(n.warning, n.reason, n.message);
+        // Of this cycle: its report carries the override (the actor) and the new state.
+        m.event_of(n.warning, n.reason, n.message, Some(r));
     }
     m.state = r.state.as_str();
 }
