@@ -479,10 +479,10 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
     let ctx = Arc::new(ctx);
     let app = AppState::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    if !a.once && !a.traffic_poll_interval.get().is_zero() {
-        let sources =
-            crate::aws::metric_data::AwsTrafficSources::connect(&aws_options(&a.aws)).await;
-        let poller = crate::traffic::poll::Poller::new(Arc::new(sources), ctx.traffic.clone());
+    let poll_traffic = !a.once && !a.traffic_poll_interval.get().is_zero();
+    if let Some(accounts) = ctx.accounts.clone().filter(|_| poll_traffic) {
+        // The reconciler's registry: a cross-account split's share is read in its role's account.
+        let poller = crate::traffic::poll::Poller::new(accounts, ctx.traffic.clone());
         tokio::spawn(crate::traffic::poll::run(
             poller,
             a.config.clone(),

@@ -20,6 +20,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 
 use super::connect::{from_config_with, AwsOptions};
 use super::limiter::RateLimiter;
+use super::metric_data::{AwsTrafficSources, TrafficAccounts, TrafficSources};
 use super::retry::{self, Idempotency};
 use super::Aws;
 use crate::error::AwsFailure;
@@ -62,6 +63,8 @@ pub async fn scope<F: std::future::Future>(account: Arc<str>, f: F) -> F::Output
 struct Role {
     account: Arc<str>,
     aws: Aws,
+    /// What the traffic poller reads in the role's account (same credentials as `aws`).
+    traffic: Arc<dyn TrafficSources>,
     credentials: Arc<CachedRole>,
 }
 
@@ -71,6 +74,7 @@ pub struct Accounts {
     opts: AwsOptions,
     default_account: Arc<str>,
     default_aws: Aws,
+    default_traffic: Arc<dyn TrafficSources>,
     limiters: Mutex<HashMap<Arc<str>, Arc<RateLimiter>>>,
     roles: Mutex<HashMap<AwsSpec, Arc<Role>>>,
 }
@@ -111,6 +115,7 @@ impl Accounts {
             opts: opts.clone(),
             default_account: account.clone(),
             default_aws,
+            default_traffic: Arc::new(AwsTrafficSources::from_config(base)),
             limiters: Mutex::new(HashMap::from([(account, limiter)])),
             roles: Mutex::new(HashMap::new()),
         }
@@ -187,10 +192,12 @@ impl Accounts {
         if let Some(region) = &spec.region {
             config = config.region(Region::new(region.clone()));
         }
-        let aws = from_config_with(&self.opts, &config.build(), limiter);
+        let config = config.build();
+        let aws = from_config_with(&self.opts, &config, limiter);
         let role = Arc::new(Role {
             account,
             aws,
+            traffic: Arc::new(AwsTrafficSources::from_config(&config)),
             credentials,
         });
         // Two cycles may build the same role at once; the first one stored wins, the other's
@@ -201,6 +208,26 @@ impl Accounts {
             .entry(spec.clone())
             .or_insert(role)
             .clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl TrafficAccounts for Accounts {
+    async fn traffic_sources(
+        &self,
+        aws: Option<&AwsSpec>,
+    ) -> Result<(Arc<str>, Arc<dyn TrafficSources>)> {
+        let Some(spec) = aws else {
+            return Ok((self.default_account(), self.default_traffic.clone()));
+        };
+        let role = self.role(spec).await;
+        // Asked up front, like `clients`: a role that cannot be assumed is one error for its
+        // splits, not one per GetMetricData page.
+        role.credentials
+            .provide()
+            .await
+            .map_err(|e| assume_role_error(&spec.role_arn, &e))?;
+        Ok((role.account.clone(), role.traffic.clone()))
     }
 }
 

@@ -2,6 +2,8 @@
 //! that name a backend's series (a target group's load balancer, the APIs mapped to a custom
 //! domain).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -11,6 +13,7 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, 
 
 use super::connect::AwsOptions;
 use super::retry::{self, Idempotency};
+use crate::spec::AwsSpec;
 use crate::traffic::{ApiStage, MetricQuery, PERIOD_SECS};
 use crate::{Error, Result};
 
@@ -36,6 +39,19 @@ pub trait TrafficSources: Send + Sync {
     /// The API stages mapped to a custom domain: REST base path mappings first, then HTTP API
     /// mappings. Empty when the domain maps nothing (its requests cannot be counted).
     async fn api_stages(&self, domain_name: &str) -> Result<Vec<ApiStage>>;
+}
+
+/// The traffic sources of every account a split can be in (`accounts::Accounts` in the
+/// controller): a cross-account split's load balancers, APIs and metrics live in its role's
+/// account, so they are read with that role's credentials.
+#[async_trait]
+pub trait TrafficAccounts: Send + Sync {
+    /// The account of `aws` (`None`: the controller's own credentials) and its sources. An error
+    /// (a role that cannot be assumed) leaves the shares of the splits using `aws` unknown.
+    async fn traffic_sources(
+        &self,
+        aws: Option<&AwsSpec>,
+    ) -> Result<(Arc<str>, Arc<dyn TrafficSources>)>;
 }
 
 /// `TrafficSources` backed by the SDK.

@@ -221,11 +221,78 @@ fn write(dir: &Path, file: &str, text: &str) {
     std::fs::write(dir.join(file), text).unwrap();
 }
 
+/// Count `blue`'s and `green`'s requests with `requestMetric` series `Test/Traffic Requests
+/// {Backend=<dim>}` (any backend may name its series this way).
+fn with_request_metrics(doc: &str, blue: &str, green: &str) -> String {
+    let metric = |dim: &str| {
+        format!(
+            "      requestMetric:\n        namespace: {TRAFFIC_NAMESPACE}\n        metricName: Requests\n        dimensions:\n          Backend: {dim}\n"
+        )
+    };
+    let out = doc
+        .replace(
+            "        cname: blue.example.net\n",
+            &format!("        cname: blue.example.net\n{}", metric(blue)),
+        )
+        .replace(
+            "        cname: green.example.net\n",
+            &format!("        cname: green.example.net\n{}", metric(green)),
+        );
+    assert_eq!(out.matches("requestMetric:").count(), 2, "{out}");
+    out
+}
+
+const TRAFFIC_NAMESPACE: &str = "Test/Traffic";
+
+/// Put `per_minute` requests of backend series `dim` in every minute from 10 minutes ago to 10
+/// ahead, with `creds` (so in their account).
+fn put_requests(moto: &Moto, creds: &Creds, dim: &str, per_minute: f64) {
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let data: Vec<Value> = (-10..=10)
+        .map(|m| {
+            serde_json::json!({
+                "MetricName": "Requests",
+                "Dimensions": [{"Name": "Backend", "Value": dim}],
+                "Timestamp": t0 + 60 * m - 30,
+                "Value": per_minute,
+                "Unit": "Count",
+            })
+        })
+        .collect();
+    must(
+        moto,
+        creds,
+        &[
+            "cloudwatch",
+            "put-metric-data",
+            "--namespace",
+            TRAFFIC_NAMESPACE,
+            "--metric-data",
+            &Value::Array(data).to_string(),
+        ],
+    );
+}
+
 /// The "done when": one controller, two documents with the same zone name; the roleArn
 /// split converges in account 222222222222's zone, the other in the default account's, and
 /// neither zone gets the other's records.
 #[test]
 fn role_split_writes_only_into_its_accounts_zone() {
+    two_accounts(false);
+}
+
+/// The same, with request counts in account 222222222222 only: the role split's traffic share
+/// is read in its role's account (300/700 a minute: 0.3/0.7), and the default-account split
+/// naming the same series has none.
+#[test]
+fn role_split_traffic_share_is_read_in_its_account() {
+    two_accounts(true);
+}
+
+fn two_accounts(traffic: bool) {
     let moto = Moto::start();
     let other = assume(&moto);
     let base = Creds::base();
@@ -238,18 +305,22 @@ fn role_split_writes_only_into_its_accounts_zone() {
     let record_default = format!("home.{zone}");
     let record_other = format!("remote.{zone}");
 
+    let mut home = document("home", &zone, &record_default, 30, 70, "");
+    let mut remote = document("remote", &zone, &record_other, 80, 20, &role_block());
+    let mut args = vec!["--resync", "1s"];
+    // Both splits name the same series; only account 222222222222 has datapoints for them.
+    let (blue_dim, green_dim) = (unique("blue"), unique("green"));
+    if traffic {
+        home = with_request_metrics(&home, &blue_dim, &green_dim);
+        remote = with_request_metrics(&remote, &blue_dim, &green_dim);
+        put_requests(&moto, &other, &blue_dim, 300.0);
+        put_requests(&moto, &other, &green_dim, 700.0);
+        args.extend(["--traffic-poll-interval", "1s"]);
+    }
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "home.yaml",
-        &document("home", &zone, &record_default, 30, 70, ""),
-    );
-    write(
-        dir.path(),
-        "remote.yaml",
-        &document("remote", &zone, &record_other, 80, 20, &role_block()),
-    );
-    let c = Controller::start(moto.aws(), &[dir.path()], "accounts", &["--resync", "1s"]);
+    write(dir.path(), "home.yaml", &home);
+    write(dir.path(), "remote.yaml", &remote);
+    let c = Controller::start(moto.aws(), &[dir.path()], "accounts", &args);
 
     let want_default = vec![("blue".to_string(), 30), ("green".to_string(), 70)];
     let want_other = vec![("blue".to_string(), 80), ("green".to_string(), 20)];
@@ -333,6 +404,80 @@ fn role_split_writes_only_into_its_accounts_zone() {
     );
     // One session serves every cycle: the credentials are cached, not fetched per reconcile.
     assert_eq!(assumed, Some(1.0), "AssumeRole calls: {assumed:?}");
+    if traffic {
+        check_traffic_share(&moto, &c, &base, &other, &blue_dim);
+    }
+}
+
+/// `remote`'s share on /metrics is the role account's 0.3/0.7; the default account holds no such
+/// series, so `home` (same series, default credentials) has no share at all.
+fn check_traffic_share(moto: &Moto, c: &Controller, base: &Creds, other: &Creds, blue_dim: &str) {
+    let series = |creds: &Creds| {
+        must(
+            moto,
+            creds,
+            &[
+                "cloudwatch",
+                "list-metrics",
+                "--namespace",
+                TRAFFIC_NAMESPACE,
+                "--dimensions",
+                &format!("Name=Backend,Value={blue_dim}"),
+            ],
+        )["Metrics"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(
+        series(base),
+        0,
+        "the default account must hold no such data"
+    );
+    assert_eq!(series(other), 1, "account 222222222222 holds blue's series");
+    let share = |text: &str, split: &str, b: &str| {
+        metric_sum(
+            text,
+            "trafficshift_traffic_share_ratio",
+            &[("split", split), ("backend", b)],
+        )
+    };
+    let text = wait_for("remote's traffic share on /metrics", DEADLINE, || {
+        c.metrics().filter(|t| {
+            share(t, "remote", "blue").is_some() && share(t, "remote", "green").is_some()
+        })
+    });
+    let (blue, green) = (
+        share(&text, "remote", "blue").unwrap(),
+        share(&text, "remote", "green").unwrap(),
+    );
+    assert!(
+        (blue - 0.3).abs() < 1e-9 && (green - 0.7).abs() < 1e-9,
+        "remote's share must be account 222222222222's 300/700: blue {blue}, green {green}"
+    );
+    for b in ["blue", "green"] {
+        assert_eq!(
+            share(&text, "home", b),
+            None,
+            "home reads the default account, which has no datapoints: unknown, never 0:\n{text}"
+        );
+    }
+    // Both accounts were asked, each under its own label.
+    for account in [DEFAULT_ACCOUNT, OTHER_ACCOUNT] {
+        let calls = metric_sum(
+            &text,
+            "trafficshift_aws_requests_total",
+            &[
+                ("service", "cloudwatch"),
+                ("operation", "GetMetricData"),
+                ("outcome", "success"),
+                ("account", account),
+            ],
+        );
+        assert!(
+            calls.is_some_and(|n| n >= 1.0),
+            "no GetMetricData counted for account {account}: {calls:?}"
+        );
+    }
 }
 
 /// A role that cannot be assumed fails its own split with one clear line; the other split of the
