@@ -5,13 +5,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
+use aws_config::Region;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
 
-use super::connect::AwsOptions;
 use super::retry::{self, Idempotency};
 use crate::spec::AwsSpec;
 use crate::traffic::{ApiStage, MetricQuery, PERIOD_SECS};
@@ -63,21 +60,6 @@ pub struct AwsTrafficSources {
 }
 
 impl AwsTrafficSources {
-    /// Clients from the standard environment, tuned like the controller's other clients.
-    pub async fn connect(opts: &AwsOptions) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_attempt_timeout(opts.attempt_timeout)
-                    .operation_timeout(opts.operation_timeout)
-                    .build(),
-            )
-            .load()
-            .await;
-        Self::from_config(&config)
-    }
-
     /// Clients from a loaded configuration, used as is (tests point it at moto).
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         let config = if config.region().is_some() {
