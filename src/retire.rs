@@ -137,7 +137,9 @@ pub fn advance(
         let until = match stored.and_then(|s| s.retiring.get(&l.name)) {
             Some(&until) => until,
             None => {
-                let until = now.saturating_add(drain);
+                // `now` is whole seconds (rounded down): one more second so the record
+                // stays for at least the full drain after this cycle.
+                let until = now.saturating_add(drain).saturating_add(1);
                 out.notes.push(Note {
                     warning: false,
                     reason: "Retiring",
@@ -435,13 +437,13 @@ mod tests {
         let mut next = stored.clone();
         let r = advance(&doc, &l, Some(&stored), &mut next, true, 1000);
         assert!(r.delete.is_empty());
-        assert_eq!(next.retiring, [("lambda".to_string(), 1120)].into());
+        assert_eq!(next.retiring, [("lambda".to_string(), 1121)].into());
         assert_eq!(r.notes[0].reason, "Retiring");
         assert!(
             r.waiting_for
                 .as_deref()
                 .unwrap()
-                .starts_with("retiring lambda (drains until 1970-01-01T00:18:40Z)"),
+                .starts_with("retiring lambda (drains until 1970-01-01T00:18:41Z)"),
             "{:?}",
             r.waiting_for
         );
@@ -449,19 +451,19 @@ mod tests {
         // A restart mid-drain keeps the clock (read back from the TXT), and nothing before it.
         let stored = RolloutState::decode(&next.encode()).unwrap();
         let mut again = stored.clone();
-        let r = advance(&doc, &l, Some(&stored), &mut again, true, 1119);
+        let r = advance(&doc, &l, Some(&stored), &mut again, true, 1120);
         assert!(r.delete.is_empty());
         assert_eq!(again, stored, "nothing new to write mid-drain");
 
         // Drained, but no batch this cycle: wait.
         let mut no_write = stored.clone();
-        assert!(advance(&doc, &l, Some(&stored), &mut no_write, false, 1120)
+        assert!(advance(&doc, &l, Some(&stored), &mut no_write, false, 1121)
             .delete
             .is_empty());
 
         // Drained: deleted with the state that no longer names it.
         let mut last = stored.clone();
-        let r = advance(&doc, &l, Some(&stored), &mut last, true, 1120);
+        let r = advance(&doc, &l, Some(&stored), &mut last, true, 1121);
         assert_eq!(r.delete, vec![weighted("lambda", 0, "d-1")]);
         assert_eq!(last.current, w(&[("fargate", 100)]));
         assert_eq!(last.start, w(&[("fargate", 100)]));

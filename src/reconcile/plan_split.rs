@@ -469,7 +469,7 @@ mod tests {
             "Progressing",
             "not finished while retiring"
         );
-        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000121"));
+        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000122"));
 
         // A restart (no memory) mid-drain keeps the record and the clock.
         let ctx = context(dns.clone());
@@ -480,7 +480,7 @@ mod tests {
             weights_at(&dns, "api"),
             w(&[("lambda", 0), ("fargate", 100)])
         );
-        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000121"));
+        assert!(txt_at(&dns).unwrap().contains(",retire=lambda@1764000122"));
 
         // Drained: the record goes with the state that no longer names it.
         let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 122_000, true).await);
