@@ -4,40 +4,13 @@
 
 use crate::support;
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use support::controller::{bin, free_port, set_alarm, wait_for, Controller, Scenario};
-use support::{unique, venv_tool, Moto};
+use support::{unique, Moto};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Weighted records at the scenario's name, `aws route53 list-resource-record-sets`.
-fn aws_weights(moto: &Moto, sc: &Scenario) -> BTreeMap<String, i64> {
-    let out = Command::new(venv_tool("aws", "aws"))
-        .args(["route53", "list-resource-record-sets", "--hosted-zone-id"])
-        .arg(&sc.zone_id)
-        .args(["--output", "json"])
-        .envs(moto.aws_env())
-        .output()
-        .expect("run the aws CLI");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["ResourceRecordSets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["Name"] == sc.record.as_str())
-        .filter_map(|r| Some((r["SetIdentifier"].as_str()?.into(), r["Weight"].as_i64()?)))
-        .collect()
-}
 
 /// `trafficshift status <args> --wait` started in the background.
 fn spawn_wait(endpoint: &str, args: &[&str]) -> Child {
@@ -123,14 +96,14 @@ fn wait_ends_0_on_completion_1_on_rollback_124_on_timeout() {
     dedup.dedup();
     assert_eq!(lines, dedup, "one line per change, no repeats: {out}");
     assert_eq!(
-        aws_weights(&moto, &done),
+        done.cli_weights(&moto),
         [("fargate".to_string(), 100), ("lambda".to_string(), 0)].into(),
         "Route53 really is at the target"
     );
 
     // 124 at the timeout while `slow` holds its first step for 600 s.
     wait_for("slow at its first step", DEADLINE, || {
-        (aws_weights(&moto, &slow).get("fargate") == Some(&50)).then_some(())
+        (slow.cli_weights(&moto).get("fargate") == Some(&50)).then_some(())
     });
     let t = Instant::now();
     let (code, out, err) = finish(
@@ -147,7 +120,7 @@ fn wait_ends_0_on_completion_1_on_rollback_124_on_timeout() {
 
     // 1 at once when `rb` rolls back; its wait was started while it was healthy.
     wait_for("rb at its first step", DEADLINE, || {
-        (aws_weights(&moto, &rb).get("fargate") == Some(&50)).then_some(())
+        (rb.cli_weights(&moto).get("fargate") == Some(&50)).then_some(())
     });
     let waiting = spawn_wait(&c.endpoint, &["rb", "--timeout", "100s"]);
     std::thread::sleep(Duration::from_secs(2));
@@ -158,7 +131,7 @@ fn wait_ends_0_on_completion_1_on_rollback_124_on_timeout() {
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     assert!(err.contains("RolledBack"), "{err}");
     assert_eq!(
-        aws_weights(&moto, &rb),
+        rb.cli_weights(&moto),
         [("fargate".to_string(), 0), ("lambda".to_string(), 100)].into(),
         "Route53 really rolled back"
     );

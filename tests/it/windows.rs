@@ -6,43 +6,12 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use support::controller::{run_cli, wait_for, write_atomic, Controller, Scenario};
-use support::{venv_tool, Moto};
+use support::Moto;
 
 const DEADLINE: Duration = Duration::from_secs(90);
-
-/// Weighted records at the scenario's name, SetIdentifier -> Weight, read with the AWS CLI.
-fn cli_weights(moto: &Moto, sc: &Scenario) -> BTreeMap<String, i64> {
-    let out = Command::new(venv_tool("aws", "aws"))
-        .args(["route53", "list-resource-record-sets", "--hosted-zone-id"])
-        .arg(&sc.zone_id)
-        .args(["--output", "json"])
-        .envs(moto.aws_env())
-        .output()
-        .expect("the AWS CLI (aws) must be installed: .venv/bin/aws or on PATH");
-    assert!(
-        out.status.success(),
-        "aws route53 list-resource-record-sets failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON from the AWS CLI");
-    v["ResourceRecordSets"]
-        .as_array()
-        .expect("ResourceRecordSets")
-        .iter()
-        .filter(|r| r["Name"] == sc.record.as_str() && r.get("SetIdentifier").is_some())
-        .map(|r| {
-            (
-                r["SetIdentifier"].as_str().unwrap().to_string(),
-                r["Weight"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
 
 fn split(lambda: i64, fargate: i64) -> BTreeMap<String, i64> {
     [
@@ -82,12 +51,12 @@ fn a_closed_window_holds_a_rollout_and_an_open_one_lets_it_finish() {
 
     // The weighted set is created at the start split (adoption is not a step) ...
     wait_for("the weighted set at lambda 100", DEADLINE, || {
-        (cli_weights(&moto, &sc) == split(100, 0)).then_some(())
+        (sc.cli_weights(&moto) == split(100, 0)).then_some(())
     });
     // ... and stays there over several resyncs and many 1 s intervals.
     let held = Instant::now();
     while held.elapsed() < Duration::from_secs(8) {
-        let w = cli_weights(&moto, &sc);
+        let w = sc.cli_weights(&moto);
         assert_eq!(w, split(100, 0), "a step advanced outside the window");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -118,7 +87,7 @@ fn a_closed_window_holds_a_rollout_and_an_open_one_lets_it_finish() {
         &sc.document("api", 0, 100, &block(&utc_hhmm(-60), &utc_hhmm(60))),
     );
     wait_for("Route53 at fargate 100 (AWS CLI)", DEADLINE, || {
-        (cli_weights(&moto, &sc) == split(0, 100)).then_some(())
+        (sc.cli_weights(&moto) == split(0, 100)).then_some(())
     });
 }
 

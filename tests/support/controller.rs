@@ -39,6 +39,36 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The weighted records at the scenario's name, SetIdentifier -> Weight, read with the AWS
+    /// CLI (an outside client, not the controller's SDK).
+    pub fn cli_weights(&self, moto: &Moto) -> BTreeMap<String, i64> {
+        let out = Command::new(crate::support::venv_tool("aws", "aws"))
+            .args(["route53", "list-resource-record-sets", "--hosted-zone-id"])
+            .arg(&self.zone_id)
+            .args(["--output", "json"])
+            .envs(moto.aws_env())
+            .output()
+            .expect("the AWS CLI (aws) must be installed: .venv/bin/aws or on PATH");
+        assert!(
+            out.status.success(),
+            "aws route53 list-resource-record-sets failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON from the AWS CLI");
+        v["ResourceRecordSets"]
+            .as_array()
+            .expect("ResourceRecordSets")
+            .iter()
+            .filter(|r| r["Name"] == self.record.as_str() && r.get("SetIdentifier").is_some())
+            .map(|r| {
+                (
+                    r["SetIdentifier"].as_str().unwrap().to_string(),
+                    r["Weight"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     /// Provision with unique names (tests run in parallel against their own moto anyway).
     pub fn provision(moto: &Moto, tasks: u32) -> Scenario {
         let zone = format!("{}.example", unique("z"));
