@@ -65,3 +65,13 @@ ts_start_moto() {
     done
     ts_die "could not start moto_server; see $log"
 }
+
+# Clippy as the workspace's compiler wrapper (scripts/check-clippy, scripts/test lane 1): every
+# cargo command that should reuse the clippy step's build must run with exactly these two.
+ts_clippy_env() {
+    local driver
+    driver="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)"
+    [[ -x "$driver" ]] || ts_die "clippy-driver not found: rustup component add clippy"
+    # cargo-clippy's own way of passing lint flags to the driver (`cargo clippy -- -D warnings`).
+    TS_CLIPPY_ENV=(RUSTC_WORKSPACE_WRAPPER="$driver" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
+}

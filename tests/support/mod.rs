@@ -74,6 +74,9 @@ pub struct Moto {
     log: PathBuf,
     /// The AWS layer in front of moto that the controller talks to, started on first use.
     layer: std::sync::OnceLock<controller::FaultProxy>,
+    /// One long-lived boto3 process that runs every `py` snippet: a new Python per snippet cost
+    /// about 0.2 s of CPU (interpreter and boto3 import), most of the suite's client-side CPU.
+    py_worker: std::sync::Mutex<Option<PyWorker>>,
 }
 
 impl Moto {
@@ -119,6 +122,7 @@ impl Moto {
             child,
             log,
             layer: std::sync::OnceLock::new(),
+            py_worker: std::sync::Mutex::new(None),
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -242,40 +246,106 @@ out = r
             .unwrap_or_else(|e| panic!("python snippet failed: {e}"))
     }
 
-    /// `py` that returns the error text instead of panicking.
+    /// `py` that returns the error text instead of panicking. Snippets run one at a time in this
+    /// moto's boto3 worker, each in a fresh namespace.
     pub fn try_py(&self, script: &str, input: Value) -> Result<Value, String> {
-        const PRELUDE: &str = r#"
-import json, sys, boto3
+        let mut guard = self.py_worker.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(PyWorker::start(&self.endpoint, &self.aws_env())?);
+        }
+        let worker = guard.as_mut().expect("started above");
+        match worker.run(script, &input) {
+            Ok(answer) => answer,
+            Err(broken) => {
+                // The worker died (a snippet exited or crashed it): the next call starts a new one.
+                *guard = None;
+                Err(broken)
+            }
+        }
+    }
+}
+
+/// A Python process with boto3 imported that runs snippets sent as JSON lines on its stdin and
+/// answers each with one JSON line on a private copy of its stdout (a snippet's own prints go to
+/// stderr, so they cannot break the protocol).
+struct PyWorker {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PyWorker {
+    const PROGRAM: &'static str = r#"
+import json, os, sys, traceback, boto3
 endpoint = sys.argv[1]
-input = json.load(sys.stdin)
+proto = os.fdopen(os.dup(1), "w")
+sys.stdout = sys.stderr
+clients = {}
 def client(name):
-    return boto3.client(name, endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
-out = None
+    if name not in clients:
+        clients[name] = boto3.client(name, endpoint_url=endpoint, region_name="us-east-1",
+                                     aws_access_key_id="testing", aws_secret_access_key="testing")
+    return clients[name]
+for line in sys.stdin:
+    req = json.loads(line)
+    ns = {"json": json, "sys": sys, "boto3": boto3, "client": client, "endpoint": endpoint,
+          "input": req["input"], "out": None}
+    try:
+        exec(req["script"], ns)
+        answer = {"ok": json.loads(json.dumps(ns["out"], default=str))}
+    except BaseException as e:
+        text = traceback.format_exc()
+        answer = {"err": text.strip().splitlines()[-1] + "\n" + text}
+    proto.write(json.dumps(answer) + "\n")
+    proto.flush()
 "#;
-        const EPILOGUE: &str = "\nprint(json.dumps(out, default=str))\n";
-        let program = format!("{PRELUDE}{script}{EPILOGUE}");
+
+    fn start(endpoint: &str, env: &[(String, String)]) -> Result<PyWorker, String> {
         let mut child = Command::new(python())
-            .args(["-c", &program, &self.endpoint])
-            .envs(self.aws_env())
+            .args(["-c", Self::PROGRAM, endpoint])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", python().display()))?;
-        let mut stdin = child.stdin.take().ok_or("no stdin")?;
-        stdin
-            .write_all(input.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
-        drop(stdin);
-        let output = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !output.status.success() {
-            let err = String::from_utf8_lossy(&output.stderr);
-            let last = err.lines().last().unwrap_or_default();
-            return Err(format!("{last}\n{err}"));
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        Ok(PyWorker {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Outer error: the worker is gone. Inner: the snippet's answer or its Python error.
+    fn run(&mut self, script: &str, input: &Value) -> Result<Result<Value, String>, String> {
+        use std::io::BufRead;
+        let req = serde_json::json!({"script": script, "input": input});
+        writeln!(self.stdin, "{req}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("boto3 worker gone: {e}"))?;
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .map_err(|e| format!("boto3 worker gone: {e}"))?;
+        if n == 0 {
+            return Err("boto3 worker exited".into());
         }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        serde_json::from_str(stdout.trim()).map_err(|e| format!("not JSON ({e}): {stdout}"))
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| format!("boto3 worker said ({e}): {line}"))?;
+        Ok(match v.get("err").and_then(Value::as_str) {
+            Some(err) => Err(err.to_string()),
+            None => Ok(v["ok"].clone()),
+        })
+    }
+}
+
+impl Drop for PyWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
