@@ -1064,7 +1064,7 @@ impl Run<'_> {
 /// (a) and (e): first convergence with `--once` at 5 requests/s, then the steady-state cycle of a
 /// long-running controller (unlimited rate against moto, so its wall time is the controller's own
 /// plus AWS's; 5 requests/s through the realistic layer, which allows no more).
-fn calls(out: &mut String, r: &Run) -> (f64, u64) {
+fn calls(out: &mut String, r: &Run, flush: &dyn Fn(&str)) -> (f64, u64) {
     let n = r.fleet.splits.len();
     let before = fleet::record_counts(r.moto);
     r.proxy.reset();
@@ -1171,6 +1171,9 @@ fn calls(out: &mut String, r: &Run) -> (f64, u64) {
             took.as_secs_f64() / floor.max(0.001)
         );
     }
+
+    // Saved before the steady-state part, which may fail on its own at a large scale.
+    flush(&format!("{out}{e_table}"));
 
     // Steady state: the second cycle of a long-running controller.
     let after = fleet::record_counts(r.moto);
@@ -1578,7 +1581,7 @@ fn main() {
         let mut first: (Option<f64>, Option<u64>) = (None, None);
         if want("calls") {
             eprintln!("[bench] (a)+(e) first convergence and steady state");
-            let (w, c) = calls(&mut out, &r);
+            let (w, c) = calls(&mut out, &r, &flush);
             first = (Some(w), Some(c));
             flush(&out);
         } else {

@@ -13,8 +13,11 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, Recom
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Debounce window: editors and kubelet write several events per change.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Debounce window: editors and kubelet write several events per change. 50 ms of quiet covers a
+/// rename or a ConfigMap's `..data` swap (each one burst of events) with margin, and is a quarter
+/// of issue 11's 200 ms budget from an edit to its first Route53 write (100 ms took half of it).
+/// A file caught half-written is rejected and kept at its last good version until its next event.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 pub struct Watcher {
     debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
