@@ -2,7 +2,9 @@
 //!
 //! `cargo bench --bench scale -- [--parts plan,calls,latency,resources,baseline] [--splits-per-zone N]
 //! [--zones N] [--big-foreign N] [--latency-samples N] [--baseline-splits N] [--out FILE]
-//! [--realistic [--layer-arg ARG]...]` (or `scripts/bench`, which also checks the bootstrap). Every AWS call goes
+//! [--realistic [--layer-arg ARG]...] [--baseline-bin PATH [--baseline-label TEXT]]` (or
+//! `scripts/bench`, which also checks the bootstrap). `--baseline-bin` measures an earlier build's
+//! controller binary beside this one in the same run (latency and resources). Every AWS call goes
 //! through `scripts/faultproxy.py` at fault rate 0, which counts calls per operation; the
 //! theoretical minimum is computed from the fleet's layout and the zones' record counts (see
 //! `fleet::minimum`). `--realistic` runs the proxy as the realistic AWS layer
@@ -731,6 +733,10 @@ struct Args {
     /// More flags for the layer, after `REALISTIC_LAYER` so they override it (e.g.
     /// `--route53-validate=false` to see what the layer's own checking costs).
     layer_args: Vec<String>,
+    /// An earlier build's controller binary, measured in the same run beside this build's
+    /// (latency and resources parts), e.g. the release binary of the previous commit.
+    baseline_bin: Option<PathBuf>,
+    baseline_label: String,
 }
 
 fn args() -> Args {
@@ -750,6 +756,8 @@ fn args() -> Args {
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/scale.md"),
         realistic: false,
         layer_args: Vec::new(),
+        baseline_bin: None,
+        baseline_label: "before".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -779,12 +787,40 @@ fn args() -> Args {
             "--plan-iters" => a.plan_iters = num(v()),
             "--out" => a.out = PathBuf::from(v()),
             "--layer-arg" => a.layer_args.push(v()),
+            "--baseline-bin" => a.baseline_bin = Some(PathBuf::from(v())),
+            "--baseline-label" => a.baseline_label = v(),
             other => {
                 panic!("unknown argument {other}; see the top of benches/scale.rs for the options")
             }
         }
     }
     a
+}
+
+/// The controllers a part measures, as (label, binary): the baseline first when given, then this
+/// build's (`None`: the binary `cargo bench` built).
+fn binaries(a: &Args) -> Vec<(String, Option<PathBuf>)> {
+    let mut v = Vec::new();
+    if let Some(b) = &a.baseline_bin {
+        v.push((a.baseline_label.clone(), Some(b.clone())));
+    }
+    v.push((
+        if v.is_empty() { "this build" } else { "after" }.to_string(),
+        None,
+    ));
+    v
+}
+
+/// Run `f` with the controller binary `bin` (`support::controller::bin` reads TRAFFICSHIFT_BIN).
+/// The bench starts controllers from this one thread only.
+fn with_binary<T>(bin: &Option<PathBuf>, f: impl FnOnce() -> T) -> T {
+    match bin {
+        Some(b) => std::env::set_var("TRAFFICSHIFT_BIN", b),
+        None => std::env::remove_var("TRAFFICSHIFT_BIN"),
+    }
+    let r = f();
+    std::env::remove_var("TRAFFICSHIFT_BIN");
+    r
 }
 
 fn ms(d: Duration) -> f64 {
@@ -1265,7 +1301,14 @@ fn calls(out: &mut String, r: &Run, flush: &dyn Fn(&str)) -> (f64, u64) {
 }
 
 /// (c) file change -> first ChangeResourceRecordSets, through the watcher and its debounce.
-fn latency(out: &mut String, parts: &mut String, r: &Run, samples: usize, rps: &str) -> (f64, f64) {
+fn latency(
+    out: &mut String,
+    parts: &mut String,
+    r: &Run,
+    samples: usize,
+    rps: &str,
+    label: &str,
+) -> (f64, f64) {
     let mut c = Controller::start(
         &r.proxy.url,
         &[r.fleet.dir.as_path()],
@@ -1358,7 +1401,7 @@ fn latency(out: &mut String, parts: &mut String, r: &Run, samples: usize, rps: &
     let target = if rps == "0" { 150.0 } else { 200.0 };
     let _ = writeln!(
         out,
-        "| `--route53-rps {rps}` | {samples} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms | {:.2} | < {target:.0} ms: {} |",
+        "| {label} | `--route53-rps {rps}` | {samples} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms | {:.2} | < {target:.0} ms: {} |",
         lists as f64 / samples as f64,
         if p50 < target { "met" } else { "MISSED" }
     );
@@ -1367,13 +1410,13 @@ fn latency(out: &mut String, parts: &mut String, r: &Run, samples: usize, rps: &
     let (w50, _, _) = percentiles(&mut planned);
     let _ = writeln!(
         parts,
-        "| `--route53-rps {rps}` | {n50:.0} ms | {l50:.0} ms | {w50:.0} ms | {p50:.0} ms |"
+        "| {label} | `--route53-rps {rps}` | {n50:.0} ms | {l50:.0} ms | {w50:.0} ms | {p50:.0} ms |"
     );
     (p50, p99)
 }
 
 /// (d) peak RSS and idle CPU with the first `n` splits (already converged).
-fn resources(out: &mut String, r: &Run, n: usize) {
+fn resources(out: &mut String, r: &Run, n: usize, label: &str) {
     let dir = r.fleet.subset_dir(n);
     let mut c = Controller::start(
         &r.moto.endpoint,
@@ -1404,7 +1447,7 @@ fn resources(out: &mut String, r: &Run, n: usize) {
     };
     let _ = writeln!(
         out,
-        "| {n} | {hwm:.1} MiB | {rss:.1} MiB | {} | {cpu:.2} % ({ticks} ticks in {secs:.1} s) | {} |",
+        "| {label} | {n} | {hwm:.1} MiB | {rss:.1} MiB | {} | {cpu:.2} % ({ticks} ticks in {secs:.1} s) | {} |",
         if n == 1 || n >= 1000 { format!("< {target} MiB: {}", if hwm < target { "met" } else { "MISSED" }) } else { "-".into() },
         if cpu < 1.0 { "met" } else { "MISSED" }
     );
@@ -1600,12 +1643,16 @@ fn main() {
                 "\n## (c) File change to first ChangeResourceRecordSets ({} splits loaded)\n\n\
                  Time from writing the document to the proxy receiving the write (100 ms debounce included). \
                  `lists/change`: ListResourceRecordSets calls per edit.\n\n\
-                 | controller | samples | p50 | p99 | max | lists/change | p50 target |\n|---|---:|---:|---:|---:|---:|---|\n",
+                 | binary | controller | samples | p50 | p99 | max | lists/change | p50 target |\n|---|---|---:|---:|---:|---:|---:|---|\n",
                 fleet.splits.len()
             );
             let mut parts = String::new();
             let skip = proxy.entries().len();
-            latency(&mut out, &mut parts, &r, a.latency_samples, "5");
+            for (label, bin) in binaries(&a) {
+                with_binary(&bin, || {
+                    latency(&mut out, &mut parts, &r, a.latency_samples, "5", &label)
+                });
+            }
             if r.realistic {
                 // The layer allows 5 requests/s: an unlimited controller would be throttled.
                 let (throttled, refused) = fleet::layer_events(&proxy.entries()[skip..]);
@@ -1616,7 +1663,11 @@ fn main() {
                     refused.len()
                 );
             } else {
-                latency(&mut out, &mut parts, &r, a.latency_samples, "0");
+                for (label, bin) in binaries(&a) {
+                    with_binary(&bin, || {
+                        latency(&mut out, &mut parts, &r, a.latency_samples, "0", &label)
+                    });
+                }
             }
             let _ = write!(
                 out,
@@ -1624,8 +1675,8 @@ fn main() {
                  listing arrives = the {} ms debounce, reading the edited file, scheduling; \
                  the listing = its time in the proxy and AWS; to the write = planning and \
                  the limiter's wait.\n\n\
-                 | controller | until the listing | the listing | to the write | total p50 |\n\
-                 |---|---:|---:|---:|---:|\n{parts}",
+                 | binary | controller | until the listing | the listing | to the write | total p50 |\n\
+                 |---|---|---:|---:|---:|---:|\n{parts}",
                 trafficshift::watch::DEBOUNCE.as_millis()
             );
             flush(&out);
@@ -1635,10 +1686,14 @@ fn main() {
             let _ = write!(
                 out,
                 "\n## (d) Peak RSS and idle CPU (release binary, after its first cycle, 10 s idle window)\n\n\
-                 | splits | peak RSS (VmHWM) | RSS | RSS target | idle CPU | idle CPU < 1% |\n|---:|---:|---:|---|---:|---|\n"
+                 | binary | splits | peak RSS (VmHWM) | RSS | RSS target | idle CPU | idle CPU < 1% |\n|---|---:|---:|---:|---|---:|---|\n"
             );
             for n in [1, 100, fleet.splits.len()] {
-                resources(&mut out, &r, n.min(fleet.splits.len()));
+                for (label, bin) in binaries(&a) {
+                    with_binary(&bin, || {
+                        resources(&mut out, &r, n.min(fleet.splits.len()), &label)
+                    });
+                }
             }
             flush(&out);
         }

@@ -11,8 +11,12 @@ use serde_json::{json, Value};
 use super::{python, repo, unique, Moto};
 
 /// The binary under test.
+/// The controller binary: this build's, or `TRAFFICSHIFT_BIN` when set (the benchmark's
+/// `--baseline-bin` runs an earlier build's binary beside this one).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_trafficshift"))
+    std::env::var_os("TRAFFICSHIFT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trafficshift")))
 }
 
 /// A free 127.0.0.1 port (released before use; good enough for tests).
