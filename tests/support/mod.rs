@@ -281,15 +281,20 @@ endpoint = sys.argv[1]
 proto = os.fdopen(os.dup(1), "w")
 sys.stdout = sys.stderr
 clients = {}
-def client(name):
-    if name not in clients:
-        clients[name] = boto3.client(name, endpoint_url=endpoint, region_name="us-east-1",
-                                     aws_access_key_id="testing", aws_secret_access_key="testing")
-    return clients[name]
+def client_for(ns):
+    # A snippet may point later clients elsewhere by assigning `endpoint` (e.g. at the layer).
+    def client(name):
+        key = (name, ns["endpoint"])
+        if key not in clients:
+            clients[key] = boto3.client(name, endpoint_url=ns["endpoint"], region_name="us-east-1",
+                                        aws_access_key_id="testing", aws_secret_access_key="testing")
+        return clients[key]
+    return client
 for line in sys.stdin:
     req = json.loads(line)
-    ns = {"json": json, "sys": sys, "boto3": boto3, "client": client, "endpoint": endpoint,
+    ns = {"json": json, "sys": sys, "boto3": boto3, "endpoint": endpoint,
           "input": req["input"], "out": None}
+    ns["client"] = client_for(ns)
     try:
         exec(req["script"], ns)
         answer = {"ok": json.loads(json.dumps(ns["out"], default=str))}
