@@ -767,13 +767,7 @@ pub fn decide(i: &Inputs) -> Decision {
         }
         // Forget finished drains only when the state is written anyway, so an expiry alone
         // never costs a Route53 write.
-        let unchanged = i.stored.is_some_and(|s| {
-            let mut a = s.clone();
-            let mut b = st.clone();
-            a.drains.clear();
-            b.drains.clear();
-            a == b && st.drains == s.drains
-        });
+        let unchanged = i.stored.is_some_and(|s| *s == st);
         if !unchanged {
             st.drains.retain(|_, d| d.until > now);
         }
