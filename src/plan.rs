@@ -315,7 +315,13 @@ struct Desired<'a> {
 }
 
 impl<'a> Desired<'a> {
-    fn new(split: &TrafficSplit, name: &'a str, backend: &'a str, weight: u32, target: &'a Target) -> Self {
+    fn new(
+        split: &TrafficSplit,
+        name: &'a str,
+        backend: &'a str,
+        weight: u32,
+        target: &'a Target,
+    ) -> Self {
         let spec = &split.spec.record;
         let (alias, cname, ttl) = match target {
             // Route53 refuses EvaluateTargetHealth=true on an alias to CloudFront (moto accepts

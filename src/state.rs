@@ -343,22 +343,23 @@ fn quoted_runs(values: &[String]) -> Option<impl Iterator<Item = &str>> {
 fn txt_chars(values: &[String]) -> impl Iterator<Item = char> + '_ {
     values.iter().flat_map(|v| {
         let (mut in_quote, mut escaped) = (false, false);
-        v.chars().filter_map(move |ch| match (in_quote, escaped, ch) {
-            (true, true, c) => {
-                escaped = false;
-                Some(c)
-            }
-            (true, false, '\\') => {
-                escaped = true;
-                None
-            }
-            (_, false, '"') => {
-                in_quote = !in_quote;
-                None
-            }
-            (true, false, c) => Some(c),
-            (false, _, _) => None,
-        })
+        v.chars()
+            .filter_map(move |ch| match (in_quote, escaped, ch) {
+                (true, true, c) => {
+                    escaped = false;
+                    Some(c)
+                }
+                (true, false, '\\') => {
+                    escaped = true;
+                    None
+                }
+                (_, false, '"') => {
+                    in_quote = !in_quote;
+                    None
+                }
+                (true, false, c) => Some(c),
+                (false, _, _) => None,
+            })
     })
 }
 
@@ -516,7 +517,7 @@ mod tests {
         );
         assert_eq!(
             RolloutState::owner_of("heritage=trafficshift,owner=other,split=x"),
-            Some("other".into())
+            Some("other")
         );
     }
 }
