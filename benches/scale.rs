@@ -927,6 +927,17 @@ fn plan_bench(out: &mut String, n: usize, iters: usize) {
         again.iter().all(|c| c.is_empty()),
         "steady state plans no change"
     );
+    // For a profiler (callgrind counts instructions, repeatable on a loaded machine): only the
+    // steady pass, N times; the difference between two N is the cost of N passes.
+    if let Some(k) = std::env::var("TRAFFICSHIFT_BENCH_PLAN_PROFILE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for _ in 0..k {
+            std::hint::black_box(pass(&converged));
+        }
+        return;
+    }
     // What a full listing hands over: each zone's records, picked per split by name.
     let mut zone_listing: BTreeMap<String, Vec<RecordSet>> = BTreeMap::new();
     for (s, recs) in splits.iter().zip(&converged) {

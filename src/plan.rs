@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::aws::{AliasTarget, Change, ChangeAction, RecordSet};
 use crate::spec::{fqdn, RecordType, TrafficSplit, Weights};
-use crate::state::{from_txt_values, to_txt_values, txt_name, RolloutState};
+use crate::state::{from_txt_values, to_txt_values, txt_holds, txt_name, RolloutState};
 use crate::{Error, Result};
 
 /// Where a backend's record must point.
@@ -282,6 +282,9 @@ pub(crate) fn plain_target(r: &RecordSet) -> Option<Target> {
     None
 }
 
+/// TTL of the state TXT record.
+const STATE_TXT_TTL: i64 = 300;
+
 /// The hosted zone of every CloudFront distribution (edge-optimized API Gateway domains too).
 pub const CLOUDFRONT_ZONE: &str = "Z2FDTNDATAQYW2";
 
@@ -297,39 +300,97 @@ fn points_elsewhere(e: &RecordSet, want: &RecordSet) -> bool {
     }
 }
 
-/// The record a backend must have.
-fn desired_record(
-    split: &TrafficSplit,
-    backend: &str,
+/// The record a backend must have, borrowed from the document and the resolved target: compared
+/// with the existing record without allocating (every cycle compares every record), built only
+/// when it must be written.
+struct Desired<'a> {
+    name: &'a str,
+    rtype: &'static str,
+    backend: &'a str,
     weight: u32,
-    target: &Target,
-    existing: Option<&RecordSet>,
-) -> RecordSet {
-    let spec = &split.spec.record;
-    let (alias, values, ttl) = match target {
-        Target::Alias(a) if a.hosted_zone_id.eq_ignore_ascii_case(CLOUDFRONT_ZONE) => {
+    /// The alias, with the evaluateTargetHealth to write.
+    alias: Option<(&'a AliasTarget, bool)>,
+    cname: Option<&'a str>,
+    ttl: Option<i64>,
+}
+
+impl<'a> Desired<'a> {
+    fn new(
+        split: &TrafficSplit,
+        name: &'a str,
+        backend: &'a str,
+        weight: u32,
+        target: &'a Target,
+    ) -> Self {
+        let spec = &split.spec.record;
+        let (alias, cname, ttl) = match target {
             // Route53 refuses EvaluateTargetHealth=true on an alias to CloudFront (moto accepts
             // it), whoever asked for it.
-            let a = AliasTarget {
-                evaluate_target_health: false,
-                ..a.clone()
-            };
-            (Some(a), vec![], None)
+            Target::Alias(a) if a.hosted_zone_id.eq_ignore_ascii_case(CLOUDFRONT_ZONE) => {
+                (Some((a, false)), None, None)
+            }
+            Target::Alias(a) => (Some((a, a.evaluate_target_health)), None, None),
+            Target::Cname(c) => (None, Some(c.as_str()), Some(spec.ttl)),
+        };
+        Desired {
+            name,
+            rtype: spec.record_type.as_str(),
+            backend,
+            weight,
+            alias,
+            cname,
+            ttl,
         }
-        Target::Alias(a) => (Some(a.clone()), vec![], None),
-        Target::Cname(c) => (None, vec![c.clone()], Some(spec.ttl)),
-    };
-    RecordSet {
-        name: fqdn(&spec.name),
-        rtype: spec.record_type.as_str().to_string(),
-        set_identifier: Some(backend.to_string()),
-        weight: Some(i64::from(weight)),
-        ttl,
-        alias,
-        values,
-        // A health check someone attached by hand stays attached.
-        health_check_id: existing.and_then(|e| e.health_check_id.clone()),
-        other_routing: false,
+    }
+
+    /// Whether `e` is already this record (a health check attached by hand is kept either way).
+    fn is(&self, e: &RecordSet) -> bool {
+        let RecordSet {
+            name,
+            rtype,
+            set_identifier,
+            weight,
+            ttl,
+            alias,
+            values,
+            health_check_id: _,
+            other_routing,
+        } = e;
+        let alias_same = match (alias, self.alias) {
+            (None, None) => true,
+            (Some(x), Some((a, eth))) => {
+                x.dns_name == a.dns_name
+                    && x.hosted_zone_id == a.hosted_zone_id
+                    && x.evaluate_target_health == eth
+            }
+            _ => false,
+        };
+        name == self.name
+            && rtype == self.rtype
+            && set_identifier.as_deref() == Some(self.backend)
+            && *weight == Some(i64::from(self.weight))
+            && *ttl == self.ttl
+            && alias_same
+            && values.iter().map(String::as_str).eq(self.cname)
+            && !other_routing
+    }
+
+    fn record(&self, existing: Option<&RecordSet>) -> RecordSet {
+        RecordSet {
+            name: self.name.to_string(),
+            rtype: self.rtype.to_string(),
+            set_identifier: Some(self.backend.to_string()),
+            weight: Some(i64::from(self.weight)),
+            ttl: self.ttl,
+            alias: self.alias.map(|(a, eth)| AliasTarget {
+                evaluate_target_health: eth,
+                ..a.clone()
+            }),
+            values: self.cname.map(str::to_string).into_iter().collect(),
+            // A health check someone attached by hand stays attached.
+            health_check_id: existing.and_then(|e| e.health_check_id.clone()),
+            other_routing: false,
+        }
     }
 }
 
@@ -363,6 +424,7 @@ pub fn route53_changes(
             drift: false,
         });
     }
+    let name = fqdn(&split.spec.record.name);
     for b in &split.spec.backends {
         let w = weights.get(&b.name).copied().unwrap_or(0);
         let Some(target) = targets.get(&b.name) else {
@@ -372,10 +434,11 @@ pub fn route53_changes(
             )));
         };
         let existing = obs.weighted.get(&b.name);
-        let want = desired_record(split, &b.name, w, target, existing);
+        let desired = Desired::new(split, &name, &b.name, w, target);
         match existing {
-            Some(e) if *e == want => {}
+            Some(e) if desired.is(e) => {}
             Some(e) => {
+                let want = desired.record(existing);
                 let old = e.weight.unwrap_or(0);
                 let mut why = Vec::new();
                 if old != i64::from(w) {
@@ -402,7 +465,7 @@ pub fn route53_changes(
             None => out.push(PlannedChange {
                 change: Change {
                     action: ChangeAction::Create,
-                    record: want,
+                    record: desired.record(None),
                 },
                 why: format!("create weight {w} -> {target}"),
                 drift: obs.state.is_some(),
@@ -411,49 +474,48 @@ pub fn route53_changes(
     }
     // The guard reads the set as it will be after the batch, record by record: a map that names
     // no backend (or only unknown ones) would otherwise write 0 everywhere and pass.
-    let after: Vec<(&str, u32)> = split
-        .spec
-        .backends
-        .iter()
-        .map(|b| (b.name.as_str(), weights.get(&b.name).copied().unwrap_or(0)))
-        .collect();
-    if after.iter().all(|&(_, w)| w == 0) {
+    let after = || {
+        split
+            .spec
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), weights.get(&b.name).copied().unwrap_or(0)))
+    };
+    if after().all(|(_, w)| w == 0) {
         return Err(Error::Unsafe(format!(
             "split {} would set every weight to 0",
             split.name()
         )));
     }
-    if let Some((b, w)) = after.iter().find(|&&(_, w)| w > 255) {
+    if let Some((b, w)) = after().find(|&(_, w)| w > 255) {
         return Err(Error::Unsafe(format!(
             "weight {w} for {b} exceeds Route53's maximum of 255"
         )));
     }
 
     // Compared with what was read as is; written with the next write count.
-    let encoded = state.encode();
+    let txt_same = obs
+        .txt
+        .as_ref()
+        .is_some_and(|t| t.ttl == Some(STATE_TXT_TTL) && txt_holds(&t.values, &state.encode()));
+    if txt_same && out.is_empty() {
+        return Ok(out);
+    }
     let written = RolloutState {
         rev: state.rev.saturating_add(1),
         ..state.clone()
     };
-    let txt_value = to_txt_values(&written.encode());
     let txt_record = RecordSet {
-        name: txt_name(&fqdn(&split.spec.record.name)),
+        name: txt_name(&name),
         rtype: "TXT".into(),
         set_identifier: None,
         weight: None,
-        ttl: Some(300),
+        ttl: Some(STATE_TXT_TTL),
         alias: None,
-        values: txt_value,
+        values: to_txt_values(&written.encode()),
         health_check_id: None,
         other_routing: false,
     };
-    let txt_same = obs
-        .txt
-        .as_ref()
-        .is_some_and(|t| from_txt_values(&t.values) == encoded && t.ttl == txt_record.ttl);
-    if txt_same && out.is_empty() {
-        return Ok(out);
-    }
     // Fenced write: the TXT is replaced by DELETE of exactly what was read plus CREATE, in the
     // batch that carries the weights. Route53 rejects the whole batch when the TXT changed since
     // it was read (a second controller, a hand edit), so no decision made on a stale read is ever

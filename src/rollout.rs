@@ -254,21 +254,23 @@ fn validate_stored(
             s.step, s.phase
         ));
     }
+    let mut want: Vec<&str> = split
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    want.sort_unstable();
     for (what, w) in [("start", &s.start), ("cur", &s.current)] {
-        let names: Vec<&str> = w.keys().map(String::as_str).collect();
-        let mut want: Vec<&str> = split
-            .spec
-            .backends
-            .iter()
-            .map(|b| b.name.as_str())
-            .collect();
-        want.sort_unstable();
-        if names != want {
+        if !w.keys().map(String::as_str).eq(want.iter().copied()) {
+            let names: Vec<&str> = w.keys().map(String::as_str).collect();
             return Err(format!(
                 "{what} names backends {names:?}, the document {want:?}"
             ));
         }
-        if usable(split, w).is_none() {
+        // It names exactly the backends, so it is usable when it sums to 100 (u64: a
+        // hand-edited TXT can hold any u32).
+        if w.values().map(|&v| u64::from(v)).sum::<u64>() != 100 {
             return Err(format!(
                 "{what} {} does not sum to 100",
                 crate::weights::show(w)
@@ -736,8 +738,8 @@ pub fn decide(i: &Inputs) -> Decision {
 
     // Capacity before traffic also guards drift corrections and rollbacks: never raise a weight
     // above what Route53 shows until the ECS service can carry it.
-    let want = st.current.clone();
-    let write = match capacity_gap(split, &want, &observed_or_zero, i.ecs, &mut unknown) {
+    let want = &st.current;
+    let write = match capacity_gap(split, want, &observed_or_zero, i.ecs, &mut unknown) {
         None => Some(want.clone()),
         Some(gap) => {
             waiting_for.get_or_insert(format!("capacity: {}", gap.what));
@@ -767,13 +769,7 @@ pub fn decide(i: &Inputs) -> Decision {
         }
         // Forget finished drains only when the state is written anyway, so an expiry alone
         // never costs a Route53 write.
-        let unchanged = i.stored.is_some_and(|s| {
-            let mut a = s.clone();
-            let mut b = st.clone();
-            a.drains.clear();
-            b.drains.clear();
-            a == b && st.drains == s.drains
-        });
+        let unchanged = i.stored.is_some_and(|s| *s == st);
         if !unchanged {
             st.drains.retain(|_, d| d.until > now);
         }

@@ -3,6 +3,7 @@
 //! restart on any node resumes exactly where the last committed write left off.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use crate::spec::Weights;
 
@@ -93,11 +94,12 @@ pub struct RolloutState {
     pub control: Option<crate::overrides::Override>,
 }
 
-fn weights_str(w: &Weights) -> String {
-    w.iter()
-        .map(|(k, v)| format!("{k}:{v}"))
-        .collect::<Vec<_>>()
-        .join(";")
+/// `a:1;b:99`, appended to `out`.
+fn push_weights(out: &mut String, w: &Weights) {
+    for (i, (k, v)) in w.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ";" };
+        let _ = write!(out, "{sep}{k}:{v}");
+    }
 }
 
 fn parse_weights(s: &str) -> Option<Weights> {
@@ -115,47 +117,37 @@ fn parse_weights(s: &str) -> Option<Weights> {
 impl RolloutState {
     /// The TXT payload, `key=value` pairs joined by commas.
     pub fn encode(&self) -> String {
-        let drains = self
-            .drains
-            .iter()
-            .map(|(k, d)| format!("{k}:{}@{}", d.share, d.until))
-            .collect::<Vec<_>>()
-            .join(";");
-        let aas = if self.autoscaling.is_empty() {
-            String::new()
-        } else {
-            let v = self
-                .autoscaling
-                .iter()
-                .map(|(k, b)| format!("{k}:{}:{}", b.min, b.max))
-                .collect::<Vec<_>>()
-                .join(";");
-            format!(",aas={v}")
-        };
-        let mut out = format!(
-            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start={},cur={},drain={},rev={}{aas}",
+        // One buffer: every cycle encodes every split's state to compare it with its TXT.
+        let mut out = String::with_capacity(256);
+        let _ = write!(
+            out,
+            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start=",
             self.owner,
             self.split,
             self.generation,
             self.phase.as_str(),
             self.step,
             self.since,
-            weights_str(&self.start),
-            weights_str(&self.current),
-            drains,
-            self.rev
         );
-        if let Some(t) = self.capacity_since {
-            out.push_str(&format!(",capwait={t}"));
+        push_weights(&mut out, &self.start);
+        out.push_str(",cur=");
+        push_weights(&mut out, &self.current);
+        out.push_str(",drain=");
+        for (i, (k, d)) in self.drains.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ";" };
+            let _ = write!(out, "{sep}{k}:{}@{}", d.share, d.until);
         }
-        if !self.retiring.is_empty() {
-            let v = self
-                .retiring
-                .iter()
-                .map(|(k, t)| format!("{k}@{t}"))
-                .collect::<Vec<_>>()
-                .join(";");
-            out.push_str(&format!(",retire={v}"));
+        let _ = write!(out, ",rev={}", self.rev);
+        for (i, (k, b)) in self.autoscaling.iter().enumerate() {
+            let sep = if i == 0 { ",aas=" } else { ";" };
+            let _ = write!(out, "{sep}{k}:{}:{}", b.min, b.max);
+        }
+        if let Some(t) = self.capacity_since {
+            let _ = write!(out, ",capwait={t}");
+        }
+        for (i, (k, t)) in self.retiring.iter().enumerate() {
+            let sep = if i == 0 { ",retire=" } else { ";" };
+            let _ = write!(out, "{sep}{k}@{t}");
         }
         out.push_str(&crate::overrides::encode(self.control.as_ref()));
         out
@@ -262,13 +254,13 @@ impl RolloutState {
     }
 
     /// Owner id only, for records written by another controller or a newer format.
-    pub fn owner_of(payload: &str) -> Option<String> {
+    pub fn owner_of(payload: &str) -> Option<&str> {
         let mut heritage = false;
         let mut owner = None;
         for part in payload.split(',') {
             match part.split_once('=') {
                 Some(("heritage", v)) if v == HERITAGE => heritage = true,
-                Some(("owner", v)) => owner = Some(v.to_string()),
+                Some(("owner", v)) => owner = Some(v),
                 _ => {}
             }
         }
@@ -318,24 +310,57 @@ pub fn to_txt_values(payload: &str) -> Vec<String> {
 
 /// Join the quoted strings of TXT values back into the payload.
 pub fn from_txt_values(values: &[String]) -> String {
-    let mut out = String::new();
-    for v in values {
-        let mut in_quote = false;
-        let mut escaped = false;
-        for ch in v.chars() {
-            match (in_quote, escaped, ch) {
-                (true, true, c) => {
-                    out.push(c);
-                    escaped = false;
-                }
-                (true, false, '\\') => escaped = true,
-                (_, false, '"') => in_quote = !in_quote,
-                (true, false, c) => out.push(c),
-                (false, _, _) => {}
-            }
+    match quoted_runs(values) {
+        Some(runs) => runs.collect(),
+        None => txt_chars(values).collect(),
+    }
+}
+
+/// Whether TXT values hold exactly `payload` (`from_txt_values(values) == payload` without
+/// building the string: every cycle compares every split's TXT with its state).
+pub fn txt_holds(values: &[String], payload: &str) -> bool {
+    let Some(runs) = quoted_runs(values) else {
+        return txt_chars(values).eq(payload.chars());
+    };
+    let mut rest = payload;
+    for run in runs {
+        match rest.strip_prefix(run) {
+            Some(r) => rest = r,
+            None => return false,
         }
     }
-    out
+    rest.is_empty()
+}
+
+/// The runs of text inside quotes, whole, when no value holds a backslash (what trafficshift
+/// writes); then they are exactly what `txt_chars` yields, without going char by char.
+fn quoted_runs(values: &[String]) -> Option<impl Iterator<Item = &str>> {
+    (!values.iter().any(|v| v.contains('\\')))
+        .then(|| values.iter().flat_map(|v| v.split('"').skip(1).step_by(2)))
+}
+
+/// The payload's characters: what is inside the quotes, backslash escapes resolved.
+fn txt_chars(values: &[String]) -> impl Iterator<Item = char> + '_ {
+    values.iter().flat_map(|v| {
+        let (mut in_quote, mut escaped) = (false, false);
+        v.chars()
+            .filter_map(move |ch| match (in_quote, escaped, ch) {
+                (true, true, c) => {
+                    escaped = false;
+                    Some(c)
+                }
+                (true, false, '\\') => {
+                    escaped = true;
+                    None
+                }
+                (_, false, '"') => {
+                    in_quote = !in_quote;
+                    None
+                }
+                (true, false, c) => Some(c),
+                (false, _, _) => None,
+            })
+    })
 }
 
 /// Name of the ownership/state TXT record for a record name (both fully qualified).
@@ -471,6 +496,18 @@ mod tests {
         assert_eq!(RolloutState::decode(&from_txt_values(&values)).unwrap(), s);
     }
 
+    proptest::proptest! {
+        /// The whole-run reading of unescaped values is the char-by-char one.
+        #[test]
+        fn quoted_runs_read_like_chars(values in proptest::collection::vec("[a-z\"\\\\ ,=]{0,12}", 0..4)) {
+            let slow: String = txt_chars(&values).collect();
+            proptest::prop_assert_eq!(&from_txt_values(&values), &slow);
+            proptest::prop_assert!(txt_holds(&values, &slow));
+            let longer = format!("{slow}x");
+            proptest::prop_assert!(!txt_holds(&values, &longer));
+        }
+    }
+
     #[test]
     fn foreign_txt_is_not_ours() {
         assert_eq!(RolloutState::decode("v=spf1 -all"), None);
@@ -480,7 +517,7 @@ mod tests {
         );
         assert_eq!(
             RolloutState::owner_of("heritage=trafficshift,owner=other,split=x"),
-            Some("other".into())
+            Some("other")
         );
     }
 }
