@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -17,7 +18,7 @@ use crate::error::Invalid;
 use crate::metrics::METRICS;
 use crate::reconcile::{self, Context, GateRecord, Report, Work};
 use crate::rollout::{Note, SplitState};
-use crate::server::{AppState, StatusJson};
+use crate::server::{split_json, AppState, StatusJson};
 use crate::spec::{fqdn, DocCache, Loaded, SplitDoc, TrafficSplit};
 use crate::status::{
     now_unix, now_unix_ms, rfc3339, BackendStatus, Condition, ConfigStatus, ControllerStatus,
@@ -61,6 +62,10 @@ struct Managed {
     conditions: Vec<Condition>,
     state: &'static str,
     notify: crate::notify::Notifier,
+    /// This split's `/status` JSON as last published, and the traffic measurement it shows.
+    /// Cleared by every change of the fields above it shows, so a publish serializes only the
+    /// splits that changed.
+    status_json: Option<(Option<u64>, Bytes)>,
 }
 
 impl Managed {
@@ -80,6 +85,7 @@ impl Managed {
             conditions: Vec::new(),
             state: "Progressing",
             notify,
+            status_json: None,
         }
     }
 
@@ -105,6 +111,7 @@ impl Managed {
 
     /// An event for the status and the log only.
     fn record(&mut self, warning: bool, reason: &str, message: String) -> String {
+        self.status_json = None;
         let message = crate::sanitize::clean(&message, EVENT_MAX);
         if warning {
             warn!(split = self.doc.split.name(), reason, "{message}");
@@ -213,7 +220,9 @@ impl Controller {
             );
             match self.splits.get_mut(&name) {
                 Some(m) => {
-                    m.rejected = None;
+                    if m.rejected.take().is_some() || m.doc.hash != doc.hash {
+                        m.status_json = None;
+                    }
                     if m.doc.hash != doc.hash {
                         METRICS.init_split(&name, &gate_names(&doc.split));
                         info!(split = %name, from = %m.doc.hash, to = %doc.hash, "document changed");
@@ -248,6 +257,7 @@ impl Controller {
             if bad_files.contains(&&m.doc.file) {
                 let msg = errs.join("; ");
                 if m.rejected.as_deref() != Some(msg.as_str()) {
+                    m.status_json = None;
                     m.rejected = Some(msg.clone());
                     m.event(
                         true,
@@ -294,6 +304,7 @@ impl Controller {
             let Some(m) = self.splits.get_mut(&o.name) else {
                 continue;
             };
+            m.status_json = None;
             let now = now_unix();
             METRICS.splits.update(&o.name, |s| {
                 for (g, r) in &o.gates {
@@ -393,15 +404,25 @@ impl Controller {
         }
     }
 
-    /// Serve the current status: each split serialized on its own, never all of them in one
-    /// `ControllerStatus` (tens of MB at 10,000 splits).
-    fn publish(&self) {
-        let splits = self.splits.values().map(|m| {
-            let json = serde_json::to_vec(&split_status(m, &self.ctx.traffic));
-            (m.doc.split.name().to_string(), json)
-        });
-        self.app
-            .publish(StatusJson::from_parts(&self.status_head(), splits));
+    /// Serve the current status: each split serialized on its own, and only when it changed
+    /// since the last publish (tens of MB at 10,000 splits, most of them at rest).
+    fn publish(&mut self) {
+        let traffic = &self.ctx.traffic;
+        let mut splits = Vec::with_capacity(self.splits.len());
+        for (name, m) in self.splits.iter_mut() {
+            let measured = traffic.measured_at(name);
+            let json = match &m.status_json {
+                Some((at, json)) if *at == measured => Some(json.clone()),
+                _ => {
+                    let json = split_json(&split_status(m, traffic));
+                    m.status_json = json.clone().map(|j| (measured, j));
+                    json
+                }
+            };
+            splits.extend(json.map(|j| (name.clone(), j)));
+        }
+        let head = self.status_head();
+        self.app.publish(StatusJson::from_parts(&head, splits));
     }
 
     /// Run until `shutdown` flips to true. With `once`, one cycle over every split.

@@ -22,7 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 
 use crate::metrics::METRICS;
-use crate::status::ControllerStatus;
+use crate::status::{ControllerStatus, SplitStatus};
 use crate::{Error, Result};
 
 /// Prometheus text exposition format 0.0.4.
@@ -239,6 +239,17 @@ pub struct StatusJson {
     splits: Vec<(String, Bytes)>,
 }
 
+/// One split of `/status` serialized (None, logged, if it cannot be: a float that is not finite).
+pub fn split_json(split: &SplitStatus) -> Option<Bytes> {
+    match serde_json::to_vec(split) {
+        Ok(json) => Some(Bytes::from(json)),
+        Err(e) => {
+            tracing::error!(split = %split.name, error = %e, "cannot serialize the status");
+            None
+        }
+    }
+}
+
 /// `/status` is sent in pieces of about this size.
 const STATUS_CHUNK: usize = 64 * 1024;
 
@@ -248,15 +259,13 @@ impl StatusJson {
         let splits = status
             .splits
             .iter()
-            .map(|s| (s.name.clone(), serde_json::to_vec(s)));
+            .filter_map(|s| Some((s.name.clone(), split_json(s)?)))
+            .collect();
         Self::from_parts(status, splits)
     }
 
-    /// The status `head` (its own `splits` are ignored) with splits serialized by the caller.
-    pub fn from_parts(
-        head: &ControllerStatus,
-        splits: impl Iterator<Item = (String, serde_json::Result<Vec<u8>>)>,
-    ) -> Self {
+    /// The status `head` (its own `splits` are ignored) with splits serialized by `split_json`.
+    pub fn from_parts(head: &ControllerStatus, splits: Vec<(String, Bytes)>) -> Self {
         let empty = ControllerStatus {
             splits: Vec::new(),
             ..head.clone()
@@ -265,15 +274,6 @@ impl StatusJson {
         // `splits` is the last field: cut `]}` to append the splits.
         debug_assert!(head.ends_with(b"\"splits\":[]}"));
         head.truncate(head.len() - 2);
-        let splits = splits
-            .filter_map(|(name, json)| match json {
-                Ok(json) => Some((name, Bytes::from(json))),
-                Err(e) => {
-                    tracing::error!(split = %name, error = %e, "cannot serialize the status");
-                    None
-                }
-            })
-            .collect();
         StatusJson { head, splits }
     }
 
@@ -316,7 +316,6 @@ impl StatusJson {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::SplitStatus;
 
     fn body(s: StatusJson) -> Vec<u8> {
         Arc::new(s).chunks().flat_map(|b| b.to_vec()).collect()

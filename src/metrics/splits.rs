@@ -117,6 +117,14 @@ impl Split {
     }
 
     pub fn set_info(&mut self, record: &str, zone: &str, owner: &str, account: &str) {
+        let same = self
+            .info
+            .as_ref()
+            .is_some_and(|i| [&*i[0], &*i[1], &*i[2], &*i[3]] == [record, zone, owner, account]);
+        if same {
+            // Every reload sets it again; most of the time nothing changed.
+            return;
+        }
         self.info = Some(Box::new([
             record.into(),
             zone.into(),

@@ -205,6 +205,11 @@ impl Store {
         self.traffic.read().ok()?.get(split).cloned()
     }
 
+    /// When the split's traffic was last measured (what a cached status of it depends on).
+    pub fn measured_at(&self, split: &str) -> Option<u64> {
+        self.traffic.read().ok()?.get(split).map(|t| t.measured_at)
+    }
+
     pub fn set(&self, split: &str, t: SplitTraffic) {
         if let Ok(mut m) = self.traffic.write() {
             m.insert(split.to_string(), t);
