@@ -1073,6 +1073,48 @@ fn status_of(name: &str) -> trafficshift::status::SplitStatus {
     }
 }
 
+/// p50 of GET /status and GET /metrics, whole bodies read, from the real server on a runtime
+/// shaped like the binary's.
+fn over_http(status: &trafficshift::status::ControllerStatus, iters: usize) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let app = trafficshift::server::AppState::new();
+        app.set_status(status);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(trafficshift::server::serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let mut times = [vec![], vec![]];
+        for _ in 0..iters {
+            for (k, path) in ["/status", "/metrics"].iter().enumerate() {
+                let t = Instant::now();
+                let r = client
+                    .get(format!("{base}{path}"))
+                    .send()
+                    .await
+                    .expect("GET");
+                assert!(r.status().is_success(), "GET {path}: {}", r.status());
+                let body = r.bytes().await.expect("body");
+                times[k].push(ms(t.elapsed()));
+                std::hint::black_box(body);
+            }
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+        let [mut a, mut b] = times;
+        (percentiles(&mut a).0, percentiles(&mut b).0)
+    })
+}
+
 /// `/metrics` and `/status` of `n` splits, in process: the store's growth, a scrape's time and
 /// size, and what publishing and serving the status cost.
 fn metrics_bench(out: &mut String, n: usize, iters: usize) {
@@ -1135,6 +1177,7 @@ fn metrics_bench(out: &mut String, n: usize, iters: usize) {
         serve.push(ms(t.elapsed()));
         assert_eq!(sent, json_bytes, "the same document");
     }
+    let (http_status, http_metrics) = over_http(&status, iters.min(10));
     let (o50, _, _) = percentiles(&mut old);
     let (pb50, _, _) = percentiles(&mut publish);
     let (s50, _, _) = percentiles(&mut serve);
@@ -1152,7 +1195,9 @@ fn metrics_bench(out: &mut String, n: usize, iters: usize) {
          | `/status` JSON | {json_bytes} bytes |\n\
          | `/status` before: clone + serialize per request, p50 | {o50:.2} ms |\n\
          | `/status` now: serialize per publish (`StatusJson::new`), p50 | {pb50:.2} ms |\n\
-         | `/status` now: per request (copy the pieces), p50 | {s50:.2} ms |\n",
+         | `/status` now: per request (copy the pieces), p50 | {s50:.2} ms |\n\
+         | GET `/status` over HTTP (2-worker runtime, reqwest, body read), p50 | {http_status:.2} ms |\n\
+         | GET `/metrics` over HTTP, p50 | {http_metrics:.2} ms |\n",
         mib(rss1.saturating_sub(rss0)),
         rss1.saturating_sub(rss0) as f64 / n as f64,
         mib(rss2.saturating_sub(rss1)),
