@@ -1,6 +1,6 @@
 //! Scale benchmark of trafficshift (issue #6 parts 4 and 5). `harness = false`: `main` below.
 //!
-//! `cargo bench --bench scale -- [--parts plan,calls,latency,resources,baseline] [--splits-per-zone N]
+//! `cargo bench --bench scale -- [--parts plan,calls,latency,resources,baseline,metrics] [--splits-per-zone N]
 //! [--zones N] [--big-foreign N] [--latency-samples N] [--baseline-splits N] [--out FILE]
 //! [--realistic [--layer-arg ARG]...] [--baseline-bin PATH [--baseline-label TEXT]]` (or
 //! `scripts/bench`, which also checks the bootstrap). `--baseline-bin` measures an earlier build's
@@ -1018,6 +1018,239 @@ fn plan_bench(out: &mut String, n: usize, iters: usize) {
     );
 }
 
+// --- (f) metrics and status of many splits -----------------------------------------------------
+
+/// Resident set size of this process, KiB.
+fn self_rss_kib() -> u64 {
+    proc_status_kib(std::process::id(), "VmRSS:")
+}
+
+/// The series a steady-state cycle leaves for one split of two backends and one gate: what
+/// `Controller::run_due` and the traffic poller set.
+fn populate_split(name: &str) {
+    use trafficshift::metrics::METRICS;
+    METRICS.init_split(name, &["smoke".to_string()]);
+    METRICS.splits.update(name, |s| {
+        s.set_info(
+            &format!("{name}.z.example."),
+            "z.example.",
+            OWNER,
+            "123456789012",
+        );
+        for _ in 0..3 {
+            s.observe_duration(0.2);
+            s.count_reconcile(true);
+        }
+        s.last_success = Some(1.7e9);
+        s.set_state("Complete");
+        let g = s.gate("smoke");
+        g.passing = Some(1);
+        g.consecutive_failures = Some(0);
+        g.value = Some(0.5);
+        for (b, w) in [("blue", 0.8), ("green", 0.2)] {
+            let b = s.backend(&format!("{name}-{b}"));
+            b.target_weight = Some(w);
+            b.step_weight = Some(w);
+            b.observed_weight = Some(w);
+            b.traffic_share = Some(w);
+            b.requests_per_second = Some(100.0 * w);
+        }
+        s.drift = Some(0.0);
+        s.progress = Some(1.0);
+        s.step = Some(4);
+        s.steps = Some(4);
+    });
+}
+
+/// A `/status` entry as a converged split of two backends and one gate shows it.
+fn status_of(name: &str) -> trafficshift::status::SplitStatus {
+    use trafficshift::status::*;
+    let t = "2025-01-01T00:00:00Z".to_string();
+    SplitStatus {
+        name: name.into(),
+        record: format!("{name}.z.example. A"),
+        hosted_zone: "z.example.".into(),
+        state: "Complete".into(),
+        conditions: ["Ready", "Progressing", "Degraded", "Paused"]
+            .iter()
+            .map(|c| Condition {
+                type_: c.to_string(),
+                status: "False".into(),
+                reason: "RolloutComplete".into(),
+                message: "Route53 and ECS match the current step".into(),
+                last_transition_time: t.clone(),
+                observed_generation: "0123456789abcdef".into(),
+            })
+            .collect(),
+        step: 4,
+        steps: 4,
+        progress: 1.0,
+        backends: ["blue", "green"]
+            .iter()
+            .map(|b| BackendStatus {
+                name: format!("{name}-{b}"),
+                target_weight: 50,
+                step_weight: 50,
+                observed_weight: Some(50),
+                ecs: None,
+                traffic_share: Some(0.5),
+            })
+            .collect(),
+        gates: vec![GateStatus {
+            name: "smoke".into(),
+            passing: Some(true),
+            value: Some(0.5),
+            message: "ok".into(),
+            last_check: Some(t.clone()),
+            ..GateStatus::default()
+        }],
+        last_reconcile: Some(t.clone()),
+        last_success: Some(t.clone()),
+        observed_generation: "0123456789abcdef".into(),
+        first_seen: t.clone(),
+        events: (0..5)
+            .map(|k| Event {
+                time: t.clone(),
+                type_: "Normal".into(),
+                reason: "StepAdvanced".into(),
+                message: format!("step {k} of 4: weights blue 50 green 50"),
+            })
+            .collect(),
+        ..SplitStatus::default()
+    }
+}
+
+/// p50 of GET /status and GET /metrics, whole bodies read, from the real server on a runtime
+/// shaped like the binary's.
+fn over_http(status: &trafficshift::status::ControllerStatus, iters: usize) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let app = trafficshift::server::AppState::new();
+        app.set_status(status);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(trafficshift::server::serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let mut times = [vec![], vec![]];
+        for _ in 0..iters {
+            for (k, path) in ["/status", "/metrics"].iter().enumerate() {
+                let t = Instant::now();
+                let r = client
+                    .get(format!("{base}{path}"))
+                    .send()
+                    .await
+                    .expect("GET");
+                assert!(r.status().is_success(), "GET {path}: {}", r.status());
+                let body = r.bytes().await.expect("body");
+                times[k].push(ms(t.elapsed()));
+                std::hint::black_box(body);
+            }
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+        let [mut a, mut b] = times;
+        (percentiles(&mut a).0, percentiles(&mut b).0)
+    })
+}
+
+/// `/metrics` and `/status` of `n` splits, in process: the store's growth, a scrape's time and
+/// size, and what publishing and serving the status cost.
+fn metrics_bench(out: &mut String, n: usize, iters: usize) {
+    use trafficshift::metrics::METRICS;
+    use trafficshift::server::StatusJson;
+    use trafficshift::status::ControllerStatus;
+
+    // The registry's own series exist before the splits do.
+    let _ = METRICS.render();
+    let rss0 = self_rss_kib();
+    for i in 0..n {
+        populate_split(&format!("z{}-s{i:05}", i % 10));
+    }
+    let rss1 = self_rss_kib();
+    let text = METRICS.render();
+    let (bytes, series) = (
+        text.len(),
+        text.lines().filter(|l| !l.starts_with('#')).count(),
+    );
+    drop(text);
+    let mut whole = Vec::new();
+    let mut pieces = Vec::new();
+    let mut biggest = 0;
+    for _ in 0..iters {
+        let t = Instant::now();
+        std::hint::black_box(METRICS.render());
+        whole.push(ms(t.elapsed()));
+        // What the /metrics handler does: one piece at a time, each dropped once sent.
+        let t = Instant::now();
+        for p in METRICS.render_chunks() {
+            biggest = biggest.max(p.len());
+            std::hint::black_box(p);
+        }
+        pieces.push(ms(t.elapsed()));
+    }
+    let rss2 = self_rss_kib();
+    let (w50, w99, _) = percentiles(&mut whole);
+    let (p50, p99, _) = percentiles(&mut pieces);
+
+    let status = ControllerStatus {
+        version: "bench".into(),
+        splits: (0..n)
+            .map(|i| status_of(&format!("z{}-s{i:05}", i % 10)))
+            .collect(),
+        ..ControllerStatus::default()
+    };
+    let (mut old, mut publish, mut serve) = (vec![], vec![], vec![]);
+    let mut json_bytes = 0;
+    for _ in 0..iters.min(20) {
+        // Before: every request cloned the whole status under the lock, then serialized it.
+        let t = Instant::now();
+        let body = serde_json::to_vec(&status.clone()).expect("json");
+        old.push(ms(t.elapsed()));
+        json_bytes = body.len();
+        let t = Instant::now();
+        let json = std::sync::Arc::new(StatusJson::new(&status));
+        publish.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let sent: usize = json.chunks().map(|b| b.len()).sum();
+        serve.push(ms(t.elapsed()));
+        assert_eq!(sent, json_bytes, "the same document");
+    }
+    let (http_status, http_metrics) = over_http(&status, iters.min(10));
+    let (o50, _, _) = percentiles(&mut old);
+    let (pb50, _, _) = percentiles(&mut publish);
+    let (s50, _, _) = percentiles(&mut serve);
+    let mib = |k: u64| k as f64 / 1024.0;
+    let _ = write!(
+        out,
+        "\n## (f) /metrics and /status of {n} splits, {iters} iterations (release, in process)\n\n\
+         Each split as a steady-state cycle leaves it: two backends, one gate, CloudWatch shares.\n\n\
+         | measure | value |\n|---|---:|\n\
+         | RSS growth of {n} splits' series | {:.1} MiB ({:.2} KiB per split) |\n\
+         | exposition | {bytes} bytes, {series} series |\n\
+         | `render()` whole text p50 / p99 | {w50:.2} ms / {w99:.2} ms |\n\
+         | `render_chunks()` (the handler) p50 / p99, largest piece | {p50:.2} ms / {p99:.2} ms, {biggest} bytes |\n\
+         | RSS after {iters} scrapes, over before them | {:.1} MiB |\n\
+         | `/status` JSON | {json_bytes} bytes |\n\
+         | `/status` before: clone + serialize per request, p50 | {o50:.2} ms |\n\
+         | `/status` now: serialize per publish (`StatusJson::new`), p50 | {pb50:.2} ms |\n\
+         | `/status` now: per request (copy the pieces), p50 | {s50:.2} ms |\n\
+         | GET `/status` over HTTP (2-worker runtime, reqwest, body read), p50 | {http_status:.2} ms |\n\
+         | GET `/metrics` over HTTP, p50 | {http_metrics:.2} ms |\n",
+        mib(rss1.saturating_sub(rss0)),
+        rss1.saturating_sub(rss0) as f64 / n as f64,
+        mib(rss2.saturating_sub(rss1)),
+    );
+}
+
 // --- fleet runs ---------------------------------------------------------------------------------
 
 fn route53_calls(stats: &BTreeMap<String, u64>) -> u64 {
@@ -1589,6 +1822,11 @@ fn main() {
     if want("plan") {
         eprintln!("[bench] (b) planning {total} splits in process");
         plan_bench(&mut out, total, a.plan_iters);
+        flush(&out);
+    }
+    if want("metrics") {
+        eprintln!("[bench] (f) metrics and status of {total} splits in process");
+        metrics_bench(&mut out, total, a.plan_iters);
         flush(&out);
     }
     if ["calls", "latency", "resources", "baseline"]

@@ -8,16 +8,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::error::Invalid;
-use crate::metrics::{METRICS, STATES};
+use crate::metrics::METRICS;
 use crate::reconcile::{self, Context, GateRecord, Report, Work};
 use crate::rollout::{Note, SplitState};
-use crate::server::AppState;
+use crate::server::{split_json, AppState, StatusJson};
 use crate::spec::{fqdn, DocCache, Loaded, SplitDoc, TrafficSplit};
 use crate::status::{
     now_unix, now_unix_ms, rfc3339, BackendStatus, Condition, ConfigStatus, ControllerStatus,
@@ -61,6 +62,10 @@ struct Managed {
     conditions: Vec<Condition>,
     state: &'static str,
     notify: crate::notify::Notifier,
+    /// This split's `/status` JSON as last published, and the traffic measurement it shows.
+    /// Cleared by every change of the fields above it shows, so a publish serializes only the
+    /// splits that changed.
+    status_json: Option<(Option<u64>, Bytes)>,
 }
 
 impl Managed {
@@ -80,6 +85,7 @@ impl Managed {
             conditions: Vec::new(),
             state: "Progressing",
             notify,
+            status_json: None,
         }
     }
 
@@ -105,6 +111,7 @@ impl Managed {
 
     /// An event for the status and the log only.
     fn record(&mut self, warning: bool, reason: &str, message: String) -> String {
+        self.status_json = None;
         let message = crate::sanitize::clean(&message, EVENT_MAX);
         if warning {
             warn!(split = self.doc.split.name(), reason, "{message}");
@@ -213,7 +220,9 @@ impl Controller {
             );
             match self.splits.get_mut(&name) {
                 Some(m) => {
-                    m.rejected = None;
+                    if m.rejected.take().is_some() || m.doc.hash != doc.hash {
+                        m.status_json = None;
+                    }
                     if m.doc.hash != doc.hash {
                         METRICS.init_split(&name, &gate_names(&doc.split));
                         info!(split = %name, from = %m.doc.hash, to = %doc.hash, "document changed");
@@ -248,6 +257,7 @@ impl Controller {
             if bad_files.contains(&&m.doc.file) {
                 let msg = errs.join("; ");
                 if m.rejected.as_deref() != Some(msg.as_str()) {
+                    m.status_json = None;
                     m.rejected = Some(msg.clone());
                     m.event(
                         true,
@@ -265,19 +275,7 @@ impl Controller {
         for name in removed {
             if let Some(m) = self.splits.remove(&name) {
                 warn!(split = %name, record = %m.doc.split.spec.record.name, "split removed from the config: no longer managed; its Route53 records and ECS counts are left as they are");
-                let backends: Vec<String> = m
-                    .doc
-                    .split
-                    .spec
-                    .backends
-                    .iter()
-                    .map(|b| b.name.clone())
-                    .collect();
-                METRICS.forget_split(&name, &backends, &gate_names(&m.doc.split));
-                crate::traffic::forget_split_info(&name);
-                for g in gate_names(&m.doc.split) {
-                    let _ = METRICS.gate_value.remove_label_values(&[&name, &g]);
-                }
+                METRICS.forget_split(&name);
             }
         }
         self.config_errors = loaded.errors;
@@ -306,35 +304,30 @@ impl Controller {
             let Some(m) = self.splits.get_mut(&o.name) else {
                 continue;
             };
-            for (g, r) in &o.gates {
-                // A check ran this cycle if the record moved; it failed if it says so.
-                let checked = m.gates.get(g).is_none_or(|b| {
-                    b.last_check != r.last_check || b.consecutive_failures != r.consecutive_failures
-                });
-                if checked && r.last_check.is_some() && r.passing == Some(false) {
-                    METRICS
-                        .gate_check_failures
-                        .with_label_values(&[&o.name, g])
-                        .inc();
-                }
-            }
-            m.gates = o.gates;
+            m.status_json = None;
             let now = now_unix();
+            METRICS.splits.update(&o.name, |s| {
+                for (g, r) in &o.gates {
+                    // A check ran this cycle if the record moved; it failed if it says so.
+                    let checked = m.gates.get(g).is_none_or(|b| {
+                        b.last_check != r.last_check
+                            || b.consecutive_failures != r.consecutive_failures
+                    });
+                    if checked && r.last_check.is_some() && r.passing == Some(false) {
+                        s.count_gate_failure(g);
+                    }
+                }
+                s.observe_duration(elapsed);
+                s.count_reconcile(o.result.is_ok());
+                match &o.result {
+                    Ok(_) => s.last_success = Some(now as f64),
+                    Err(e) => s.count_error(e.kind()),
+                }
+            });
+            m.gates = o.gates;
             m.last_reconcile = Some(now);
-            METRICS
-                .reconcile_duration
-                .with_label_values(&[&o.name])
-                .observe(elapsed);
             match o.result {
                 Ok(report) => {
-                    METRICS
-                        .reconciles
-                        .with_label_values(&[&o.name, "success"])
-                        .inc();
-                    METRICS
-                        .last_success
-                        .with_label_values(&[&o.name])
-                        .set(now as f64);
                     m.last_success = Some(now);
                     m.last_error = None;
                     m.backoff = None;
@@ -344,14 +337,6 @@ impl Controller {
                 }
                 Err(e) => {
                     all_ok = false;
-                    METRICS
-                        .reconciles
-                        .with_label_values(&[&o.name, "error"])
-                        .inc();
-                    METRICS
-                        .reconcile_errors
-                        .with_label_values(&[&o.name, e.kind()])
-                        .inc();
                     let delay = if e.is_retryable() {
                         m.backoff_delay()
                     } else {
@@ -388,6 +373,18 @@ impl Controller {
     /// The status snapshot served on `/status`.
     pub fn status(&self) -> ControllerStatus {
         ControllerStatus {
+            splits: self
+                .splits
+                .values()
+                .map(|m| split_status(m, &self.ctx.traffic))
+                .collect(),
+            ..self.status_head()
+        }
+    }
+
+    /// The status without its splits.
+    fn status_head(&self) -> ControllerStatus {
+        ControllerStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             generated_at: rfc3339(now_unix()),
             owner_id: self.ctx.owner.clone(),
@@ -403,16 +400,29 @@ impl Controller {
                 errors: self.config_errors.iter().map(|e| e.to_string()).collect(),
                 last_load: self.last_load.map(rfc3339),
             },
-            splits: self
-                .splits
-                .values()
-                .map(|m| split_status(m, &self.ctx.traffic))
-                .collect(),
+            splits: Vec::new(),
         }
     }
 
-    async fn publish(&self) {
-        *self.app.status.write().await = self.status();
+    /// Serve the current status: each split serialized on its own, and only when it changed
+    /// since the last publish (tens of MB at 10,000 splits, most of them at rest).
+    fn publish(&mut self) {
+        let traffic = &self.ctx.traffic;
+        let mut splits = Vec::with_capacity(self.splits.len());
+        for (name, m) in self.splits.iter_mut() {
+            let measured = traffic.measured_at(name);
+            let json = match &m.status_json {
+                Some((at, json)) if *at == measured => Some(json.clone()),
+                _ => {
+                    let json = split_json(&split_status(m, traffic));
+                    m.status_json = json.clone().map(|j| (measured, j));
+                    json
+                }
+            };
+            splits.extend(json.map(|j| (name.clone(), j)));
+        }
+        let head = self.status_head();
+        self.app.publish(StatusJson::from_parts(&head, splits));
     }
 
     /// Run until `shutdown` flips to true. With `once`, one cycle over every split.
@@ -447,14 +457,14 @@ impl Controller {
                 }
             };
             if stop {
-                self.publish().await;
+                self.publish();
                 return true;
             }
             if !self.first_cycle_done {
                 self.first_cycle_done = true;
                 self.app.ready.store(true, Ordering::SeqCst);
             }
-            self.publish().await;
+            self.publish();
             if self.opts.once {
                 return ok && self.config_errors.is_empty();
             }
@@ -542,19 +552,15 @@ fn record_report(m: &mut Managed, r: &Report, dry_run: bool) {
             );
         }
     }
-    if r.applied {
-        if r.drift_corrected {
-            METRICS
-                .drift_corrections
-                .with_label_values(&[m.doc.split.name()])
-                .inc();
-        }
-        if r.rolled_back {
-            METRICS
-                .rollbacks
-                .with_label_values(&[m.doc.split.name()])
-                .inc();
-        }
+    if r.applied && (r.drift_corrected || r.rolled_back) {
+        METRICS.splits.update(m.doc.split.name(), |s| {
+            if r.drift_corrected {
+                s.count_drift_correction();
+            }
+            if r.rolled_back {
+                s.count_rollback();
+            }
+        });
     }
     if dry_run && r.has_changes() {
         for c in &r.route53 {
@@ -683,70 +689,41 @@ fn update_conditions(m: &mut Managed) {
 }
 
 fn publish_metrics(name: &str, m: &Managed) {
-    for s in STATES {
-        METRICS
-            .split_state
-            .with_label_values(&[name, s])
-            .set(i64::from(s == m.state));
-    }
-    for (g, r) in &m.gates {
-        METRICS
-            .gate_passing
-            .with_label_values(&[name, g])
-            .set(i64::from(r.passing == Some(true)));
-        METRICS
-            .gate_failures
-            .with_label_values(&[name, g])
-            .set(i64::from(r.consecutive_failures));
-        // Absent until a check measures something: a gate without a value has nothing to plot.
-        match r.value.filter(|v| v.is_finite()) {
-            Some(v) => METRICS.gate_value.with_label_values(&[name, g]).set(v),
-            None => {
-                let _ = METRICS.gate_value.remove_label_values(&[name, g]);
+    METRICS.splits.update(name, |s| {
+        s.set_state(m.state);
+        for (g, r) in &m.gates {
+            let gate = s.gate(g);
+            gate.passing = Some(i64::from(r.passing == Some(true)));
+            gate.consecutive_failures = Some(i64::from(r.consecutive_failures));
+            // Absent until a check measures something: a gate without a value has nothing to plot.
+            gate.value = r.value.filter(|v| v.is_finite());
+        }
+        let Some(r) = &m.last else { return };
+        for b in &m.doc.split.spec.backends {
+            let bn = b.name.as_str();
+            let series = s.backend(bn);
+            series.target_weight = Some(f64::from(*r.target.get(bn).unwrap_or(&0)) / 100.0);
+            series.step_weight = Some(f64::from(*r.step_weights.get(bn).unwrap_or(&0)) / 100.0);
+            series.observed_weight = r
+                .observed
+                .as_ref()
+                .map(|o| f64::from(*o.get(bn).unwrap_or(&0)) / 100.0);
+            if let Some(e) = r.ecs.get(bn) {
+                let desired = r
+                    .ecs_changes
+                    .iter()
+                    .find(|c| c.backend == bn && r.applied)
+                    .map(|c| c.to)
+                    .unwrap_or(e.desired);
+                series.ecs_desired = Some(i64::from(desired));
+                series.ecs_running = Some(i64::from(e.running));
             }
         }
-    }
-    let Some(r) = &m.last else { return };
-    for b in &m.doc.split.spec.backends {
-        let bn = b.name.as_str();
-        METRICS
-            .target_weight
-            .with_label_values(&[name, bn])
-            .set(f64::from(*r.target.get(bn).unwrap_or(&0)) / 100.0);
-        METRICS
-            .step_weight
-            .with_label_values(&[name, bn])
-            .set(f64::from(*r.step_weights.get(bn).unwrap_or(&0)) / 100.0);
-        match &r.observed {
-            Some(o) => METRICS
-                .observed_weight
-                .with_label_values(&[name, bn])
-                .set(f64::from(*o.get(bn).unwrap_or(&0)) / 100.0),
-            None => {
-                let _ = METRICS.observed_weight.remove_label_values(&[name, bn]);
-            }
-        }
-        if let Some(s) = r.ecs.get(bn) {
-            let desired = r
-                .ecs_changes
-                .iter()
-                .find(|c| c.backend == bn && r.applied)
-                .map(|c| c.to)
-                .unwrap_or(s.desired);
-            METRICS
-                .ecs_desired
-                .with_label_values(&[name, bn])
-                .set(i64::from(desired));
-            METRICS
-                .ecs_running
-                .with_label_values(&[name, bn])
-                .set(i64::from(s.running));
-        }
-    }
-    METRICS.drift.with_label_values(&[name]).set(r.drift);
-    METRICS.progress.with_label_values(&[name]).set(r.progress);
-    METRICS.step.with_label_values(&[name]).set(r.step as i64);
-    METRICS.steps.with_label_values(&[name]).set(r.steps as i64);
+        s.drift = Some(r.drift);
+        s.progress = Some(r.progress);
+        s.step = Some(r.step as i64);
+        s.steps = Some(r.steps as i64);
+    });
 }
 
 fn split_status(m: &Managed, traffic: &crate::traffic::Store) -> SplitStatus {

@@ -4,10 +4,12 @@
 //! headers must arrive within 10 s, at most 64 connections are served at once, a request gets a
 //! response within 10 s, and no request may carry a body (every route is a GET).
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -17,10 +19,10 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::{RwLock, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::metrics::METRICS;
-use crate::status::ControllerStatus;
+use crate::status::{ControllerStatus, SplitStatus};
 use crate::{Error, Result};
 
 /// Prometheus text exposition format 0.0.4.
@@ -43,8 +45,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// What the handlers read; the controller writes it.
 #[derive(Clone)]
 pub struct AppState {
-    /// The status served on `/status`, replaced by the controller after each reconcile.
-    pub status: Arc<RwLock<ControllerStatus>>,
+    /// The status served on `/status`, replaced by the controller after each cycle. Readers take
+    /// the `Arc` and let go of the lock at once: no request waits for another or for a cycle.
+    status: Arc<RwLock<Arc<StatusJson>>>,
     /// True once the config is loaded and the first reconcile is done; false again while draining.
     pub ready: Arc<AtomicBool>,
 }
@@ -53,9 +56,35 @@ impl AppState {
     /// A not-ready state with an empty status.
     pub fn new() -> Self {
         AppState {
-            status: Arc::new(RwLock::new(ControllerStatus::default())),
+            status: Arc::new(RwLock::new(Arc::new(StatusJson::new(
+                &ControllerStatus::default(),
+            )))),
             ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Replace the status served on `/status`.
+    pub fn set_status(&self, status: &ControllerStatus) {
+        self.publish(StatusJson::new(status));
+    }
+
+    /// Replace the status served on `/status` with one already serialized.
+    pub fn publish(&self, status: StatusJson) {
+        let old = std::mem::replace(&mut *self.write(), Arc::new(status));
+        // The old one (tens of MB at 10,000 splits) is freed here, outside the lock, or by the
+        // last request still sending it.
+        drop(old);
+    }
+
+    fn read(&self) -> Arc<StatusJson> {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Arc<StatusJson>> {
+        self.status.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -155,10 +184,12 @@ pub async fn serve(
     Ok(())
 }
 
+/// The exposition is written while it is sent, ~64 KiB at a time (tens of MB at 10,000 splits).
 async fn metrics() -> Response {
+    let chunks = METRICS.render_chunks().map(Ok::<_, Infallible>);
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        METRICS.render(),
+        Body::from_stream(futures::stream::iter(chunks)),
     )
         .into_response()
 }
@@ -175,22 +206,19 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn status(State(state): State<AppState>) -> Json<ControllerStatus> {
-    // Clone so the lock is not held while the response is written.
-    Json(state.status.read().await.clone())
+/// The JSON serialized when the controller published it, sent in pieces.
+async fn status(State(state): State<AppState>) -> Response {
+    let chunks = state.read().chunks().map(Ok::<_, Infallible>);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(futures::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 async fn split_status(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let found = state
-        .status
-        .read()
-        .await
-        .splits
-        .iter()
-        .find(|s| s.name == name)
-        .cloned();
-    match found {
-        Some(split) => Json(split).into_response(),
+    match state.read().split(&name) {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(
@@ -198,5 +226,119 @@ async fn split_status(State(state): State<AppState>, Path(name): Path<String>) -
             ),
         )
             .into_response(),
+    }
+}
+
+/// `/status` serialized once per publish: the document up to its `splits` array, and each split
+/// on its own. A request copies bytes (in pieces) instead of cloning and serializing tens of MB
+/// at 10,000 splits, and `/status/{name}` is one lookup.
+pub struct StatusJson {
+    /// `{"version":…,"splits":[`
+    head: Vec<u8>,
+    /// Split name and its JSON, in the order served.
+    splits: Vec<(String, Bytes)>,
+}
+
+/// One split of `/status` serialized (None, logged, if it cannot be: a float that is not finite).
+pub fn split_json(split: &SplitStatus) -> Option<Bytes> {
+    match serde_json::to_vec(split) {
+        Ok(json) => Some(Bytes::from(json)),
+        Err(e) => {
+            tracing::error!(split = %split.name, error = %e, "cannot serialize the status");
+            None
+        }
+    }
+}
+
+/// `/status` is sent in pieces of about this size.
+const STATUS_CHUNK: usize = 64 * 1024;
+
+impl StatusJson {
+    /// Serialize a whole status.
+    pub fn new(status: &ControllerStatus) -> Self {
+        let splits = status
+            .splits
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), split_json(s)?)))
+            .collect();
+        Self::from_parts(status, splits)
+    }
+
+    /// The status `head` (its own `splits` are ignored) with splits serialized by `split_json`.
+    pub fn from_parts(head: &ControllerStatus, splits: Vec<(String, Bytes)>) -> Self {
+        let empty = ControllerStatus {
+            splits: Vec::new(),
+            ..head.clone()
+        };
+        let mut head = serde_json::to_vec(&empty).expect("a status serializes");
+        // `splits` is the last field: cut `]}` to append the splits.
+        debug_assert!(head.ends_with(b"\"splits\":[]}"));
+        head.truncate(head.len() - 2);
+        StatusJson { head, splits }
+    }
+
+    fn split(&self, name: &str) -> Option<Bytes> {
+        self.splits
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, json)| json.clone())
+    }
+
+    /// The whole document in pieces of about `STATUS_CHUNK`.
+    pub fn chunks(self: Arc<Self>) -> impl Iterator<Item = Bytes> {
+        let mut next = 0;
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let mut out = Vec::with_capacity(STATUS_CHUNK + 4096);
+            if next == 0 {
+                out.extend_from_slice(&self.head);
+            }
+            while let Some((_, json)) = self.splits.get(next) {
+                if next > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(json);
+                next += 1;
+                if out.len() >= STATUS_CHUNK {
+                    return Some(Bytes::from(out));
+                }
+            }
+            out.extend_from_slice(b"]}");
+            done = true;
+            Some(Bytes::from(out))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(s: StatusJson) -> Vec<u8> {
+        Arc::new(s).chunks().flat_map(|b| b.to_vec()).collect()
+    }
+
+    #[test]
+    fn status_json_is_serde_json_of_the_whole_status() {
+        for n in [0, 1, 2, 300] {
+            let status = ControllerStatus {
+                version: "1".into(),
+                owner_id: "o".into(),
+                splits: (0..n)
+                    .map(|i| SplitStatus {
+                        name: format!("s{i}"),
+                        // Big enough that the document takes several pieces.
+                        waiting_for: Some("x".repeat(1000)),
+                        ..SplitStatus::default()
+                    })
+                    .collect(),
+                ..ControllerStatus::default()
+            };
+            let want = serde_json::to_vec(&status).expect("json");
+            assert_eq!(body(StatusJson::new(&status)), want, "{n} splits");
+        }
     }
 }

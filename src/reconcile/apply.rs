@@ -399,13 +399,10 @@ fn log_changes(p: &Pending) {
             reason = %c.why,
             "Route53 change"
         );
+        let action = format!("{:?}", c.change.action).to_ascii_lowercase();
         crate::metrics::METRICS
-            .route53_changes
-            .with_label_values(&[
-                p.work.doc.split.name(),
-                &format!("{:?}", c.change.action).to_ascii_lowercase(),
-            ])
-            .inc();
+            .splits
+            .update(p.work.doc.split.name(), |s| s.count_route53_change(&action));
     }
 }
 

@@ -205,6 +205,11 @@ impl Store {
         self.traffic.read().ok()?.get(split).cloned()
     }
 
+    /// When the split's traffic was last measured (what a cached status of it depends on).
+    pub fn measured_at(&self, split: &str) -> Option<u64> {
+        self.traffic.read().ok()?.get(split).map(|t| t.measured_at)
+    }
+
     pub fn set(&self, split: &str, t: SplitTraffic) {
         if let Ok(mut m) = self.traffic.write() {
             m.insert(split.to_string(), t);
@@ -277,51 +282,14 @@ impl Store {
     }
 }
 
-/// The label values of each split's `trafficshift_split_info`, to drop the old series when they
-/// change.
-static INFO: std::sync::LazyLock<std::sync::Mutex<HashMap<String, [String; 4]>>> =
-    std::sync::LazyLock::new(Default::default);
-
 /// Set `trafficshift_split_info{split,record,zone,owner,account} 1` for a loaded document.
 /// `account` is where the zone lives: the role's account for a cross-account split, else the
-/// controller's own (empty when STS did not say at start).
+/// controller's own (empty when STS did not say at start). `Metrics::forget_split` drops it.
 pub fn split_info(split: &TrafficSplit, owner: &str, account: &str) {
-    let metrics = &crate::metrics::METRICS;
-    let account = account.to_string();
-    let labels = [
-        crate::spec::fqdn(&split.spec.record.name),
-        split.spec.record.hosted_zone.clone(),
-        owner.to_string(),
-        account,
-    ];
-    let Ok(mut info) = INFO.lock() else { return };
-    if let Some(old) = info.get(split.name()) {
-        if old == &labels {
-            return;
-        }
-        let _ = metrics.split_info.remove_label_values(&[
-            split.name(),
-            &old[0],
-            &old[1],
-            &old[2],
-            &old[3],
-        ]);
-    }
-    metrics
-        .split_info
-        .with_label_values(&[split.name(), &labels[0], &labels[1], &labels[2], &labels[3]])
-        .set(1);
-    info.insert(split.name().to_string(), labels);
-}
-
-/// Drop the `trafficshift_split_info` series of a split no longer configured.
-pub fn forget_split_info(split: &str) {
-    let Ok(mut info) = INFO.lock() else { return };
-    if let Some(old) = info.remove(split) {
-        let _ = crate::metrics::METRICS
-            .split_info
-            .remove_label_values(&[split, &old[0], &old[1], &old[2], &old[3]]);
-    }
+    let record = crate::spec::fqdn(&split.spec.record.name);
+    crate::metrics::METRICS.splits.update(split.name(), |s| {
+        s.set_info(&record, &split.spec.record.hosted_zone, owner, account)
+    });
 }
 
 /// Problems of the traffic settings of a document, as (path, message).

@@ -199,10 +199,14 @@ impl Poller {
             .cloned()
             .collect();
         for split in gone {
-            for b in self.published.remove(&split).unwrap_or_default() {
-                let _ = METRICS.traffic_share.remove_label_values(&[&split, &b]);
-                let _ = METRICS.backend_rps.remove_label_values(&[&split, &b]);
-            }
+            let backends = self.published.remove(&split).unwrap_or_default();
+            METRICS.splits.update_existing(&split, |s| {
+                for b in backends {
+                    let series = s.backend(&b);
+                    series.traffic_share = None;
+                    series.requests_per_second = None;
+                }
+            });
         }
         self.store.retain(&|k| names.contains(&k));
     }
@@ -301,21 +305,13 @@ type Group<'a> = (&'a dyn TrafficSources, &'a Arc<str>);
 /// The share and rate gauges of a split: set when known, removed when unknown (a 0 would read
 /// as a backend without traffic).
 fn publish(split: &str, t: &SplitTraffic) {
-    for (b, bt) in &t.backends {
-        let labels = [split, b.as_str()];
-        match bt.share {
-            Some(v) => METRICS.traffic_share.with_label_values(&labels).set(v),
-            None => {
-                let _ = METRICS.traffic_share.remove_label_values(&labels);
-            }
+    METRICS.splits.update(split, |s| {
+        for (b, bt) in &t.backends {
+            let series = s.backend(b);
+            series.traffic_share = bt.share;
+            series.requests_per_second = bt.per_second;
         }
-        match bt.per_second {
-            Some(v) => METRICS.backend_rps.with_label_values(&labels).set(v),
-            None => {
-                let _ = METRICS.backend_rps.remove_label_values(&labels);
-            }
-        }
-    }
+    });
 }
 
 /// Poll every `every` until `shutdown`, reading the documents from `paths` each time (the

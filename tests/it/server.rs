@@ -23,7 +23,7 @@ impl Server {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let state = AppState::new();
-        *state.status.write().await = status;
+        state.set_status(&status);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, state.clone(), async move {
             let _ = rx.await;
@@ -162,7 +162,9 @@ async fn status_whole_and_by_name() {
     assert_eq!(got, fixture());
 
     // The controller replaces the status; the next request sees it.
-    server.state.status.write().await.splits[0].state = "Complete".into();
+    let mut changed = fixture();
+    changed.splits[0].state = "Complete".into();
+    server.state.set_status(&changed);
     let r = server.get("/status/api").await;
     assert_eq!(r.status(), 200);
     let got: SplitStatus = r.json().await.expect("split JSON");
@@ -225,7 +227,9 @@ async fn status_command_exit_codes() {
         "{err}"
     );
 
-    server.state.status.write().await.config.valid = false;
+    let mut invalid = fixture();
+    invalid.config.valid = false;
+    server.state.set_status(&invalid);
     assert_eq!(
         status_cli::run(opts(&b, Some("api"), Output::Wide, true))
             .await
