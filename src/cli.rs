@@ -485,7 +485,6 @@ async fn run_controller(a: RunArgs) -> Result<i32> {
         let poller = crate::traffic::poll::Poller::new(accounts, ctx.traffic.clone());
         tokio::spawn(crate::traffic::poll::run(
             poller,
-            a.config.clone(),
             a.traffic_poll_interval.get().max(Duration::from_secs(1)),
             shutdown_rx.clone(),
         ));

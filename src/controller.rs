@@ -207,6 +207,10 @@ impl Controller {
         for e in &loaded.errors {
             warn!(error = %e, "document rejected; the last good version stays in force");
         }
+        // The traffic poller measures the same documents.
+        self.ctx
+            .traffic
+            .set_splits(loaded.docs.iter().map(|d| d.split.clone()).collect());
 
         let mut seen = BTreeMap::new();
         for doc in loaded.docs {

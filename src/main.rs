@@ -2,9 +2,10 @@
 
 use clap::Parser;
 
-// Two workers: the work is IO-bound (AWS calls, file events); a worker per core of a large node
-// would only add threads and their memory.
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+// One worker: the work is IO-bound (AWS calls, file events). The controller's loop runs on the
+// main thread (`block_on`); the worker runs the HTTP server, the poller and the connections.
+// Each further thread costs its stack and, once it allocates, a malloc arena of its own.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let cli = match trafficshift::cli::Cli::try_parse() {
         Ok(cli) => cli,

@@ -49,7 +49,12 @@ impl GateChecker {
             return GateOutcome::fail(format!("GET {shown}: {why}"));
         }
         let exchange = async {
-            let resp = self.http.get(&g.url).timeout(timeout).send().await?;
+            let resp = self
+                .http_client()
+                .get(&g.url)
+                .timeout(timeout)
+                .send()
+                .await?;
             let status = resp.status();
             // Drain a little so the connection can be reused; the content does not matter.
             read_capped(resp, HTTP_BODY_CAP).await?;

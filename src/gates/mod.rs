@@ -96,7 +96,9 @@ impl Default for GateOptions {
 /// Checks gates against AWS, Prometheus and HTTP endpoints.
 #[derive(Clone)]
 pub struct GateChecker {
-    http: reqwest::Client,
+    /// Built on the first HTTP or Prometheus gate (building one loads and parses the system's
+    /// trusted roots, which most document sets never need); shared by [`GateChecker::with_aws`].
+    http: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
     aws: Aws,
     options: GateOptions,
     /// Measured traffic shares and the Route53 weights, for `trafficShare`.
@@ -110,9 +112,8 @@ impl GateChecker {
     }
 
     pub fn with_options(aws: Aws, options: GateOptions) -> Self {
-        let http = http::client(options.allow_loopback);
         GateChecker {
-            http,
+            http: Default::default(),
             aws,
             options,
             traffic: Default::default(),
@@ -134,6 +135,11 @@ impl GateChecker {
             options: self.options,
             traffic: self.traffic.clone(),
         }
+    }
+
+    fn http_client(&self) -> &reqwest::Client {
+        self.http
+            .get_or_init(|| http::client(self.options.allow_loopback))
     }
 
     /// Whether `check` calls this gate. Gates it skips stay "not checked yet".

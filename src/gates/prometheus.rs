@@ -27,7 +27,12 @@ impl GateChecker {
         }
 
         let exchange = async {
-            let resp = self.http.get(url.clone()).timeout(timeout).send().await?;
+            let resp = self
+                .http_client()
+                .get(url.clone())
+                .timeout(timeout)
+                .send()
+                .await?;
             let status = resp.status();
             let body = read_capped(resp, PROMETHEUS_BODY_CAP).await?;
             Ok::<_, reqwest::Error>((status, body))

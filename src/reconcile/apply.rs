@@ -560,7 +560,7 @@ mod tests {
         .expect("split");
         Work {
             doc: SplitDoc {
-                split,
+                split: split.into(),
                 file: "test.yaml".into(),
                 line: 1,
                 hash: "h".into(),

@@ -194,7 +194,7 @@ pub(super) fn work(name: &str) -> Work {
     split.spec.record.name = format!("{name}.abceed.example.");
     Work {
         doc: SplitDoc {
-            split,
+            split: split.into(),
             file: format!("{name}.yaml").into(),
             line: 1,
             hash: "h".into(),

@@ -452,8 +452,11 @@ mod tests {
 
         // `lambda` leaves the document (drainDelay 120 s in the fixture).
         let mut gone = work("api");
-        gone.doc.split.spec.backends.retain(|b| b.name == "fargate");
-        gone.doc.split.spec.weights = w(&[("fargate", 100)]);
+        Arc::make_mut(&mut gone.doc.split)
+            .spec
+            .backends
+            .retain(|b| b.name == "fargate");
+        Arc::make_mut(&mut gone.doc.split).spec.weights = w(&[("fargate", 100)]);
         let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 1_000, true).await);
         let r = out["api"].as_ref().expect("no Conflict");
         assert!(
@@ -491,7 +494,10 @@ mod tests {
         assert!(!txt.contains("lambda"), "{txt}");
 
         // plainWhenSingle: one batch turns the set into a plain record and removes the TXT.
-        gone.doc.split.spec.record.plain_when_single = true;
+        Arc::make_mut(&mut gone.doc.split)
+            .spec
+            .record
+            .plain_when_single = true;
         let out = by_name(cycle(&ctx, vec![gone.clone()], t0 + 123_000, true).await);
         assert!(out["api"].as_ref().unwrap().applied);
         assert_eq!(txt_at(&dns), None);
@@ -519,7 +525,7 @@ mod tests {
         let dns = Arc::new(Zone53::default());
         let ctx = context(dns.clone());
         let mut boom = work("boom");
-        boom.doc.split.spec.backends[0]
+        Arc::make_mut(&mut boom.doc.split).spec.backends[0]
             .api_gateway
             .as_mut()
             .unwrap()

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer};
 use serde_saphyr::{Location, MessageFormatter, Spanned};
@@ -29,7 +30,9 @@ const MAX_ERRORS_PER_FILE: usize = 50;
 /// One valid TrafficSplit and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplitDoc {
-    pub split: TrafficSplit,
+    /// Shared: the [`DocCache`], the controller and every cycle's work hold the same parsed
+    /// document (a few KiB each, per split) instead of a copy each.
+    pub split: Arc<TrafficSplit>,
     pub file: PathBuf,
     /// 1-based line where the document starts.
     pub line: u64,
@@ -184,7 +187,7 @@ impl DocCache {
                         hash: SplitDoc::hash_of(&doc.split),
                         line: doc.line,
                         file: file.to_path_buf(),
-                        split: doc.split,
+                        split: Arc::new(doc.split),
                     })
                 } else {
                     // Problems quote names and values from the document: cleaned and bounded

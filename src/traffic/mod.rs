@@ -10,7 +10,7 @@
 pub mod poll;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::spec::{Backend, TrafficSplit, Weights};
@@ -198,9 +198,33 @@ pub struct Store {
     /// Target group ARNs of each split's ECS backends, as the last reconcile described them (the
     /// poller reuses them instead of describing the services again).
     target_groups: RwLock<HashMap<String, BTreeMap<String, Vec<String>>>>,
+    /// The documents of the controller's last load, for the poller: it reads the documents the
+    /// controller already holds instead of parsing every file again each minute (a second copy
+    /// of every document, and its CPU).
+    splits: RwLock<Option<Arc<[Arc<TrafficSplit>]>>>,
+    /// Woken on every [`Store::set_splits`]; a permit waits for the poller if it was not waiting.
+    loaded: tokio::sync::Notify,
 }
 
 impl Store {
+    /// The documents that loaded (a rejected one is left out until it loads again).
+    pub fn set_splits(&self, splits: Arc<[Arc<TrafficSplit>]>) {
+        if let Ok(mut s) = self.splits.write() {
+            *s = Some(splits);
+        }
+        self.loaded.notify_one();
+    }
+
+    /// The documents of the last load, waiting for the first one.
+    pub async fn splits(&self) -> Arc<[Arc<TrafficSplit>]> {
+        loop {
+            if let Some(s) = self.splits.read().ok().and_then(|s| s.clone()) {
+                return s;
+            }
+            self.loaded.notified().await;
+        }
+    }
+
     pub fn get(&self, split: &str) -> Option<SplitTraffic> {
         self.traffic.read().ok()?.get(split).cloned()
     }

@@ -12,7 +12,6 @@
 //! and reconciles come much more often than CloudWatch has new minutes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,7 +154,7 @@ impl Poller {
 
     /// One measurement of every split, at `now` (unix seconds): one GetMetricData call (per 500
     /// queries) for each account's splits.
-    pub async fn poll(&mut self, splits: &[TrafficSplit], now: u64) {
+    pub async fn poll(&mut self, splits: &[Arc<TrafficSplit>], now: u64) {
         let mut groups: BTreeMap<Option<&AwsSpec>, Vec<&TrafficSplit>> = BTreeMap::new();
         for s in splits {
             groups.entry(s.spec.aws.as_ref()).or_default().push(s);
@@ -314,17 +313,14 @@ fn publish(split: &str, t: &SplitTraffic) {
     });
 }
 
-/// Poll every `every` until `shutdown`, reading the documents from `paths` each time (the
-/// documents that load; a rejected one is left out until it loads again).
-pub async fn run(
-    mut poller: Poller,
-    paths: Vec<PathBuf>,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Poll every `every` until `shutdown`, over the documents of the controller's last load (see
+/// [`super::Store::set_splits`]; the first poll waits for the first load).
+pub async fn run(mut poller: Poller, every: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let loaded = crate::spec::load_paths(&paths);
-        let splits: Vec<TrafficSplit> = loaded.docs.into_iter().map(|d| d.split).collect();
+        let splits = tokio::select! {
+            _ = shutdown.changed() => return,
+            s = poller.store.splits() => s,
+        };
         poller.poll(&splits, crate::status::now_unix()).await;
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -484,8 +480,14 @@ mod tests {
             );
         }
         let mut p = Poller::new(one_account(sources.clone()), store.clone());
-        p.poll(&[split("a", "gw.example"), split("b", "none.example")], now)
-            .await;
+        p.poll(
+            &[
+                split("a", "gw.example").into(),
+                split("b", "none.example").into(),
+            ],
+            now,
+        )
+        .await;
         // Both splits share the ALB series: 2 distinct queries, one call, 5m window.
         assert_eq!(
             *sources.calls.lock().unwrap(),
@@ -578,7 +580,8 @@ mod tests {
                     split("remote2", "gw.example"),
                     "arn:aws:iam::222222222222:role/a",
                 ),
-            ],
+            ]
+            .map(Arc::new),
             now,
         )
         .await;
