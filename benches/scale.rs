@@ -1695,7 +1695,65 @@ fn resources(out: &mut String, r: &Run, n: usize, label: &str) {
         if n == 1 || n >= 1000 { format!("< {target} MiB: {}", if hwm < target { "met" } else { "MISSED" }) } else { "-".into() },
         if cpu < 1.0 { "met" } else { "MISSED" }
     );
+    let parts = rss_by_part(pid)
+        .iter()
+        .map(|(part, kib)| format!("{part} {:.1}", *kib as f64 / 1024.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let threads = proc_status_kib(pid, "Threads:");
+    BY_PART.with(|b| {
+        b.borrow_mut()
+            .push(format!("| {label} | {n} | {threads} | {parts} |\n"))
+    });
     c.sigterm(Duration::from_secs(30));
+}
+
+thread_local! {
+    /// Rows of the RSS-by-part table, written after the RSS table.
+    static BY_PART: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Resident KiB of a process by kind of mapping (from /proc/PID/smaps): the binary's code, its
+/// other segments, the heap (brk and anonymous mappings: malloc's arenas, thread stacks), shared
+/// libraries, and the rest. Which allocation inside the heap is what needs a heap profiler; this
+/// says which part of the process the resident pages belong to.
+fn rss_by_part(pid: u32) -> Vec<(&'static str, u64)> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let kinds = [
+        "binary code",
+        "binary data",
+        "heap and stacks",
+        "shared libraries",
+        "other",
+    ];
+    let mut kib = [0u64; 5];
+    let mut kind = 4;
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first()
+            .is_some_and(|a| a.contains('-') && !a.ends_with(':'))
+        {
+            let perms = f.get(1).copied().unwrap_or("");
+            let path = f.get(5).copied().unwrap_or("");
+            kind = if !path.is_empty() && std::path::Path::new(path) == exe {
+                if perms.contains('x') {
+                    0
+                } else {
+                    1
+                }
+            } else if path.is_empty() || path == "[heap]" || path.starts_with("[stack") {
+                2
+            } else if path.starts_with('/') {
+                3
+            } else {
+                4
+            };
+        } else if f.first() == Some(&"Rss:") {
+            kib[kind] += f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    kinds.into_iter().zip(kib).collect()
 }
 
 /// The baseline: one `aws route53 change-resource-record-sets` per weighted record.
@@ -1944,6 +2002,13 @@ fn main() {
                     });
                 }
             }
+            let _ = write!(
+                out,
+                "\nResident memory by part of the process (MiB, /proc/PID/smaps at the end of \
+                 the idle window; heap and stacks = brk and anonymous mappings):\n\n\
+                 | binary | splits | threads | parts |\n|---|---:|---:|---|\n{}",
+                BY_PART.with(|b| b.borrow_mut().drain(..).collect::<String>())
+            );
             flush(&out);
         }
         if want("baseline") {

@@ -96,14 +96,14 @@ fn wait_ends_0_on_completion_1_on_rollback_124_on_timeout() {
     dedup.dedup();
     assert_eq!(lines, dedup, "one line per change, no repeats: {out}");
     assert_eq!(
-        done.cli_weights(&moto),
+        done.outside_weights(&moto),
         [("fargate".to_string(), 100), ("lambda".to_string(), 0)].into(),
         "Route53 really is at the target"
     );
 
     // 124 at the timeout while `slow` holds its first step for 600 s.
     wait_for("slow at its first step", DEADLINE, || {
-        (slow.cli_weights(&moto).get("fargate") == Some(&50)).then_some(())
+        (slow.outside_weights(&moto).get("fargate") == Some(&50)).then_some(())
     });
     let t = Instant::now();
     let (code, out, err) = finish(
@@ -120,7 +120,7 @@ fn wait_ends_0_on_completion_1_on_rollback_124_on_timeout() {
 
     // 1 at once when `rb` rolls back; its wait was started while it was healthy.
     wait_for("rb at its first step", DEADLINE, || {
-        (rb.cli_weights(&moto).get("fargate") == Some(&50)).then_some(())
+        (rb.outside_weights(&moto).get("fargate") == Some(&50)).then_some(())
     });
     let waiting = spawn_wait(&c.endpoint, &["rb", "--timeout", "100s"]);
     std::thread::sleep(Duration::from_secs(2));
@@ -131,7 +131,7 @@ fn wait_ends_0_on_completion_1_on_rollback_124_on_timeout() {
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     assert!(err.contains("RolledBack"), "{err}");
     assert_eq!(
-        rb.cli_weights(&moto),
+        rb.outside_weights(&moto),
         [("fargate".to_string(), 0), ("lambda".to_string(), 100)].into(),
         "Route53 really rolled back"
     );

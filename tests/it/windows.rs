@@ -51,12 +51,12 @@ fn a_closed_window_holds_a_rollout_and_an_open_one_lets_it_finish() {
 
     // The weighted set is created at the start split (adoption is not a step) ...
     wait_for("the weighted set at lambda 100", DEADLINE, || {
-        (sc.cli_weights(&moto) == split(100, 0)).then_some(())
+        (sc.outside_weights(&moto) == split(100, 0)).then_some(())
     });
     // ... and stays there over several resyncs and many 1 s intervals.
     let held = Instant::now();
     while held.elapsed() < Duration::from_secs(8) {
-        let w = sc.cli_weights(&moto);
+        let w = sc.outside_weights(&moto);
         assert_eq!(w, split(100, 0), "a step advanced outside the window");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -87,7 +87,7 @@ fn a_closed_window_holds_a_rollout_and_an_open_one_lets_it_finish() {
         &sc.document("api", 0, 100, &block(&utc_hhmm(-60), &utc_hhmm(60))),
     );
     wait_for("Route53 at fargate 100 (AWS CLI)", DEADLINE, || {
-        (sc.cli_weights(&moto) == split(0, 100)).then_some(())
+        (sc.outside_weights(&moto) == split(0, 100)).then_some(())
     });
 }
 

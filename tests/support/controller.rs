@@ -43,33 +43,22 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The weighted records at the scenario's name, SetIdentifier -> Weight, read with the AWS
-    /// CLI (an outside client, not the controller's SDK).
-    pub fn cli_weights(&self, moto: &Moto) -> BTreeMap<String, i64> {
-        let out = Command::new(crate::support::venv_tool("aws", "aws"))
-            .args(["route53", "list-resource-record-sets", "--hosted-zone-id"])
-            .arg(&self.zone_id)
-            .args(["--output", "json"])
-            .envs(moto.aws_env())
-            .output()
-            .expect("the AWS CLI (aws) must be installed: .venv/bin/aws or on PATH");
-        assert!(
-            out.status.success(),
-            "aws route53 list-resource-record-sets failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+    /// The weighted records at the scenario's name, SetIdentifier -> Weight, read with boto3 (an
+    /// outside client, not the controller's SDK; the suite's long-lived boto3 worker, as a new
+    /// `aws` process per poll cost half a second of CPU each).
+    pub fn outside_weights(&self, moto: &Moto) -> BTreeMap<String, i64> {
+        let v = moto.py(
+            r#"
+pages = client("route53").get_paginator("list_resource_record_sets").paginate(HostedZoneId=input["zone"])
+out = [[r["SetIdentifier"], r["Weight"]] for p in pages for r in p["ResourceRecordSets"]
+       if r["Name"] == input["name"] and "SetIdentifier" in r]
+"#,
+            serde_json::json!({"zone": self.zone_id, "name": self.record}),
         );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON from the AWS CLI");
-        v["ResourceRecordSets"]
-            .as_array()
-            .expect("ResourceRecordSets")
+        v.as_array()
+            .expect("[SetIdentifier, Weight] pairs")
             .iter()
-            .filter(|r| r["Name"] == self.record.as_str() && r.get("SetIdentifier").is_some())
-            .map(|r| {
-                (
-                    r["SetIdentifier"].as_str().unwrap().to_string(),
-                    r["Weight"].as_i64().unwrap(),
-                )
-            })
+            .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_i64().unwrap()))
             .collect()
     }
 

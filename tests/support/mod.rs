@@ -70,7 +70,7 @@ pub struct Moto {
     /// `http://127.0.0.1:PORT`: moto itself. Read results back here (what AWS holds); give the
     /// controller `aws()` instead.
     pub endpoint: String,
-    child: Child,
+    server: MotoProcess,
     log: PathBuf,
     /// The AWS layer in front of moto that the controller talks to, started on first use.
     layer: std::sync::OnceLock<controller::FaultProxy>,
@@ -101,25 +101,20 @@ impl Moto {
     }
 
     fn try_start(env: &[(&str, &str)]) -> Result<Moto, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let log = std::env::temp_dir().join(format!("moto-{}-{port}.log", std::process::id()));
-        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let bin = venv_tool("moto_server", "moto_server");
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        // A factory that is gone (or not up yet) costs time, not the test.
+        let forked = std::env::var_os("TRAFFICSHIFT_MOTO_FORK")
+            .map(|sock| MotoProcess::fork(Path::new(&sock), env))
+            .and_then(|r| {
+                r.map_err(|e| eprintln!("{e}; starting moto_server instead"))
+                    .ok()
+            });
+        let (server, port, log) = match forked {
+            Some(f) => f,
+            None => MotoProcess::spawn(env)?,
+        };
         let mut moto = Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
-            child,
+            server,
             log,
             layer: std::sync::OnceLock::new(),
             py_worker: std::sync::Mutex::new(None),
@@ -130,9 +125,9 @@ impl Moto {
             if http_ok(addr, "/moto-api/") {
                 return Ok(moto);
             }
-            if let Ok(Some(status)) = moto.child.try_wait() {
+            if let Some(status) = moto.server.exited() {
                 return Err(format!(
-                    "moto_server exited with {status}: {}",
+                    "moto_server exited ({status}): {}",
                     moto.log_tail()
                 ));
             }
@@ -356,9 +351,100 @@ impl Drop for PyWorker {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.stop();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A moto server process: a `moto_server` of its own, or one forked by `scripts/motofork.py`
+/// (scripts/test runs one and names its socket in `TRAFFICSHIFT_MOTO_FORK`): the same server
+/// without importing moto again for every test.
+enum MotoProcess {
+    Spawned(Child),
+    /// The forked server lives while this connection is open.
+    Forked {
+        pid: u32,
+        conn: std::os::unix::net::UnixStream,
+    },
+}
+
+impl MotoProcess {
+    /// A new `moto_server` on a port picked here.
+    fn spawn(env: &[(&str, &str)]) -> Result<(MotoProcess, u16, PathBuf), String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let log = std::env::temp_dir().join(format!("moto-{}-{port}.log", std::process::id()));
+        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let bin = venv_tool("moto_server", "moto_server");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        Ok((MotoProcess::Spawned(child), port, log))
+    }
+
+    /// A server forked by the factory listening on `sock`; it binds its own port.
+    fn fork(sock: &Path, env: &[(&str, &str)]) -> Result<(MotoProcess, u16, PathBuf), String> {
+        use std::io::BufRead;
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("moto-{}-f{n}.log", std::process::id()));
+        let mut conn = std::os::unix::net::UnixStream::connect(sock)
+            .map_err(|e| format!("moto factory {}: {e}", sock.display()))?;
+        let env: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let req = serde_json::json!({"env": env, "log": log});
+        writeln!(conn, "{req}").map_err(|e| format!("moto factory: {e}"))?;
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut line = String::new();
+        std::io::BufReader::new(&conn)
+            .read_line(&mut line)
+            .map_err(|e| format!("moto factory did not answer: {e}"))?;
+        let _ = conn.set_read_timeout(None);
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("moto factory said ({e}): {line:?}"))?;
+        let (Some(port), Some(pid)) = (v["port"].as_u64(), v["pid"].as_u64()) else {
+            return Err(format!("moto factory said: {line:?}"));
+        };
+        Ok((
+            MotoProcess::Forked {
+                pid: pid as u32,
+                conn,
+            },
+            port as u16,
+            log,
+        ))
+    }
+
+    /// How the server ended, if it has.
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            MotoProcess::Spawned(child) => child.try_wait().ok().flatten().map(|s| s.to_string()),
+            MotoProcess::Forked { pid, .. } => (!Path::new(&format!("/proc/{pid}")).exists())
+                .then(|| format!("forked server {pid} is gone")),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            MotoProcess::Spawned(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // The server exits as soon as its connection closes.
+            MotoProcess::Forked { conn, .. } => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
