@@ -318,11 +318,15 @@ fn a_broken_document_is_shown_with_its_position_and_changes_nothing() {
     wait_for(&format!("{at}COL in the log"), DEADLINE, || {
         has_position(&c.log_text()).then_some(())
     });
-    // `trafficshift status` against the running controller.
-    let (code, out, err) = run_cli(&moto.endpoint, &["status", "--endpoint", &c.endpoint]);
-    assert!(
-        has_position(&out) || has_position(&err),
-        "trafficshift status (exit {code}) does not show {at}COL:\n{out}\n{err}"
+    // `trafficshift status` against the running controller (published right after the reload;
+    // polled, as the metric above is set a moment before).
+    wait_for(
+        &format!("{at}COL in `trafficshift status`"),
+        DEADLINE,
+        || {
+            let (_, out, err) = run_cli(&moto.endpoint, &["status", "--endpoint", &c.endpoint]);
+            (has_position(&out) || has_position(&err)).then_some(())
+        },
     );
     // It keeps looking at AWS and still writes nothing.
     let ok = must(
