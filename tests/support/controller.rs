@@ -42,6 +42,44 @@ pub struct Scenario {
     pub info: Value,
 }
 
+/// `scripts/provision.py ARGS` against `moto`, run by the suite's boto3 worker (the script's own
+/// `main`, loaded once per worker: a new Python with boto3 per scenario cost ~0.4 s of CPU);
+/// its printed JSON.
+pub fn provision(moto: &Moto, args: &[&str]) -> Value {
+    let argv: Vec<String> = ["--endpoint", &moto.endpoint]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
+    let out = moto.py(
+        r#"
+import contextlib, importlib.util, io
+if "provision" not in sys.modules:
+    spec = importlib.util.spec_from_file_location("provision", input["script"])
+    sys.modules["provision"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["provision"])
+stdout, stderr = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    rc = sys.modules["provision"].main(input["argv"])
+out = {"rc": rc, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+"#,
+        serde_json::json!({"script": repo().join("scripts/provision.py"), "argv": argv}),
+    );
+    assert_eq!(
+        out["rc"],
+        0,
+        "provision.py {} failed: {}",
+        args.join(" "),
+        out["stderr"]
+    );
+    let printed = out["stdout"].as_str().unwrap_or_default().trim();
+    if printed.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(printed)
+        .unwrap_or_else(|e| panic!("provision.py printed no JSON ({e}): {printed}"))
+}
+
 impl Scenario {
     /// The weighted records at the scenario's name, SetIdentifier -> Weight, read with boto3 (an
     /// outside client, not the controller's SDK; the suite's long-lived boto3 worker, as a new
@@ -76,10 +114,11 @@ out = [[r["SetIdentifier"], r["Weight"]] for p in pages for r in p["ResourceReco
         let service = format!("{label}-svc");
         let apigw = format!("{label}-gw.{zone}");
         let unrelated = format!("www-{label}.{zone}");
-        let out = Command::new(python())
-            .arg(repo().join("scripts/provision.py"))
-            .args(["--endpoint", &moto.endpoint, "scenario"])
-            .args([
+        let tasks = tasks.to_string();
+        let info = provision(
+            moto,
+            &[
+                "scenario",
                 "--zone",
                 zone,
                 "--record",
@@ -88,24 +127,14 @@ out = [[r["SetIdentifier"], r["Weight"]] for p in pages for r in p["ResourceReco
                 &cluster,
                 "--service",
                 &service,
-            ])
-            .args([
                 "--apigw-domain",
                 &apigw,
                 "--unrelated",
                 &unrelated,
                 "--tasks",
-                &tasks.to_string(),
-            ])
-            .envs(moto.aws_env())
-            .output()
-            .expect("run provision.py");
-        assert!(
-            out.status.success(),
-            "provision.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+                &tasks,
+            ],
         );
-        let info: Value = serde_json::from_slice(&out.stdout).expect("provision.py prints JSON");
         Scenario {
             zone: zone.to_string(),
             zone_id: info["zone_id"].as_str().unwrap().to_string(),
@@ -514,18 +543,7 @@ pub fn json_log(c: &Controller) -> Vec<Value> {
 
 /// Create a CloudWatch alarm (if needed) and set its state.
 pub fn set_alarm(moto: &Moto, name: &str, state: &str) {
-    let out = Command::new(python())
-        .arg(repo().join("scripts/provision.py"))
-        .args(["--endpoint", &moto.endpoint, "alarm", "--name", name])
-        .args(["--state", state])
-        .envs(moto.aws_env())
-        .output()
-        .expect("run provision.py alarm");
-    assert!(
-        out.status.success(),
-        "provision.py alarm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    provision(moto, &["alarm", "--name", name, "--state", state]);
 }
 
 /// `scripts/faultproxy.py` in front of moto, killed on drop; `log` is its JSONL request log.
