@@ -7,8 +7,6 @@
 //! hold until replaced; one-shot ones (promote, promote --full, retry) are marked `done` by the
 //! controller in the same write that carries them out, so a restart never repeats them.
 
-use std::collections::BTreeMap;
-
 use crate::rollout::{Note, SplitState};
 use crate::state::{Phase, RolloutState};
 
@@ -190,13 +188,13 @@ pub fn encode(o: Option<&Override>) -> String {
 
 /// The override in a state payload's keys: Ok(None) when there is none (TXTs written before
 /// overrides existed), Err saying what is malformed.
-pub fn decode(kv: &BTreeMap<&str, &str>) -> Result<Option<Override>, String> {
+pub fn decode(kv: &crate::state::Fields) -> Result<Option<Override>, String> {
     let Some(action) = kv.get("ovr") else {
         return Ok(None);
     };
     let action = Action::parse(action).ok_or_else(|| "ovr= names no override".to_string())?;
     let text = |k: &str, max: usize| -> Result<String, String> {
-        let v = kv.get(k).copied().unwrap_or("");
+        let v = kv.get(k).unwrap_or("");
         if v.len() > max {
             return Err(format!("{k}= is longer than {max} characters"));
         }
@@ -211,7 +209,7 @@ pub fn decode(kv: &BTreeMap<&str, &str>) -> Result<Option<Override>, String> {
             .parse()
             .map_err(|_| "ovrat= is malformed".to_string())?,
         reason: text("ovrwhy", REASON_MAX)?,
-        done: match kv.get("ovrdone").copied() {
+        done: match kv.get("ovrdone") {
             Some("1") => true,
             Some("0") | None => false,
             Some(_) => return Err("ovrdone= is malformed".into()),
@@ -423,6 +421,7 @@ pub fn transition_note(prev: &str, now: SplitState, o: Option<&Override>) -> Opt
 mod tests {
     use super::*;
     use crate::state::RolloutState;
+    use std::collections::BTreeMap;
 
     fn w(pairs: &[(&str, u32)]) -> crate::spec::Weights {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -467,7 +466,7 @@ mod tests {
         assert_eq!(values.len(), 5, "{keys}");
         assert!(!keys.contains(['"', '\\', ';', '\n']), "{keys}");
         assert!(keys.is_ascii());
-        let kv: BTreeMap<&str, &str> = values.iter().map(|p| p.split_once('=').unwrap()).collect();
+        let kv: crate::state::Fields = values.iter().map(|p| p.split_once('=').unwrap()).collect();
         assert_eq!(decode(&kv), Ok(Some(o)));
 
         let long = Override::new(Action::Pause, &"é".repeat(500), 1, &"x".repeat(5000));
@@ -479,7 +478,7 @@ mod tests {
 
     #[test]
     fn malformed_or_absent_keys() {
-        let kv: BTreeMap<&str, &str> = [("phase", "progressing")].into();
+        let kv: crate::state::Fields = [("phase", "progressing")].into_iter().collect();
         assert_eq!(decode(&kv), Ok(None));
         for bad in [
             vec![("ovr", "explode"), ("ovrat", "1")],
@@ -487,7 +486,7 @@ mod tests {
             vec![("ovr", "pause"), ("ovrat", "1"), ("ovrwhy", "%G1")],
             vec![("ovr", "pause"), ("ovrat", "1"), ("ovrdone", "yes")],
         ] {
-            let kv: BTreeMap<&str, &str> = bad.into_iter().collect();
+            let kv: crate::state::Fields = bad.into_iter().collect();
             assert!(decode(&kv).is_err(), "{kv:?}");
         }
     }
