@@ -494,9 +494,6 @@ impl Controller {
                         let files: Vec<PathBuf> = changed.files.into_iter().collect();
                         self.reload_files(&files);
                     }
-                    // A rejected document shows in `status` now, with the metric, not after the
-                    // next cycle (which may be retrying AWS for seconds).
-                    self.publish();
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= next_resync {

@@ -318,8 +318,9 @@ fn a_broken_document_is_shown_with_its_position_and_changes_nothing() {
     wait_for(&format!("{at}COL in the log"), DEADLINE, || {
         has_position(&c.log_text()).then_some(())
     });
-    // `trafficshift status` against the running controller (published right after the reload;
-    // polled, as the metric above is set a moment before).
+    // `trafficshift status` against the running controller: the status is published after each
+    // cycle (so a split's target and state always come from the same cycle), and the cycle after
+    // the reload may be retrying AWS for seconds, so poll.
     wait_for(
         &format!("{at}COL in `trafficshift status`"),
         DEADLINE,
