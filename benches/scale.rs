@@ -1675,7 +1675,8 @@ fn latency(
 }
 
 /// (d) peak RSS and idle CPU with the first `n` splits (already converged).
-fn resources(out: &mut String, r: &Run, n: usize, label: &str) {
+/// Writes the RSS row to `out`; returns the row of the RSS-by-part table.
+fn resources(out: &mut String, r: &Run, n: usize, label: &str) -> String {
     let dir = r.fleet.subset_dir(n);
     let mut c = Controller::start(
         &r.moto.endpoint,
@@ -1732,16 +1733,8 @@ fn resources(out: &mut String, r: &Run, n: usize, label: &str) {
         .collect::<Vec<_>>()
         .join(", ");
     let threads = proc_status_kib(pid, "Threads:");
-    BY_PART.with(|b| {
-        b.borrow_mut()
-            .push(format!("| {label} | {n} | {threads} | {parts} |\n"))
-    });
     c.sigterm(Duration::from_secs(30));
-}
-
-thread_local! {
-    /// Rows of the RSS-by-part table, written after the RSS table.
-    static BY_PART: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    format!("| {label} | {n} | {threads} | {parts} |\n")
 }
 
 /// Resident KiB of a process by kind of mapping (from /proc/PID/smaps): the binary's code, its
@@ -2029,9 +2022,10 @@ fn main() {
                 "\n## (d) Peak RSS and idle CPU (release binary, after its first cycle, 10 s idle window)\n\n\
                  | binary | splits | peak RSS (VmHWM) | RSS | RSS target | idle CPU | idle CPU < 1% |\n|---|---:|---:|---:|---|---:|---|\n"
             );
+            let mut by_part = String::new();
             for n in [1, 100, fleet.splits.len()] {
                 for (label, bin) in binaries(&a) {
-                    with_binary(&bin, || {
+                    by_part += &with_binary(&bin, || {
                         resources(&mut out, &r, n.min(fleet.splits.len()), &label)
                     });
                 }
@@ -2041,7 +2035,7 @@ fn main() {
                 "\nResident memory by part of the process (MiB, /proc/PID/smaps at the end of \
                  the idle window; heap and stacks = brk and anonymous mappings):\n\n\
                  | binary | splits | threads | parts |\n|---|---:|---:|---|\n{}",
-                BY_PART.with(|b| b.borrow_mut().drain(..).collect::<String>())
+                by_part
             );
             flush(&out);
         }

@@ -134,6 +134,10 @@ pub struct Decision {
 /// Hash of what defines a rollout: target weights, steps and backend names. Editing gates, the
 /// interval or `paused` does not restart a rollout, and neither does reordering `backends`.
 pub fn generation(split: &TrafficSplit) -> String {
+    hash_of(split, &sorted_backend_names(split))
+}
+
+fn sorted_backend_names(split: &TrafficSplit) -> Vec<&str> {
     let mut names: Vec<&str> = split
         .spec
         .backends
@@ -141,7 +145,7 @@ pub fn generation(split: &TrafficSplit) -> String {
         .map(|b| b.name.as_str())
         .collect();
     names.sort_unstable();
-    hash_of(split, &names)
+    names
 }
 
 /// The generation releases up to 0.1 wrote: backends in document order. A state TXT they wrote
@@ -254,13 +258,7 @@ fn validate_stored(
             s.step, s.phase
         ));
     }
-    let mut want: Vec<&str> = split
-        .spec
-        .backends
-        .iter()
-        .map(|b| b.name.as_str())
-        .collect();
-    want.sort_unstable();
+    let want = sorted_backend_names(split);
     for (what, w) in [("start", &s.start), ("cur", &s.current)] {
         if !w.keys().map(String::as_str).eq(want.iter().copied()) {
             let names: Vec<&str> = w.keys().map(String::as_str).collect();

@@ -60,15 +60,22 @@ pub struct Metrics {
     pub splits: splits::Splits,
 }
 
+/// `metric`, registered in `r` (names are fixed here: a clash is a programming error).
+fn registered<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: M) -> M {
+    r.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
 fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+    registered(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+    registered(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 impl Metrics {
@@ -79,20 +86,22 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("process collector");
-        let config_valid = IntGauge::new(
-            "trafficshift_config_valid",
-            "1 when every configured document parsed and validated on the last load, else 0.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(config_valid.clone()))
-            .expect("unique metric");
-        let config_last_reload = Gauge::new(
-            "trafficshift_config_last_reload_timestamp_seconds",
-            "Unix time of the last configuration load attempt.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(config_last_reload.clone()))
-            .expect("unique metric");
+        let config_valid = registered(
+            &r,
+            IntGauge::new(
+                "trafficshift_config_valid",
+                "1 when every configured document parsed and validated on the last load, else 0.",
+            )
+            .expect("valid metric"),
+        );
+        let config_last_reload = registered(
+            &r,
+            Gauge::new(
+                "trafficshift_config_last_reload_timestamp_seconds",
+                "Unix time of the last configuration load attempt.",
+            )
+            .expect("valid metric"),
+        );
         let m = Metrics {
             aws_requests: counter_vec(
                 &r,
