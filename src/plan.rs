@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::aws::{AliasTarget, Change, ChangeAction, RecordSet};
 use crate::spec::{fqdn, RecordType, TrafficSplit, Weights};
-use crate::state::{from_txt_values, to_txt_values, txt_holds, txt_name, RolloutState};
+use crate::state::{from_txt_values, to_txt_values, txt_holds, txt_name, Payload, RolloutState};
 use crate::{Error, Result};
 
 /// Where a backend's record must point.
@@ -28,15 +28,16 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// What exists at the split's name, classified.
+/// What exists at the split's name, classified. It borrows the listed records: every cycle
+/// classifies every split, and copying them cost more than the rest of the classification.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observed {
+pub struct Observed<'a> {
     /// Owned weighted records by SetIdentifier.
-    pub weighted: BTreeMap<String, RecordSet>,
+    pub weighted: BTreeMap<&'a str, &'a RecordSet>,
     /// A plain record of our name and type that adoption will replace.
-    pub plain: Option<RecordSet>,
+    pub plain: Option<&'a RecordSet>,
     /// The TXT record, if any.
-    pub txt: Option<RecordSet>,
+    pub txt: Option<&'a RecordSet>,
     /// The state decoded from an owned TXT.
     pub state: Option<RolloutState>,
     /// Why an owned TXT could not be read as a state (then `state` is None and a new rollout
@@ -59,19 +60,19 @@ pub fn records_for<'a>(split: &TrafficSplit, zone_records: &'a [RecordSet]) -> V
 }
 
 /// Classify the records at the split's name. Errors are conflicts: nothing may be written.
-pub fn classify(
+pub fn classify<'a>(
     split: &TrafficSplit,
     owner: &str,
-    records: &[&RecordSet],
+    records: &[&'a RecordSet],
     targets: &BTreeMap<String, Target>,
-) -> Result<Observed> {
+) -> Result<Observed<'a>> {
     let spec = &split.spec.record;
     let name = fqdn(&spec.name);
     let txt_fqdn = txt_name(&name);
     let rtype = spec.record_type.as_str();
 
-    let at_name: Vec<&RecordSet> = records.iter().copied().filter(|r| r.name == name).collect();
-    let txts: Vec<&RecordSet> = records
+    let at_name: Vec<&'a RecordSet> = records.iter().copied().filter(|r| r.name == name).collect();
+    let txts: Vec<&'a RecordSet> = records
         .iter()
         .copied()
         .filter(|r| r.name == txt_fqdn && r.rtype == "TXT")
@@ -91,7 +92,7 @@ pub fn classify(
         )));
     }
 
-    let ours: Vec<&RecordSet> = at_name
+    let ours: Vec<&'a RecordSet> = at_name
         .iter()
         .copied()
         .filter(|r| r.rtype == rtype)
@@ -109,14 +110,16 @@ pub fn classify(
             txts.len()
         )));
     }
-    let txt = txts.first().map(|r| (*r).clone());
+    let txt = txts.first().copied();
     let mut state = None;
     let mut state_problem = None;
-    if let Some(t) = &txt {
+    if let Some(t) = txt {
         let payload = from_txt_values(&t.values);
-        match RolloutState::owner_of(&payload) {
+        let payload = Payload::parse(&payload);
+        match payload.owner() {
             Some(o) if o == owner => {
-                state = RolloutState::decode_checked(&payload)
+                state = payload
+                    .decode()
                     .map_err(|e| state_problem = Some(e))
                     .ok();
                 if let Some(s) = &state {
@@ -141,12 +144,12 @@ pub fn classify(
         }
     }
 
-    let plain: Vec<&RecordSet> = ours
+    let plain: Vec<&'a RecordSet> = ours
         .iter()
         .copied()
         .filter(|r| r.set_identifier.is_none())
         .collect();
-    let weighted: Vec<&RecordSet> = ours
+    let weighted: Vec<&'a RecordSet> = ours
         .iter()
         .copied()
         .filter(|r| r.set_identifier.is_some())
@@ -216,7 +219,7 @@ pub fn classify(
                 current.map(|t| t.to_string()).unwrap_or_else(|| p.values.join(" "))
             )));
         };
-        plain_rec = Some((*p).clone());
+        plain_rec = Some(*p);
         Some(
             split
                 .spec
@@ -242,7 +245,7 @@ pub fn classify(
     Ok(Observed {
         weighted: weighted
             .iter()
-            .map(|r| (r.set_identifier.clone().unwrap_or_default(), (*r).clone()))
+            .map(|r| (r.set_identifier.as_deref().unwrap_or_default(), *r))
             .collect(),
         plain: plain_rec,
         txt,
@@ -407,7 +410,7 @@ pub struct PlannedChange {
 /// The Route53 changes that make the records show `weights` and `state`.
 pub fn route53_changes(
     split: &TrafficSplit,
-    obs: &Observed,
+    obs: &Observed<'_>,
     weights: &Weights,
     state: &RolloutState,
     targets: &BTreeMap<String, Target>,
@@ -418,7 +421,7 @@ pub fn route53_changes(
         out.push(PlannedChange {
             change: Change {
                 action: ChangeAction::Delete,
-                record: p.clone(),
+                record: (*p).clone(),
             },
             why: "adopt: replace the plain record by the weighted set".into(),
             drift: false,
@@ -433,7 +436,7 @@ pub fn route53_changes(
                 b.name
             )));
         };
-        let existing = obs.weighted.get(&b.name);
+        let existing = obs.weighted.get(b.name.as_str()).copied();
         let desired = Desired::new(split, &name, &b.name, w, target);
         match existing {
             Some(e) if desired.is(e) => {}
@@ -528,7 +531,7 @@ pub fn route53_changes(
             .trim_end()
             .to_string()
     };
-    if let Some(old) = &obs.txt {
+    if let Some(old) = obs.txt {
         out.push(PlannedChange {
             change: Change {
                 action: ChangeAction::Delete,

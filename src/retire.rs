@@ -9,6 +9,7 @@
 //! restart neither forgets nor restarts it), then its record is deleted in the batch that writes
 //! the state without it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::aws::{Change, ChangeAction, RecordSet};
@@ -29,6 +30,25 @@ pub struct Leaving {
 /// for `plan::classify` to judge (an unknown SetIdentifier is still a Conflict).
 pub fn leaving(split: &TrafficSplit, owner: &str, records: &[&RecordSet]) -> Vec<Leaving> {
     let name = fqdn(&split.spec.record.name);
+    // Weighted records of the name whose SetIdentifier the document does not name: nearly always
+    // none, and then the state TXT need not be read at all (every cycle asks for every split).
+    let unnamed: Vec<(&str, &RecordSet)> = records
+        .iter()
+        .filter(|r| {
+            r.name == name
+                && r.rtype == split.spec.record.record_type.as_str()
+                && !r.other_routing
+                && r.is_weighted()
+        })
+        .filter_map(|r| {
+            let id = r.set_identifier.as_deref()?;
+            let known = split.spec.backends.iter().any(|b| b.name == id);
+            (!known).then_some((id, *r))
+        })
+        .collect();
+    if unnamed.is_empty() {
+        return vec![];
+    }
     let txt = txt_name(&name);
     let txts: Vec<&&RecordSet> = records
         .iter()
@@ -48,21 +68,12 @@ pub fn leaving(split: &TrafficSplit, owner: &str, records: &[&RecordSet]) -> Vec
             || state.start.contains_key(id)
             || state.retiring.contains_key(id)
     };
-    records
-        .iter()
-        .filter(|r| {
-            r.name == name
-                && r.rtype == split.spec.record.record_type.as_str()
-                && !r.other_routing
-                && r.is_weighted()
-        })
-        .filter_map(|r| {
-            let id = r.set_identifier.as_deref()?;
-            let known = split.spec.backends.iter().any(|b| b.name == id);
-            (!known && named(id)).then(|| Leaving {
-                name: id.to_string(),
-                record: (*r).clone(),
-            })
+    unnamed
+        .into_iter()
+        .filter(|(id, _)| named(id))
+        .map(|(id, r)| Leaving {
+            name: id.to_string(),
+            record: r.clone(),
         })
         .collect()
 }
@@ -70,7 +81,12 @@ pub fn leaving(split: &TrafficSplit, owner: &str, records: &[&RecordSet]) -> Vec
 /// The document with each leaving backend added back as a fixed target (where its record points)
 /// at weight 0: the rollout then treats it as any backend whose weight must fall. When the
 /// document had it at 0 already, this is the document's previous rollout (same generation).
-pub fn with_leaving(split: &TrafficSplit, leaving: &[Leaving]) -> TrafficSplit {
+/// Nearly always nothing is leaving: then it is the document itself, not a copy (every cycle
+/// calls this for every split).
+pub fn with_leaving<'a>(split: &'a TrafficSplit, leaving: &[Leaving]) -> Cow<'a, TrafficSplit> {
+    if leaving.is_empty() {
+        return Cow::Borrowed(split);
+    }
     let mut out = split.clone();
     for l in leaving {
         let r = &l.record;
@@ -94,7 +110,7 @@ pub fn with_leaving(split: &TrafficSplit, leaving: &[Leaving]) -> TrafficSplit {
         });
         out.spec.weights.insert(l.name.clone(), 0);
     }
-    out
+    Cow::Owned(out)
 }
 
 /// What retirement adds to a cycle.
@@ -219,7 +235,7 @@ fn single_backend(doc: &TrafficSplit) -> Option<&str> {
 /// is at 100 in a committed state, with nothing retiring.
 pub fn collapse(
     doc: &TrafficSplit,
-    obs: &Observed,
+    obs: &Observed<'_>,
     stored: Option<&RolloutState>,
     next: &RolloutState,
     leaving: &[Leaving],
@@ -237,8 +253,8 @@ pub fn collapse(
     {
         return None;
     }
-    let weighted = obs.weighted.get(b).filter(|r| r.weight.unwrap_or(0) > 0)?;
-    let txt = obs.txt.as_ref()?;
+    let weighted = *obs.weighted.get(b).filter(|r| r.weight.unwrap_or(0) > 0)?;
+    let txt = obs.txt?;
     let plain = RecordSet {
         set_identifier: None,
         weight: None,
@@ -477,10 +493,11 @@ mod tests {
         let mut doc = fargate_only();
         let st = state(w(&[("fargate", 100)]));
         let fargate = weighted("fargate", 100, "alb");
+        let state_txt = txt(&st);
         let obs = Observed {
-            weighted: [("fargate".to_string(), fargate.clone())].into(),
+            weighted: [("fargate", &fargate)].into(),
             plain: None,
-            txt: Some(txt(&st)),
+            txt: Some(&state_txt),
             state: Some(st.clone()),
             state_problem: None,
             weights: Some(w(&[("fargate", 100)])),

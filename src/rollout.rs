@@ -167,22 +167,33 @@ pub fn same_generation(stored: &str, split: &TrafficSplit) -> bool {
 }
 
 fn hash_of(split: &TrafficSplit, backend_names: &[&str]) -> String {
-    use std::fmt::Write as _;
-    // One buffer for the whole input (every cycle hashes every split: no allocation per item).
+    use crate::state::push_decimal;
+    // One buffer for the whole input, written without the formatting machinery: every cycle
+    // hashes every split. The text hashed is `w:{name}={weight};`... `s:{step};`... `b:{name};`...
     let mut buf = String::with_capacity(128);
     for (k, v) in &split.spec.weights {
-        let _ = write!(buf, "w:{k}={v};");
+        buf.push_str("w:");
+        buf.push_str(k);
+        buf.push('=');
+        push_decimal(&mut buf, u64::from(*v));
+        buf.push(';');
     }
     for s in split.spec.steps() {
-        let _ = write!(buf, "s:{s};");
+        buf.push_str("s:");
+        push_decimal(&mut buf, u64::from(s));
+        buf.push(';');
     }
     for b in backend_names {
-        let _ = write!(buf, "b:{b};");
+        buf.push_str("b:");
+        buf.push_str(b);
+        buf.push(';');
     }
     let digest = Sha256::digest(buf.as_bytes());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(12);
     for b in digest.iter().take(6) {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }

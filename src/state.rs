@@ -97,8 +97,30 @@ pub struct RolloutState {
 /// `a:1;b:99`, appended to `out`.
 fn push_weights(out: &mut String, w: &Weights) {
     for (i, (k, v)) in w.iter().enumerate() {
-        let sep = if i == 0 { "" } else { ";" };
-        let _ = write!(out, "{sep}{k}:{v}");
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(k);
+        out.push(':');
+        push_decimal(out, u64::from(*v));
+    }
+}
+
+/// `n` in decimal, appended to `out`: what `write!(out, "{n}")` writes, without the formatting
+/// machinery (every cycle encodes every split's state and hashes its generation).
+pub(crate) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
@@ -119,25 +141,37 @@ impl RolloutState {
     pub fn encode(&self) -> String {
         // One buffer: every cycle encodes every split's state to compare it with its TXT.
         let mut out = String::with_capacity(256);
-        let _ = write!(
-            out,
-            "heritage={HERITAGE},owner={},split={},gen={},phase={},step={},since={},start=",
-            self.owner,
-            self.split,
-            self.generation,
-            self.phase.as_str(),
-            self.step,
-            self.since,
-        );
+        for (key, value) in [
+            ("heritage=", HERITAGE),
+            (",owner=", &self.owner),
+            (",split=", &self.split),
+            (",gen=", &self.generation),
+            (",phase=", self.phase.as_str()),
+        ] {
+            out.push_str(key);
+            out.push_str(value);
+        }
+        out.push_str(",step=");
+        push_decimal(&mut out, self.step as u64);
+        out.push_str(",since=");
+        push_decimal(&mut out, self.since);
+        out.push_str(",start=");
         push_weights(&mut out, &self.start);
         out.push_str(",cur=");
         push_weights(&mut out, &self.current);
         out.push_str(",drain=");
         for (i, (k, d)) in self.drains.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ";" };
-            let _ = write!(out, "{sep}{k}:{}@{}", d.share, d.until);
+            if i > 0 {
+                out.push(';');
+            }
+            out.push_str(k);
+            out.push(':');
+            push_decimal(&mut out, u64::from(d.share));
+            out.push('@');
+            push_decimal(&mut out, d.until);
         }
-        let _ = write!(out, ",rev={}", self.rev);
+        out.push_str(",rev=");
+        push_decimal(&mut out, self.rev);
         for (i, (k, b)) in self.autoscaling.iter().enumerate() {
             let sep = if i == 0 { ",aas=" } else { ";" };
             let _ = write!(out, "{sep}{k}:{}:{}", b.min, b.max);
@@ -161,20 +195,76 @@ impl RolloutState {
     /// Parse a TXT payload, saying what is wrong when it cannot be read. Any input is accepted:
     /// the record is remote state that anyone with Route53 access can edit.
     pub fn decode_checked(payload: &str) -> Result<RolloutState, String> {
-        if payload.len() > MAX_PAYLOAD_CHARS {
+        Payload::parse(payload).decode()
+    }
+
+    /// Owner id only, for records written by another controller or a newer format.
+    pub fn owner_of(payload: &str) -> Option<&str> {
+        Payload::parse(payload).owner()
+    }
+}
+
+/// A TXT payload split at its commas once: every cycle reads every split's TXT for its owner and
+/// then its state, and one scan serves both.
+#[derive(Debug)]
+pub struct Payload<'a> {
+    len: usize,
+    /// Trimmed `key=value` pairs, for `decode`.
+    fields: Fields<'a>,
+    /// The first part that is not `key=value`.
+    malformed: Option<&'a str>,
+    /// Whether an untrimmed `heritage=trafficshift` is present, and the last untrimmed `owner=`
+    /// (how `owner_of` has always read a payload: a record of another format still names its
+    /// owner).
+    heritage: bool,
+    owner: Option<&'a str>,
+}
+
+impl<'a> Payload<'a> {
+    pub fn parse(payload: &'a str) -> Self {
+        let mut fields = Vec::with_capacity(16);
+        let (mut malformed, mut heritage, mut owner) = (None, false, None);
+        for part in payload.split(',') {
+            match part.split_once('=') {
+                Some((k, v)) => {
+                    match (k, v) {
+                        ("heritage", HERITAGE) => heritage = true,
+                        ("owner", v) => owner = Some(v),
+                        _ => {}
+                    }
+                    fields.push((k.trim(), v.trim()));
+                }
+                None => {
+                    malformed.get_or_insert(part);
+                }
+            }
+        }
+        Payload {
+            len: payload.len(),
+            fields: Fields(fields),
+            malformed,
+            heritage,
+            owner,
+        }
+    }
+
+    /// The owner of a payload trafficshift wrote (`heritage=trafficshift`), whatever its format.
+    pub fn owner(&self) -> Option<&'a str> {
+        self.owner.filter(|_| self.heritage)
+    }
+
+    /// The state the payload holds, or what is wrong with it.
+    pub fn decode(&self) -> Result<RolloutState, String> {
+        if self.len > MAX_PAYLOAD_CHARS {
             return Err(format!(
                 "{} characters, more than a TXT value holds",
-                payload.len()
+                self.len
             ));
         }
-        let mut fields = Vec::with_capacity(16);
-        for part in payload.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{:?} is not key=value", cut(part)))?;
-            fields.push((k.trim(), v.trim()));
+        if let Some(part) = self.malformed {
+            return Err(format!("{:?} is not key=value", cut(part)));
         }
-        let kv = Fields(fields);
+        let kv = &self.fields;
         if kv.get("heritage") != Some(HERITAGE) {
             return Err(format!("heritage is not {HERITAGE}"));
         }
@@ -249,29 +339,10 @@ impl RolloutState {
             },
             autoscaling,
             retiring,
-            control: crate::overrides::decode(&kv)?,
+            control: crate::overrides::decode(kv)?,
         })
     }
-
-    /// Owner id only, for records written by another controller or a newer format.
-    pub fn owner_of(payload: &str) -> Option<&str> {
-        let mut heritage = false;
-        let mut owner = None;
-        for part in payload.split(',') {
-            match part.split_once('=') {
-                Some(("heritage", v)) if v == HERITAGE => heritage = true,
-                Some(("owner", v)) => owner = Some(v),
-                _ => {}
-            }
-        }
-        if heritage {
-            owner
-        } else {
-            None
-        }
-    }
 }
-
 /// The `key=value` fields of a TXT payload, in order; a key given twice reads as its last value.
 /// A payload has about a dozen keys and every cycle decodes every split's: a scan of a vector
 /// costs less than building a map each time.
@@ -541,5 +612,48 @@ mod tests {
             RolloutState::owner_of("heritage=trafficshift,owner=other,split=x"),
             Some("other")
         );
+    }
+
+    #[test]
+    fn the_encoding_is_the_released_text() {
+        // What every release since fencing wrote for this state, byte for byte: a change here
+        // would make every controller rewrite every TXT once after an upgrade.
+        assert_eq!(
+            sample().encode(),
+            "heritage=trafficshift,owner=prod-eu,split=api,gen=abc123def456,phase=progressing,\
+             step=2,since=1764000000,start=fargate:0;lambda:100,cur=fargate:25;lambda:75,\
+             drain=fargate:50@1764000120,rev=7"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn push_decimal_writes_what_display_writes(n in proptest::num::u64::ANY) {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            proptest::prop_assert_eq!(s, format!("x{n}"));
+        }
+    }
+
+    #[test]
+    fn one_scan_names_the_owner_of_a_payload_it_cannot_decode() {
+        // A newer or damaged format still names its owner (classify then reports the state as
+        // unreadable instead of calling the record foreign), and the decode error is the first
+        // part that is not key=value.
+        let p = Payload::parse("heritage=trafficshift,owner=a,junk,owner=b,split=x");
+        assert_eq!(
+            p.owner(),
+            Some("b"),
+            "the last owner= counts, like decode's fields"
+        );
+        assert_eq!(p.decode(), Err("\"junk\" is not key=value".to_string()));
+        // The owner is read untrimmed, the state trimmed: as before the single scan.
+        let spaced = sample().encode().replacen("heritage=", " heritage=", 1);
+        assert_eq!(Payload::parse(&spaced).owner(), None);
+        assert_eq!(Payload::parse(&spaced).decode(), Ok(sample()));
+        let ok = sample().encode();
+        let p = Payload::parse(&ok);
+        assert_eq!(p.owner(), Some(sample().owner.as_str()));
+        assert_eq!(p.decode(), Ok(sample()));
     }
 }
