@@ -19,7 +19,16 @@ ARG REVISION=unknown
 ENV TRAFFICSHIFT_GIT_REVISION=${REVISION}
 # Static glibc: glibc >= 2.34 carries nss_files/nss_dns inside libc, so name resolution works
 # without NSS modules in the runtime image. TLS is rustls; CA roots come from the runtime image.
-ENV RUSTFLAGS="-C target-feature=+crt-static" \
+# Idle memory (docs/BENCHMARKS.md, issue 11):
+# - packed relative relocations (DT_RELR, glibc >= 2.36, bookworm has 2.36): the static-pie binary
+#   relocates itself at start, and its 1.4 MiB table of RELA entries, read whole at every start,
+#   becomes a 17 KiB bitmap;
+# - identical code folding (lld --icf=all): generic code that compiles to the same machine code
+#   is kept once (-3 % code). It folds code only, never data (statics keep their own addresses);
+#   Rust does not promise distinct function addresses, so no behaviour depends on them.
+# The kernel maps 64 KiB of code around every page a process touches, so less code is less RSS.
+# scripts/check-static-binary reads this line: keep RUSTFLAGS on one line.
+ENV RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs -C link-arg=-Wl,--icf=all" \
     CARGO_TERM_COLOR=never
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
