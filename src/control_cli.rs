@@ -14,7 +14,8 @@ use crate::cli::{exit, AwsArgs};
 use crate::overrides::{self, Action, Override};
 use crate::spec::{fqdn, load_paths};
 use crate::state::{
-    from_txt_values, to_txt_values, txt_name, txt_value_len, RolloutState, MAX_TXT_VALUE_CHARS,
+    from_txt_values, to_txt_values, txt_name, txt_value_len, Payload, RolloutState,
+    MAX_TXT_VALUE_CHARS,
 };
 use crate::{Error, Result};
 
@@ -143,7 +144,8 @@ async fn attempt(
         ))),
     };
     let payload = from_txt_values(&old.values);
-    match RolloutState::owner_of(&payload) {
+    let payload = Payload::parse(&payload);
+    match payload.owner() {
         Some(o) if o == a.aws.owner_id => {}
         Some(o) => {
             return Ok(Attempt::Refused(format!(
@@ -157,7 +159,7 @@ async fn attempt(
             )))
         }
     }
-    let state = match RolloutState::decode_checked(&payload) {
+    let state = match payload.decode() {
         Ok(s) => s,
         Err(why) => {
             return Ok(Attempt::Refused(format!(
