@@ -8,13 +8,12 @@ use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use support::controller::{metric_sum, run_cli, wait_for, Controller, FaultProxy};
-use support::{unique, venv_tool, Moto};
+use support::{unique, Moto};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 /// moto's default account: what the controller's own ("testing") credentials are.
@@ -44,29 +43,16 @@ impl Creds {
 /// `aws <args> --output json` against moto itself (not the layer the controller talks to) with
 /// `creds`; the parsed answer, or the CLI's error text.
 fn aws(moto: &Moto, creds: &Creds, args: &[&str]) -> Result<Value, String> {
-    let mut cmd = Command::new(venv_tool("aws", "aws"));
-    cmd.args(args)
-        .args(["--output", "json"])
-        .envs(moto.aws_env())
-        .env("AWS_ACCESS_KEY_ID", &creds.key)
-        .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    if let Some(t) = &creds.token {
-        cmd.env("AWS_SESSION_TOKEN", t);
-    }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run the aws CLI: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).to_string());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_str(&text).map_err(|e| format!("not JSON ({e}): {text}"))
+    moto.try_cli_with_env(
+        args,
+        &[
+            ("AWS_ACCESS_KEY_ID", Some(&creds.key)),
+            ("AWS_SECRET_ACCESS_KEY", Some(&creds.secret)),
+            ("AWS_SESSION_TOKEN", creds.token.as_deref()),
+            ("AWS_CONFIG_FILE", Some("/dev/null")),
+            ("AWS_SHARED_CREDENTIALS_FILE", Some("/dev/null")),
+        ],
+    )
 }
 
 fn must(moto: &Moto, creds: &Creds, args: &[&str]) -> Value {

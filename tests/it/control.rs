@@ -8,12 +8,11 @@ use crate::support;
 use crate::writelog;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::controller::{metric_sum, run_cli, wait_for, weights, Controller, Scenario};
-use support::{venv_tool, Moto};
+use support::Moto;
 
 const OWNER: &str = "oncall-test";
 
@@ -104,38 +103,14 @@ impl Setup {
     }
 }
 
-/// The AWS CLI against moto itself (an operator's hand edit, or a read-back).
-fn aws_cli(moto: &Moto, args: &[&str]) -> Value {
-    let out = Command::new(venv_tool("aws", "aws"))
-        .args(args)
-        .args(["--endpoint-url", &moto.endpoint, "--output", "json"])
-        .envs(moto.aws_env())
-        .output()
-        .expect("run the aws CLI");
-    assert!(
-        out.status.success(),
-        "aws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).expect("aws CLI prints JSON")
-    }
-}
-
 /// Weighted records at the record, read with the AWS CLI: SetIdentifier -> Weight.
 fn cli_weights(s: &Setup) -> std::collections::BTreeMap<String, i64> {
-    let v = aws_cli(
-        &s.moto,
-        &[
-            "route53",
-            "list-resource-record-sets",
-            "--hosted-zone-id",
-            &s.sc.zone_id,
-        ],
-    );
+    let v = s.moto.cli(&[
+        "route53",
+        "list-resource-record-sets",
+        "--hosted-zone-id",
+        &s.sc.zone_id,
+    ]);
     v["ResourceRecordSets"]
         .as_array()
         .unwrap()
@@ -392,15 +367,12 @@ fn suspend_keeps_a_hand_edit_until_unsuspend() {
     let writes_before = s.writes().len();
 
     // On-call edits the weights by hand with the AWS CLI, straight to Route53.
-    let records = aws_cli(
-        &s.moto,
-        &[
-            "route53",
-            "list-resource-record-sets",
-            "--hosted-zone-id",
-            &s.sc.zone_id,
-        ],
-    );
+    let records = s.moto.cli(&[
+        "route53",
+        "list-resource-record-sets",
+        "--hosted-zone-id",
+        &s.sc.zone_id,
+    ]);
     let changes: Vec<Value> = records["ResourceRecordSets"]
         .as_array()
         .unwrap()
@@ -417,17 +389,14 @@ fn suspend_keeps_a_hand_edit_until_unsuspend() {
             json!({"Action": "UPSERT", "ResourceRecordSet": r})
         })
         .collect();
-    aws_cli(
-        &s.moto,
-        &[
-            "route53",
-            "change-resource-record-sets",
-            "--hosted-zone-id",
-            &s.sc.zone_id,
-            "--change-batch",
-            &json!({ "Changes": changes }).to_string(),
-        ],
-    );
+    s.moto.cli(&[
+        "route53",
+        "change-resource-record-sets",
+        "--hosted-zone-id",
+        &s.sc.zone_id,
+        "--change-batch",
+        &json!({ "Changes": changes }).to_string(),
+    ]);
     // Several 1 s resyncs: the hand edit survives, and the controller writes nothing at all.
     let hand = weights(&[("lambda", 40), ("fargate", 60)]);
     assert_eq!(cli_weights(&s), hand);

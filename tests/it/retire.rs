@@ -6,13 +6,12 @@
 use crate::support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use support::controller::{change_records, run_cli, wait_for, Controller, Scenario};
-use support::{venv_tool, Moto};
+use support::Moto;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Short enough for a test, long enough to tell "after the drain" from "at once".
@@ -20,19 +19,12 @@ const DRAIN_SECS: u64 = 8;
 
 /// Every record set of the zone, as `aws route53 list-resource-record-sets` prints them.
 fn aws_records(moto: &Moto, zone_id: &str) -> Vec<Value> {
-    let out = Command::new(venv_tool("aws", "aws"))
-        .args(["route53", "list-resource-record-sets", "--hosted-zone-id"])
-        .arg(zone_id)
-        .args(["--output", "json"])
-        .envs(moto.aws_env())
-        .output()
-        .expect("run the aws CLI");
-    assert!(
-        out.status.success(),
-        "aws CLI failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("aws CLI prints JSON");
+    let v = moto.cli(&[
+        "route53",
+        "list-resource-record-sets",
+        "--hosted-zone-id",
+        zone_id,
+    ]);
     v["ResourceRecordSets"].as_array().cloned().unwrap()
 }
 

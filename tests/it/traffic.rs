@@ -6,35 +6,15 @@
 use crate::support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use support::controller::{metric_sum, run_cli, wait_for, write_atomic, Controller, Scenario};
-use support::{venv_tool, Moto};
+use support::Moto;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 /// Polls CloudWatch every second instead of every minute, so a test takes seconds.
 const FAST: &[&str] = &["--resync", "2s", "--traffic-poll-interval", "1s"];
-
-/// Run the AWS CLI (from .venv) against moto itself; its JSON answer. A missing CLI fails.
-fn aws(moto: &Moto, args: &[&str]) -> Value {
-    let out = Command::new(venv_tool("aws", "aws"))
-        .args(["--endpoint-url", &moto.endpoint, "--output", "json"])
-        .args(args)
-        .envs(moto.aws_env())
-        .output()
-        .expect("run the AWS CLI (scripts/bootstrap installs it in .venv)");
-    assert!(
-        out.status.success(),
-        "aws {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Value::Null;
-    }
-    serde_json::from_slice(&out.stdout).expect("AWS CLI JSON")
-}
 
 fn now() -> i64 {
     SystemTime::now()
@@ -70,15 +50,12 @@ out = api
         json!({"name": api_name, "domain": sc.apigw_domain}),
     );
     let tg_arn = sc.info["target_group_arn"].as_str().unwrap().to_string();
-    let tg = aws(
-        moto,
-        &[
-            "elbv2",
-            "describe-target-groups",
-            "--target-group-arns",
-            &tg_arn,
-        ],
-    );
+    let tg = moto.cli(&[
+        "elbv2",
+        "describe-target-groups",
+        "--target-group-arns",
+        &tg_arn,
+    ]);
     let lb_arn = tg["TargetGroups"][0]["LoadBalancerArns"][0]
         .as_str()
         .expect("the target group is attached to a load balancer")
@@ -119,17 +96,14 @@ fn put_requests(
             })
         })
         .collect();
-    aws(
-        moto,
-        &[
-            "cloudwatch",
-            "put-metric-data",
-            "--namespace",
-            namespace,
-            "--metric-data",
-            &Value::Array(data).to_string(),
-        ],
-    );
+    moto.cli(&[
+        "cloudwatch",
+        "put-metric-data",
+        "--namespace",
+        namespace,
+        "--metric-data",
+        &Value::Array(data).to_string(),
+    ]);
 }
 
 fn put_api(moto: &Moto, w: &World, per_minute: f64) {
@@ -154,15 +128,12 @@ fn put_alb(moto: &Moto, w: &World, per_minute: f64) {
 
 /// Route53 weights by backend, read with the AWS CLI.
 fn route53_weights(moto: &Moto, sc: &Scenario) -> Vec<(String, i64)> {
-    let out = aws(
-        moto,
-        &[
-            "route53",
-            "list-resource-record-sets",
-            "--hosted-zone-id",
-            &sc.zone_id,
-        ],
-    );
+    let out = moto.cli(&[
+        "route53",
+        "list-resource-record-sets",
+        "--hosted-zone-id",
+        &sc.zone_id,
+    ]);
     let mut w: Vec<(String, i64)> = out["ResourceRecordSets"]
         .as_array()
         .unwrap()

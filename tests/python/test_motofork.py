@@ -1,5 +1,7 @@
 """scripts/motofork.py: each forked server is a separate moto, takes its environment, and ends
-with its client's connection; the factory ends with its parent."""
+with its client's connection; the factory ends with its parent. A forked boto3 worker runs the
+tests' snippets and the real AWS CLI over HTTP against a moto, and ends with its connection; the
+same worker runs on stdin/stdout in a Python of its own."""
 
 from __future__ import annotations
 
@@ -89,3 +91,131 @@ def test_the_factory_ends_with_its_parent():
                          capture_output=True, text=True, check=True)
     pid = int(out.stdout.strip())
     wait_for("the orphaned factory to exit", lambda: not alive(pid) or open(f"/proc/{pid}/stat").read().split()[2] == "Z", 30)
+
+
+# What tests/support's Moto::aws_env gives a worker.
+WORKER_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+              "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+class Worker:
+    """A boto3 worker's end of the protocol: one JSON line out, one back."""
+
+    def __init__(self, send, lines, close=None):
+        self.send, self.lines, self.close = send, lines, close
+
+    def ask(self, script: str, input=None) -> dict:
+        self.send((json.dumps({"script": script, "input": input}) + "\n").encode())
+        line = self.lines.readline()
+        assert line, "the worker closed its end"
+        return json.loads(line)
+
+    def ok(self, script: str, input=None):
+        answer = self.ask(script, input)
+        assert "ok" in answer, answer.get("err")
+        return answer["ok"]
+
+    def cli(self, *args: str, env: dict | None = None) -> dict:
+        return self.ok('out = aws_cli(input["args"], input["env"])', {"args": list(args), "env": env})
+
+
+def fork_worker(sock: str, endpoint: str):
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(sock)
+    conn.settimeout(120)
+    env = dict(WORKER_ENV, AWS_ENDPOINT_URL=endpoint)
+    conn.sendall((json.dumps({"kind": "worker", "endpoint": endpoint, "env": env}) + "\n").encode())
+    lines = conn.makefile("rb")
+    answer = json.loads(lines.readline())
+
+    def close():
+        # The socket closes when its file object closes too.
+        lines.close()
+        conn.close()
+
+    return Worker(conn.sendall, lines, close), answer["pid"]
+
+
+def check_worker(w: Worker, endpoint: str, port: int):
+    """What tests/support relies on, for either way of running the worker."""
+    # The snippet namespace.
+    assert w.ok('out = [endpoint, input, sorted(k for k in ("json", "sys", "boto3", "client", "aws_cli") if k in globals())]',
+                {"a": 1}) == [endpoint, {"a": 1}, ["aws_cli", "boto3", "client", "json", "sys"]]
+    # boto3 talks HTTP to the endpoint: what the worker created, another process reads back.
+    zone = w.ok('out = client("route53").create_hosted_zone(Name=input, CallerReference=input)["HostedZone"]["Id"]',
+                "worked.example")
+    assert [z["Id"] for z in client("route53", port).list_hosted_zones()["HostedZones"]] == [zone]
+    # A snippet's error comes back as its last line first, and the worker carries on.
+    err = w.ask('raise ValueError("boom")')["err"]
+    assert err.splitlines()[0] == "ValueError: boom"
+    # The AWS CLI: its JSON on stdout (nothing of it reaches the protocol), rc 0.
+    r = w.cli("route53", "list-hosted-zones", "--endpoint-url", endpoint, "--output", "json")
+    assert r["rc"] == 0, r["stderr"]
+    assert [z["Id"] for z in json.loads(r["stdout"])["HostedZones"]] == [zone]
+    # An error exit: the CLI's code and message, as `aws` prints it.
+    r = w.cli("route53", "get-hosted-zone", "--id", "NOSUCHZONE", "--endpoint-url", endpoint)
+    assert r["rc"] != 0 and r["stdout"] == ""
+    assert "An error occurred (NoSuchHostedZone) when calling the GetHostedZone operation" in r["stderr"], r["stderr"]
+    r = w.cli("route53", "get-hosted-zone", "--endpoint-url", endpoint)
+    assert r["rc"] != 0 and "aws: error: the following arguments are required: --id" in r["stderr"], r["stderr"]
+    # The environment of a call: credentials removed for it alone, then back.
+    r = w.cli("sts", "get-caller-identity", "--endpoint-url", endpoint,
+              env={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None,
+                   "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
+    assert r["rc"] != 0 and "Unable to locate credentials" in r["stderr"], r["stderr"]
+    r = w.cli("sts", "get-caller-identity", "--endpoint-url", endpoint, "--output", "json")
+    assert r["rc"] == 0 and json.loads(r["stdout"])["Account"] == "123456789012", r["stderr"]
+    assert w.ok('import os; out = {k: os.environ.get(k) for k in input}', list(WORKER_ENV)) == WORKER_ENV
+    # The CLI runs on its own botocore, as the `aws` command does ("aws-cli/V Python/V OS botocore/V"),
+    # and boto3 keeps its own.
+    r = w.cli("--version")
+    real = subprocess.run([str(ROOT / ".venv" / "bin" / "aws"), "--version"], capture_output=True, text=True, check=True)
+    assert r["rc"] == 0 and (r["stdout"] + r["stderr"]).strip() == (real.stdout + real.stderr).strip()
+    import botocore
+    assert w.ok("import botocore; out = botocore.__version__") == botocore.__version__
+
+
+@pytest.fixture
+def moto_port(factory):
+    sock, _ = factory
+    conn, port, _ = fork(sock)
+    yield port
+    conn.close()
+
+
+def test_a_forked_worker_runs_snippets_and_the_aws_cli_against_a_server(factory, moto_port):
+    sock, _ = factory
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    w, _ = fork_worker(sock, endpoint)
+    check_worker(w, endpoint, moto_port)
+    # The factory imported moto, which hooks into botocore: it must mock nothing in a worker.
+    assert w.ok("from moto.core.models import botocore_stubber; out = botocore_stubber.enabled") is False
+    w.close()
+
+
+def test_a_worker_ends_with_its_connection(factory, moto_port):
+    sock, _ = factory
+    w, pid = fork_worker(sock, f"http://127.0.0.1:{moto_port}")
+    assert w.ok("out = 1") == 1
+    assert alive(pid)
+    w.close()
+    wait_for("the worker to exit", lambda: not alive(pid), 10)
+
+
+def test_the_worker_on_stdin_and_stdout_is_the_same_worker(factory, moto_port):
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "motofork.py"), "--worker", endpoint],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=dict(os.environ, **WORKER_ENV, AWS_ENDPOINT_URL=endpoint))
+
+    def send(data: bytes):
+        proc.stdin.write(data)
+        proc.stdin.flush()
+
+    try:
+        check_worker(Worker(send, proc.stdout), endpoint, moto_port)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -74,8 +74,8 @@ pub struct Moto {
     log: PathBuf,
     /// The AWS layer in front of moto that the controller talks to, started on first use.
     layer: std::sync::OnceLock<controller::FaultProxy>,
-    /// One long-lived boto3 process that runs every `py` snippet: a new Python per snippet cost
-    /// about 0.2 s of CPU (interpreter and boto3 import), most of the suite's client-side CPU.
+    /// One long-lived boto3 process that runs every `py` snippet and `cli` call: a new Python per
+    /// snippet cost about 0.2 s of CPU (interpreter and boto3 import), an `aws` process 0.5 s.
     py_worker: std::sync::Mutex<Option<PyWorker>>,
 }
 
@@ -234,15 +234,16 @@ out = r
     }
 
     /// Run a Python snippet against this moto. In scope: `input` (the JSON given), `client(name)`
-    /// (a boto3 client pointed at moto), `endpoint`; the snippet assigns its answer to `out`,
-    /// which comes back as JSON. Panics with the Python error on failure.
+    /// (a boto3 client pointed at moto), `endpoint`, `json`, `sys`, `boto3` and `aws_cli` (what
+    /// `cli` runs); the snippet assigns its answer to `out`, which comes back as JSON. Panics with
+    /// the Python error on failure.
     pub fn py(&self, script: &str, input: Value) -> Value {
         self.try_py(script, input)
             .unwrap_or_else(|e| panic!("python snippet failed: {e}"))
     }
 
     /// `py` that returns the error text instead of panicking. Snippets run one at a time in this
-    /// moto's boto3 worker, each in a fresh namespace.
+    /// moto's boto3 worker (`scripts/motofork.py` `worker`), each in a fresh namespace.
     pub fn try_py(&self, script: &str, input: Value) -> Result<Value, String> {
         let mut guard = self.py_worker.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
@@ -258,63 +259,121 @@ out = r
             }
         }
     }
+
+    /// `aws ARGS --endpoint-url <this moto> --output json`: the AWS CLI's own driver (awscli's
+    /// `create_clidriver().main`, on the CLI's own botocore) run in this moto's boto3 worker
+    /// rather than as a process of its own, with the environment of `aws_env`. Its JSON answer,
+    /// `Null` when it prints nothing. Panics when the command fails.
+    pub fn cli(&self, args: &[&str]) -> Value {
+        self.try_cli(args)
+            .unwrap_or_else(|e| panic!("aws {args:?} failed: {e}"))
+    }
+
+    /// `cli` that returns the CLI's error output when it exits non-zero.
+    pub fn try_cli(&self, args: &[&str]) -> Result<Value, String> {
+        self.try_cli_with_env(args, &[])
+    }
+
+    /// `try_cli` with the environment changed for this call only: `(NAME, Some(value))` sets a
+    /// variable, `(NAME, None)` removes it. The CLI reads credentials and settings from it as a
+    /// new `aws` process would. Panics when the CLI could not run at all: a missing tool fails.
+    pub fn try_cli_with_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Value, String> {
+        const SCRIPT: &str = r#"out = aws_cli(input["args"], input["env"])"#;
+        let mut argv = args.to_vec();
+        argv.extend(["--endpoint-url", &self.endpoint, "--output", "json"]);
+        let env: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map_or(Value::Null, Value::from)))
+            .collect();
+        let run = self
+            .try_py(SCRIPT, serde_json::json!({"args": argv, "env": env}))
+            .unwrap_or_else(|e| panic!("the AWS CLI did not run (aws {args:?}): {e}"));
+        let text = |key: &str| run[key].as_str().unwrap_or_default().to_string();
+        match run["rc"].as_i64() {
+            Some(0) => {}
+            Some(_) => return Err(text("stderr")),
+            None => panic!("the AWS CLI gave no exit code (aws {args:?}): {run}"),
+        }
+        let stdout = text("stdout");
+        if stdout.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("aws {args:?} printed no JSON ({e}): {stdout}")))
+    }
 }
 
-/// A Python process with boto3 imported that runs snippets sent as JSON lines on its stdin and
-/// answers each with one JSON line on a private copy of its stdout (a snippet's own prints go to
-/// stderr, so they cannot break the protocol).
+/// The boto3 worker of one moto (`scripts/motofork.py` `worker`): a Python with boto3 imported that
+/// runs snippets sent as JSON lines and answers each with one JSON line. Forked from the moto
+/// factory when one runs (`TRAFFICSHIFT_MOTO_FORK`), the imports already done; else a Python of its
+/// own (`motofork.py --worker`), speaking on its stdin and stdout.
 struct PyWorker {
-    child: Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
+    process: PyWorkerProcess,
+    requests: Box<dyn Write + Send>,
+    answers: std::io::BufReader<Box<dyn Read + Send>>,
+}
+
+enum PyWorkerProcess {
+    Spawned(Child),
+    /// The forked worker lives while this connection is open.
+    Forked(std::os::unix::net::UnixStream),
 }
 
 impl PyWorker {
-    const PROGRAM: &'static str = r#"
-import json, os, sys, traceback, boto3
-endpoint = sys.argv[1]
-proto = os.fdopen(os.dup(1), "w")
-sys.stdout = sys.stderr
-clients = {}
-def client_for(ns):
-    # A snippet may point later clients elsewhere by assigning `endpoint` (e.g. at the layer).
-    def client(name):
-        key = (name, ns["endpoint"])
-        if key not in clients:
-            clients[key] = boto3.client(name, endpoint_url=ns["endpoint"], region_name="us-east-1",
-                                        aws_access_key_id="testing", aws_secret_access_key="testing")
-        return clients[key]
-    return client
-for line in sys.stdin:
-    req = json.loads(line)
-    ns = {"json": json, "sys": sys, "boto3": boto3, "endpoint": endpoint,
-          "input": req["input"], "out": None}
-    ns["client"] = client_for(ns)
-    try:
-        exec(req["script"], ns)
-        answer = {"ok": json.loads(json.dumps(ns["out"], default=str))}
-    except BaseException as e:
-        text = traceback.format_exc()
-        answer = {"err": text.strip().splitlines()[-1] + "\n" + text}
-    proto.write(json.dumps(answer) + "\n")
-    proto.flush()
-"#;
-
     fn start(endpoint: &str, env: &[(String, String)]) -> Result<PyWorker, String> {
+        // As for moto: a factory that is gone costs time, not the test.
+        if let Some(sock) = std::env::var_os("TRAFFICSHIFT_MOTO_FORK") {
+            match PyWorker::fork(Path::new(&sock), endpoint, env) {
+                Ok(w) => return Ok(w),
+                Err(e) => eprintln!("{e}; starting a boto3 worker of its own instead"),
+            }
+        }
+        PyWorker::spawn(endpoint, env)
+    }
+
+    fn spawn(endpoint: &str, env: &[(String, String)]) -> Result<PyWorker, String> {
         let mut child = Command::new(python())
-            .args(["-c", Self::PROGRAM, endpoint])
+            .arg(repo().join("scripts/motofork.py"))
+            .args(["--worker", endpoint])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", python().display()))?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let stdout = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let requests = Box::new(child.stdin.take().ok_or("no stdin")?);
+        let answers: Box<dyn Read + Send> = Box::new(child.stdout.take().ok_or("no stdout")?);
         Ok(PyWorker {
-            child,
-            stdin,
-            stdout,
+            process: PyWorkerProcess::Spawned(child),
+            requests,
+            answers: std::io::BufReader::new(answers),
+        })
+    }
+
+    fn fork(sock: &Path, endpoint: &str, env: &[(String, String)]) -> Result<PyWorker, String> {
+        let env: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        let req = serde_json::json!({"kind": "worker", "endpoint": endpoint, "env": env});
+        let (conn, answer) = factory_request(sock, &req)?;
+        if answer["pid"].as_u64().is_none() {
+            return Err(format!("moto factory said: {answer}"));
+        }
+        let clone = || {
+            conn.try_clone()
+                .map_err(|e| format!("boto3 worker connection: {e}"))
+        };
+        let requests = Box::new(clone()?);
+        let answers: Box<dyn Read + Send> = Box::new(clone()?);
+        Ok(PyWorker {
+            process: PyWorkerProcess::Forked(conn),
+            requests,
+            answers: std::io::BufReader::new(answers),
         })
     }
 
@@ -322,12 +381,12 @@ for line in sys.stdin:
     fn run(&mut self, script: &str, input: &Value) -> Result<Result<Value, String>, String> {
         use std::io::BufRead;
         let req = serde_json::json!({"script": script, "input": input});
-        writeln!(self.stdin, "{req}")
-            .and_then(|()| self.stdin.flush())
+        writeln!(self.requests, "{req}")
+            .and_then(|()| self.requests.flush())
             .map_err(|e| format!("boto3 worker gone: {e}"))?;
         let mut line = String::new();
         let n = self
-            .stdout
+            .answers
             .read_line(&mut line)
             .map_err(|e| format!("boto3 worker gone: {e}"))?;
         if n == 0 {
@@ -344,8 +403,16 @@ for line in sys.stdin:
 
 impl Drop for PyWorker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.process {
+            PyWorkerProcess::Spawned(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // The worker exits when its connection closes.
+            PyWorkerProcess::Forked(conn) => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -392,28 +459,16 @@ impl MotoProcess {
 
     /// A server forked by the factory listening on `sock`; it binds its own port.
     fn fork(sock: &Path, env: &[(&str, &str)]) -> Result<(MotoProcess, u16, PathBuf), String> {
-        use std::io::BufRead;
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("moto-{}-f{n}.log", std::process::id()));
-        let mut conn = std::os::unix::net::UnixStream::connect(sock)
-            .map_err(|e| format!("moto factory {}: {e}", sock.display()))?;
         let env: serde_json::Map<String, Value> = env
             .iter()
             .map(|(k, v)| (k.to_string(), Value::from(*v)))
             .collect();
-        let req = serde_json::json!({"env": env, "log": log});
-        writeln!(conn, "{req}").map_err(|e| format!("moto factory: {e}"))?;
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-        let mut line = String::new();
-        std::io::BufReader::new(&conn)
-            .read_line(&mut line)
-            .map_err(|e| format!("moto factory did not answer: {e}"))?;
-        let _ = conn.set_read_timeout(None);
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|e| format!("moto factory said ({e}): {line:?}"))?;
-        let (Some(port), Some(pid)) = (v["port"].as_u64(), v["pid"].as_u64()) else {
-            return Err(format!("moto factory said: {line:?}"));
+        let (conn, answer) = factory_request(sock, &serde_json::json!({"env": env, "log": log}))?;
+        let (Some(port), Some(pid)) = (answer["port"].as_u64(), answer["pid"].as_u64()) else {
+            return Err(format!("moto factory said: {answer}"));
         };
         Ok((
             MotoProcess::Forked {
@@ -446,6 +501,37 @@ impl MotoProcess {
             }
         }
     }
+}
+
+/// One request to the moto factory on `sock` (`scripts/motofork.py`): the connection, whose life
+/// is the forked process's, and the factory's one-line JSON answer.
+fn factory_request(
+    sock: &Path,
+    req: &Value,
+) -> Result<(std::os::unix::net::UnixStream, Value), String> {
+    let mut conn = std::os::unix::net::UnixStream::connect(sock)
+        .map_err(|e| format!("moto factory {}: {e}", sock.display()))?;
+    writeln!(conn, "{req}").map_err(|e| format!("moto factory: {e}"))?;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    // Byte by byte up to the newline: a buffered reader could take what a worker says next.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        match conn.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                return Err(format!("moto factory closed the connection after {text:?}"));
+            }
+            Err(e) => return Err(format!("moto factory did not answer: {e}")),
+        }
+    }
+    let _ = conn.set_read_timeout(None);
+    let answer = serde_json::from_slice(&line).map_err(|e| {
+        let text = String::from_utf8_lossy(&line);
+        format!("moto factory said ({e}): {text:?}")
+    })?;
+    Ok((conn, answer))
 }
 
 /// One HTTP/1.0 GET; true on a 200 answer.
