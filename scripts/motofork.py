@@ -54,6 +54,7 @@ SERVICES = {
     "apigatewayv2": "apigatewayv2",
     "applicationautoscaling": "application-autoscaling",
     "sts": "sts",
+    "ec2": "ec2",  # the VPC and subnets of scripts/provision.py's scenarios
 }
 
 
@@ -208,6 +209,31 @@ def warm_boto3() -> None:
                      aws_access_key_id="warmup", aws_secret_access_key="warmup")
 
 
+def warm_moto() -> None:
+    """What a moto server computes on its first request of a service and then keeps for its life,
+    computed once here instead of in every forked server (a profile of the test suite's servers
+    put about a quarter of their CPU there):
+    - the botocore model moto parses requests and writes answers with (`get_service_model`, cached
+      per process; ECS's alone is a 0.1 s parse);
+    - the regions a backend of a new account is made for (botocore's endpoint and service data,
+      cached by the session moto keeps for this);
+    - the list of moto's service packages, which the dispatcher reads from disk on every request
+      (150 directory checks each): computed once; the installed packages do not change while the
+      factory runs, so every answer is the one the listing would give.
+    """
+    from moto import backends
+    from moto.core.base_backend import AccountSpecificBackend
+    from moto.core.utils import get_service_model
+
+    session = AccountSpecificBackend.get_session()
+    for service in SERVICES.values():
+        get_service_model(service)
+        for partition in session.get_available_partitions():
+            session.get_available_regions(service, partition_name=partition)
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: iter(modules)
+
+
 def worker(endpoint: str, requests, answer) -> None:
     """The tests' boto3 worker: runs snippets until `requests` (JSON lines) ends.
 
@@ -337,6 +363,7 @@ def main() -> None:
     app.debug = True
     for service in SERVICES:
         app.app_instances[service] = create_backend_app(service)
+    warm_moto()
 
     # What the factory holds (moto, boto3, the CLI, the models they read) lives as long as every
     # child: out of the collector's sight, a child's collections do not walk it again and again

@@ -219,3 +219,29 @@ def test_the_worker_on_stdin_and_stdout_is_the_same_worker(factory, moto_port):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_warm_moto_gives_the_answers_moto_would_compute():
+    """The factory's warm_moto: the cached list of moto's service packages is the list moto's own
+    function reads from disk (a new iterator each call, as the generator was), and the models and
+    regions it reads ahead are the ones a server would load."""
+    import importlib.util
+
+    from moto import backends
+    from moto.core.utils import get_service_model
+
+    spec = importlib.util.spec_from_file_location("motofork", ROOT / "scripts" / "motofork.py")
+    motofork = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(motofork)
+    original = backends.list_of_moto_modules
+    fresh = list(original())
+    try:
+        motofork.warm_moto()
+        assert backends.list_of_moto_modules is not original
+        assert list(backends.list_of_moto_modules()) == fresh
+        assert list(backends.list_of_moto_modules()) == fresh
+        assert {"route53", "ecs", "elbv2", "apigateway", "ec2"} <= set(fresh)
+        assert get_service_model.cache_info().currsize >= len(motofork.SERVICES)
+        assert get_service_model("ecs").service_name == "ecs"
+    finally:
+        backends.list_of_moto_modules = original
