@@ -774,11 +774,8 @@ cw.set_alarm_state(AlarmName=input["quiet"], StateValue="OK", StateReason="test"
 
 #[tokio::test]
 async fn unreachable_endpoint_is_transient_and_every_attempt_counted() {
-    // Nothing listens on a port we bound and released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    // Nothing listens there, and nothing can start to meanwhile.
+    let (_held, port) = support::refusing_port();
     let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(format!("http://127.0.0.1:{port}"))
         .region(aws_config::Region::new("us-east-1"))

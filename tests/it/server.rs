@@ -243,10 +243,7 @@ async fn status_command_exit_codes() {
 
 #[tokio::test]
 async fn status_command_reports_unreachable_controller() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let (_held, port) = crate::support::refusing_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let err = status_cli::run(opts(&endpoint, None, Output::Table, true))
         .await
@@ -415,10 +412,7 @@ fn usage_errors_exit_64_in_every_subcommand() {
 
 #[tokio::test]
 async fn status_exit_codes_tell_unreachable_from_unhealthy() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let (_held, port) = crate::support::refusing_port();
     let closed = format!("http://127.0.0.1:{port}");
     let server = Server::start(fixture()).await;
     let base = server.base.clone();

@@ -549,6 +549,16 @@ fn http_ok(addr: SocketAddr, path: &str) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }
 
+/// A 127.0.0.1 port that refuses connections for as long as the returned socket lives: bound and
+/// never listening, so no other process (a moto, a worker, another test) can take it, as it can a
+/// port bound and released. `(socket, port)`: keep the socket until the test is done with the port.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let port = held.local_addr().expect("bound").port();
+    (held, port)
+}
+
 /// A name no other test (or earlier run) uses: `prefix` plus process id, a counter and the time,
 /// lower-case letters, digits and dashes only.
 pub fn unique(prefix: &str) -> String {
