@@ -29,7 +29,10 @@ def wait_for(what, check, seconds=30.0):
     pytest.fail(f"timed out after {seconds} s waiting for {what}")
 
 
-@pytest.fixture
+# One factory for the module's tests (each starts in about 3 s of CPU): every test forks servers
+# and workers of its own from it, and none changes the factory; the test of the factory's own end
+# starts one of its own.
+@pytest.fixture(scope="module")
 def factory():
     sock = os.path.join(tempfile.mkdtemp(), "f.sock")
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "motofork.py"), sock])
