@@ -75,3 +75,9 @@ ts_clippy_env() {
     # cargo-clippy's own way of passing lint flags to the driver (`cargo clippy -- -D warnings`).
     TS_CLIPPY_ENV=(RUSTC_WORKSPACE_WRAPPER="$driver" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
 }
+
+# The Dockerfile's `ENV RUSTFLAGS="..."` (one line): what the image's build stage compiles with,
+# read by every script that must build as the image does (check-static-binary, gen-link-order).
+ts_dockerfile_rustflags() {
+    sed -n 's/^ENV RUSTFLAGS="\([^"]*\)".*/\1/p' "$TS_ROOT/Dockerfile"
+}
