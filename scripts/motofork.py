@@ -212,7 +212,7 @@ def warm_boto3() -> None:
 def warm_moto() -> None:
     """What a moto server computes on its first request of a service and then keeps for its life,
     computed once here instead of in every forked server (a profile of the test suite's servers
-    put about a quarter of their CPU there):
+    put about 40 % of their request handling there):
     - the botocore model moto parses requests and writes answers with (`get_service_model`, cached
       per process; ECS's alone is a 0.1 s parse);
     - the regions a backend of a new account is made for (botocore's endpoint and service data,
