@@ -7,8 +7,10 @@
 # scripts/check-static-binary builds exactly like the build stage below and runs the binary in an
 # empty chroot, so a static-linking regression is caught without Docker.
 # Tags are pinned; pin digests (image@sha256:...) in your registry mirror for reproducible builds.
+# The Rust tag names the exact release: link/startup-order.txt names symbols whose hashes depend
+# on the compiler (scripts/check-static-binary fails when this machine's rustc is another).
 
-ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build

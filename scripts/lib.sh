@@ -81,3 +81,35 @@ ts_clippy_env() {
 ts_dockerfile_rustflags() {
     sed -n 's/^ENV RUSTFLAGS="\([^"]*\)".*/\1/p' "$TS_ROOT/Dockerfile"
 }
+
+# The link order's crates (link/startup-order.crates, written by scripts/gen-link-order, checked by
+# scripts/check-static-binary). link/startup-order.txt names functions by their mangled symbols,
+# and each symbol carries a hash of its crate's build (version, features, profile, compiler,
+# dependencies): after a dependency bump, a profile change or another rustc, most names match
+# nothing and the list silently stops saving memory. The build's own artifact names carry the
+# same kind of hash, so the list of them tells whether the list of functions still fits.
+TS_LINK_CRATES="link/startup-order.crates"
+
+# ts_link_crates JSON: from `cargo build --message-format=json-render-diagnostics` output in the
+# file JSON, print `rustc -V` and then every compiled library's file name (name-hash.rlib), sorted.
+ts_link_crates() {
+    rustc -V
+    "$(ts_python)" - "$1" <<'PY'
+import json, os, sys
+names = set()
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    msg = json.loads(line)
+    if msg.get("reason") != "compiler-artifact" or "lib" not in msg["target"]["kind"]:
+        continue
+    if msg["package_id"].startswith("path+"):
+        # This workspace's own library: cargo names it libNAME.rlib or NAME-HASH.rlib depending on
+        # the command, so its profile and features stand for the hash.
+        names.add("{} {} features={}".format(msg["target"]["name"],
+                  json.dumps(msg["profile"], sort_keys=True), ",".join(msg["features"])))
+    else:
+        names.update(os.path.basename(f) for f in msg["filenames"] if f.endswith(".rlib"))
+print("\n".join(sorted(names)))
+PY
+}
