@@ -101,15 +101,18 @@ for line in open(sys.argv[1]):
     if not line.startswith("{"):
         continue
     msg = json.loads(line)
-    if msg.get("reason") != "compiler-artifact" or "lib" not in msg["target"]["kind"]:
+    if msg.get("reason") != "compiler-artifact":
         continue
+    rlibs = [os.path.basename(f) for f in msg["filenames"] if f.endswith(".rlib")]
+    if not rlibs:
+        continue  # binaries, build scripts, proc macros (a changed one changes its users' hashes)
     if msg["package_id"].startswith("path+"):
         # This workspace's own library: cargo names it libNAME.rlib or NAME-HASH.rlib depending on
         # the command, so its profile and features stand for the hash.
         names.add("{} {} features={}".format(msg["target"]["name"],
                   json.dumps(msg["profile"], sort_keys=True), ",".join(msg["features"])))
     else:
-        names.update(os.path.basename(f) for f in msg["filenames"] if f.endswith(".rlib"))
+        names.update(rlibs)
 print("\n".join(sorted(names)))
 PY
 }
